@@ -1,0 +1,53 @@
+"""Data source specs (SRC) as the commands take them.
+
+  builtin:digits/<domain>   a built-in digits domain (mnist, uci, mnist-m, syn)
+  <folder>                  a domain folder of class folders: <folder>/<class>/<image>
+  <folder>/metadata.jsonl   (captioned) a Hugging Face imagefolder with file_name + text
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .dataset import ImageSet
+from .digits import CLASS_NAMES, DESCRIPTION, DOMAINS, TEST_FRACTION, load_digits_domain
+
+BUILTIN_PREFIX = "builtin:digits/"
+
+
+def load_source(spec: str, split: str = "train", size: int = 32, test_fraction: float = TEST_FRACTION,
+                seed: int = 0) -> ImageSet:
+    """Resolve a SRC spec to an ImageSet (split: train, test or all).
+
+    Folders have no split of their own: a deterministic stratified split (seeded) is made.
+    """
+    if spec.startswith("builtin:"):
+        if not spec.startswith(BUILTIN_PREFIX):
+            raise InputError(f"unknown built-in source '{spec}'",
+                             f"use {BUILTIN_PREFIX}<domain> with domain in {', '.join(DOMAINS)}")
+        return load_digits_domain(spec[len(BUILTIN_PREFIX):], split, size)
+    from .folders import read_class_folders
+
+    full = read_class_folders(spec, size)
+    if split == "all":
+        return full
+    from .digits import _split_indices
+
+    train, test = _split_indices(full.labels, test_fraction, seed)
+    return full.subset(train if split == "train" else test, name=full.name)
+
+
+def source_name(spec: str) -> str:
+    return spec[len(BUILTIN_PREFIX):] if spec.startswith(BUILTIN_PREFIX) else Path(spec).name
+
+
+def builtin_table() -> list[dict]:
+    """Built-in sources with their split sizes (computed from labels, no images built)."""
+    from .digits import _split_indices, domain_labels, split_seed
+
+    rows = []
+    for d in DOMAINS:
+        train, test = _split_indices(domain_labels(d), TEST_FRACTION, split_seed(d))
+        rows.append({"source": BUILTIN_PREFIX + d, "train": len(train), "test": len(test),
+                     "classes": len(CLASS_NAMES), "description": DESCRIPTION[d]})
+    return rows

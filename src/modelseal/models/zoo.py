@@ -1,0 +1,108 @@
+"""The tiny zoo: where its models live and how names like 'tiny:clip' resolve.
+
+The zoo built by `modelseal zoo build` ships inside the package (zoo_weights/). A zoo
+rebuilt or built by the user in $MODELSEAL_HOME/zoo (default ~/.cache/modelseal/zoo) wins
+over the shipped one. Each model is a folder in its library's own layout:
+  clip/   transformers CLIPModel + CLIPTokenizer + CLIPImageProcessor
+  t2i/    diffusers Stable Diffusion layout (unet, vae, text_encoder, tokenizer, scheduler)
+  judge/  the independent digit classifier used to score T2I samples
+and zoo.json records how it was built (config, seed, steps, times, metrics).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import InputError
+
+TINY_MODELS = ("clip", "t2i", "judge")
+SHIPPED_ZOO = Path(__file__).resolve().parent.parent / "zoo_weights"
+
+
+def modelseal_home() -> Path:
+    return Path(os.environ.get("MODELSEAL_HOME", Path.home() / ".cache" / "modelseal")).expanduser()
+
+
+def user_zoo() -> Path:
+    return modelseal_home() / "zoo"
+
+
+def zoo_dir() -> tuple[Path, str]:
+    """The zoo in use and its origin: ('rebuilt' in $MODELSEAL_HOME) or 'shipped'."""
+    user = user_zoo()
+    if (user / "zoo.json").exists():
+        return user, "rebuilt"
+    if (SHIPPED_ZOO / "zoo.json").exists():
+        return SHIPPED_ZOO, "shipped"
+    raise InputError("no tiny zoo found (neither shipped nor in $MODELSEAL_HOME/zoo)",
+                     "run `modelseal zoo build` or reinstall modelseal")
+
+
+def zoo_info() -> dict:
+    folder, origin = zoo_dir()
+    info = json.loads((folder / "zoo.json").read_text())
+    info["folder"] = str(folder)
+    info["origin"] = origin
+    return info
+
+
+def resolve_model(name: str, kind: str) -> str:
+    """'tiny:<kind>' -> local folder of the zoo in use; anything else is passed through
+    (a local folder, or a hub id for from_pretrained)."""
+    if name.startswith("tiny:"):
+        which = name.split(":", 1)[1]
+        if which not in TINY_MODELS:
+            raise InputError(f"unknown tiny model '{name}'", f"use one of: {', '.join('tiny:' + m for m in TINY_MODELS)}")
+        if which != kind:
+            raise InputError(f"'{name}' is not a {kind} model", f"use tiny:{kind}")
+        folder, _ = zoo_dir()
+        return str(folder / which)
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise InputError(f"model path '{name}' is a file", "give the checkpoint folder (save_pretrained layout)")
+        return str(p)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise InputError(f"model folder '{name}' does not exist", "check the path, or give a hub id such as openai/clip-vit-base-patch16")
+    return name
+
+
+def folder_hash(folder: str | Path) -> str:
+    """sha256 over the weight and config files of a model folder (sorted, relative names)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".json", ".txt"):
+            h.update(str(f.relative_to(folder)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def folder_size(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def zoo_table() -> list[dict]:
+    """One row per tiny model: name, origin, size, parameter count, content hash."""
+    from safetensors import safe_open
+
+    folder, origin = zoo_dir()
+    rows = []
+    for name in TINY_MODELS:
+        sub = folder / name
+        if not sub.exists():
+            continue
+        params = 0
+        for f in sub.rglob("*.safetensors"):
+            with safe_open(str(f), "pt") as st:
+                for k in st.keys():
+                    shape = st.get_slice(k).get_shape()
+                    n = 1
+                    for d in shape:
+                        n *= d
+                    params += n
+        rows.append({"model": f"tiny:{name}", "origin": origin, "size_mb": folder_size(sub) / 2**20,
+                     "params_m": params / 1e6, "sha256": folder_hash(sub), "folder": str(sub)})
+    return rows
