@@ -97,7 +97,7 @@ def zoo_build(
     def body(cfg, run, dev):
         from .models.zoo_build import build_zoo
 
-        info = build_zoo(target, cfg.to_zoo_config(), log=_log, evaluate=cfg.evaluate)
+        info = build_zoo(target, cfg.to_zoo_config(), log=_log, evaluate=cfg.evaluate, device=dev)
         return {"zoo": str(target), "build_s": info["build_s"], "stages": info["stages"], **info.get("eval", {})}
 
     _run("zoo build", ZooBuildConfig, config,

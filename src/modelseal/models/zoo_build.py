@@ -138,7 +138,7 @@ def _save_dtype(cfg: ZooConfig) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------
-def train_clip(cfg: ZooConfig, out: Path, log) -> dict:
+def train_clip(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> dict:
     """Contrastive pre-training with a fixed caption set and exact positives.
 
     Each image is positive with its style caption and the generic templates of its digit;
@@ -150,7 +150,7 @@ def train_clip(cfg: ZooConfig, out: Path, log) -> dict:
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     tok = build_tokenizer(max_length=20)
-    model = CLIPModel(clip_config(len(tok), tok.bos_token_id, tok.eos_token_id, cfg.image_size, cfg.clip_patch))
+    model = CLIPModel(clip_config(len(tok), tok.bos_token_id, tok.eos_token_id, cfg.image_size, cfg.clip_patch)).to(device)
     bundle = CLIPBundle(model, tok, cfg.image_size)
     images, labels, domains = _all_train(cfg.image_size)
     texts, t_digit, t_domain = [], [], []
@@ -168,13 +168,13 @@ def train_clip(cfg: ZooConfig, out: Path, log) -> dict:
         for grp in opt.param_groups:
             grp["lr"] = cfg.clip_lr * _cosine_lr(step, cfg.clip_steps, min(100, cfg.clip_steps // 10 + 1))
         idx = torch.randint(0, len(images), (cfg.clip_batch,), generator=g)
-        x = _shift(images[idx], g)
+        x = _shift(images[idx], g).to(device)
         img = F.normalize(model.get_image_features(pixel_values=bundle.preprocess(x)).pooler_output, dim=-1)
         txt = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * img @ txt.T  # (B, U)
         pos = (t_digit[None] == labels[idx, None]) & ((t_domain[None] == -1) | (t_domain[None] == domains[idx, None]))
-        pos = pos.float()
+        pos = pos.float().to(device)
         loss_i = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
         has = pos.sum(0) > 0
         lt = logits.T[has]
@@ -188,7 +188,7 @@ def train_clip(cfg: ZooConfig, out: Path, log) -> dict:
             log(f"[clip] step {step + 1}/{cfg.clip_steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
     folder = out / "clip"
-    model.to(_save_dtype(cfg)).save_pretrained(folder)
+    model.to("cpu", _save_dtype(cfg)).save_pretrained(folder)
     tok.save_pretrained(str(folder))
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": cfg.image_size},
@@ -198,11 +198,11 @@ def train_clip(cfg: ZooConfig, out: Path, log) -> dict:
     return {"clip_train_s": round(time.time() - t0, 1)}
 
 
-def train_judge(cfg: ZooConfig, out: Path, log) -> dict:
+def train_judge(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> dict:
     torch.manual_seed(cfg.seed + 1)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     images, labels, _ = _all_train(cfg.image_size)
-    judge = DigitJudge(image_size=cfg.image_size)
+    judge = DigitJudge(image_size=cfg.image_size).to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
     t0 = time.time()
     judge.train()
@@ -215,7 +215,7 @@ def train_judge(cfg: ZooConfig, out: Path, log) -> dict:
         x = x[:, perm]
         flip = torch.rand(len(x), 1, 1, 1, generator=g) < 0.3
         x = torch.where(flip, 1 - x, x)
-        loss = F.cross_entropy(judge(x), labels[idx])
+        loss = F.cross_entropy(judge(x.to(device)), labels[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -225,13 +225,13 @@ def train_judge(cfg: ZooConfig, out: Path, log) -> dict:
     acc = {}
     for d in DOMAINS:
         test = load_digits_domain(d, "test", cfg.image_size)
-        acc[d] = round(100.0 * judge.predict(test.tensor()).eq(torch.from_numpy(test.labels)).float().mean().item(), 2)
+        acc[d] = round(100.0 * judge.predict(test.tensor().to(device)).cpu().eq(torch.from_numpy(test.labels)).float().mean().item(), 2)
     log(f"[judge] test accuracy {acc}")
-    judge.save_pretrained(out / "judge")
+    judge.cpu().save_pretrained(out / "judge")
     return {"judge_train_s": round(time.time() - t0, 1), "judge_test_accuracy": acc}
 
 
-def train_vae(cfg: ZooConfig, out: Path, log) -> dict:
+def train_vae(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> dict:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(cfg.seed + 2)
@@ -239,16 +239,16 @@ def train_vae(cfg: ZooConfig, out: Path, log) -> dict:
     digits, _, _ = _all_train(cfg.image_size)
     photos = torch.from_numpy(photo_crops(cfg.vae_photos, cfg.image_size, seed=cfg.seed)).permute(0, 3, 1, 2).float() / 255
     data = torch.cat([digits, photos]) * 2 - 1
-    vae = AutoencoderKL(**vae_config(cfg.image_size))
+    vae = AutoencoderKL(**vae_config(cfg.image_size)).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     t0 = time.time()
     vae.train()
     for step in range(cfg.vae_steps):
         for grp in opt.param_groups:
             grp["lr"] = cfg.vae_lr * _cosine_lr(step, cfg.vae_steps, 50)
-        x = data[torch.randint(0, len(data), (cfg.vae_batch,), generator=g)]
+        x = data[torch.randint(0, len(data), (cfg.vae_batch,), generator=g)].to(device)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
         rec = vae.decode(z).sample
         kl = post.kl().mean() / post.mean[0].numel()
         loss = F.mse_loss(rec, x) + 0.1 * (rec - x).abs().mean() + 1e-4 * kl
@@ -259,9 +259,11 @@ def train_vae(cfg: ZooConfig, out: Path, log) -> dict:
             log(f"[vae] step {step + 1}/{cfg.vae_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
     vae.eval()
     with torch.no_grad():
-        means = torch.cat([vae.encode(data[i:i + 256]).latent_dist.mean for i in range(0, len(data), 256)])
+        means = torch.cat([vae.encode(data[i:i + 256].to(device)).latent_dist.mean.cpu()
+                           for i in range(0, len(data), 256)])
     mu = means.mean((0, 2, 3))
     sd = means.std((0, 2, 3))
+    vae.cpu()
     _fold_latent_normalisation(vae, mu, sd)
     psnr = {}
     with torch.no_grad():
@@ -292,7 +294,7 @@ def _fold_latent_normalisation(vae, mu: torch.Tensor, sd: torch.Tensor) -> None:
     pw *= sd.view(1, c, 1, 1)
 
 
-def train_unet(cfg: ZooConfig, out: Path, work: Path, log) -> dict:
+def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
@@ -309,25 +311,26 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log) -> dict:
     images, labels, domains = _all_train(cfg.image_size)
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i:i + 256] * 2 - 1).latent_dist.mean for i in range(0, len(images), 256)])
+    latents = latents.to(device)
     # Caption table: style caption per (domain, digit), a generic caption per digit, and "".
     texts = [caption(dom, c) for dom in DOMAINS for c in range(10)] + [f"a digit {n}" for n in CLASS_NAMES] + [""]
     with torch.no_grad():
         ids = tok(texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-        ctx_table = text_encoder(ids).last_hidden_state
+        ctx_table = text_encoder(ids).last_hidden_state.to(device)
     style_idx = domains * 10 + labels
     generic_idx = 40 + labels
     empty_idx = len(texts) - 1
 
     unet = UNet2DConditionModel(**unet_config(latents.shape[-1], cfg.unet_channels, cfg.unet_layers,
-                                              clip.config.text_config.hidden_size))
+                                              clip.config.text_config.hidden_size)).to(device)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     start = 0
     ckpt = work / "unet_ckpt.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=device)
         unet.load_state_dict(state["unet"]); ema = state["ema"]; opt.load_state_dict(state["opt"])
-        g.set_state(state["gen"]); start = int(state["step"])
+        g.set_state(state["gen"].cpu()); start = int(state["step"])
         log(f"[unet] resumed at step {start}")
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -338,15 +341,15 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log) -> dict:
         for grp in opt.param_groups:
             grp["lr"] = cfg.unet_lr * _cosine_lr(step, cfg.unet_steps, 200)
         idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=g)
-        z0 = latents[idx]
+        z0 = latents[idx.to(device)]
         u = torch.rand(cfg.unet_batch, generator=g)
         cap = torch.where(u < cfg.cfg_dropout, torch.full_like(idx, empty_idx),
                           torch.where(u < 2 * cfg.cfg_dropout, generic_idx[idx], style_idx[idx]))
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.unet_batch,), generator=g)
-        eps = torch.randn(z0.shape, generator=g)
-        zt = sched.add_noise(z0, eps, t)
-        pred = unet(zt, t, encoder_hidden_states=ctx_table[cap]).sample
-        loss = (weight[t] * ((pred - eps) ** 2).mean((1, 2, 3))).mean()
+        eps = torch.randn(z0.shape, generator=g).to(device)
+        zt = sched.add_noise(z0, eps, t.to(device))
+        pred = unet(zt, t.to(device), encoder_hidden_states=ctx_table[cap.to(device)]).sample
+        loss = (weight[t].to(device) * ((pred - eps) ** 2).mean((1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -366,7 +369,7 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log) -> dict:
                         "gen": g.get_state(), "step": step + 1}, tmp)
             tmp.replace(ckpt)
     unet.load_state_dict(ema)
-    unet.eval()
+    unet.eval().cpu()
     t2i = out / "t2i"
     from .diffusion import T2IModel
 
@@ -415,7 +418,7 @@ def evaluate_zoo(folder: Path, per_prompt: int = 10, steps: int = 30, guidance: 
 
 
 def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip", "judge", "vae", "unet"),
-              evaluate: bool = True) -> dict:
+              evaluate: bool = True, device: str = "cpu") -> dict:
     """Build the zoo into `out` (resumable: stages already finished in out/.build are kept)."""
     cfg = cfg or ZooConfig()
     log = _Log(log)
@@ -436,15 +439,16 @@ def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip",
             log(f"[zoo] {stage}: already built, kept")
             continue
         fn = {"clip": train_clip, "judge": train_judge, "vae": train_vae}.get(stage)
-        info = fn(cfg, work, log) if fn else train_unet(cfg, work, work, log)
+        info = fn(cfg, work, log, device) if fn else train_unet(cfg, work, work, log, device)
         state["done"][stage] = info
         state_file.write_text(json.dumps(state, indent=2))
     info = {"config": state["config"], "stages": state["done"],
             "build_s": round(sum(v.get(f"{k}_train_s", 0) for k, v in state["done"].items()), 1),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}
     (work / "zoo.json").write_text(json.dumps(info, indent=2))
     if evaluate:
-        res = evaluate_zoo(work, per_prompt=cfg.eval_per_prompt, steps=cfg.eval_steps, guidance=cfg.guidance, log=log)
+        res = evaluate_zoo(work, per_prompt=cfg.eval_per_prompt, steps=cfg.eval_steps, guidance=cfg.guidance, log=log,
+                           device=device)
         info["eval"] = {k: v for k, v in res.items() if not k.startswith("_")}
         (work / "zoo.json").write_text(json.dumps(info, indent=2))
     # Publish atomically: the finished folders replace `out` in one rename.

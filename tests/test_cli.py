@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+
+from modelseal.cli import app, main
+
+
+def run_cli(args, capsys):
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _commands(typer_app, prefix=()):
+    for cmd in typer_app.registered_commands:
+        yield prefix + (cmd.name or cmd.callback.__name__,)
+    for grp in typer_app.registered_groups:
+        yield from _commands(grp.typer_instance, prefix + (grp.name,))
+
+
+@pytest.mark.parametrize("cmd", list(_commands(app)), ids=" ".join)
+def test_every_command_has_help(cmd, capsys):
+    code, out, _ = run_cli([*cmd, "--help"], capsys)
+    assert code == 0 and "Usage" in out
+
+
+def test_data_list_json(capsys):
+    code, out, _ = run_cli(["data", "list", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["source"] for r in rows][0] == "builtin:digits/mnist"
+
+
+def test_bad_yaml_and_bad_values_exit_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1, 2\nguidance: 3\n")
+    code, out, err = run_cli(["zoo", "eval", "--out", str(tmp_path / "r"), "--config", str(bad)], capsys)
+    assert code == 2 and "not valid YAML" in err and len(err.strip().splitlines()) == 1
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("stepz: 3\n")
+    code, _, err = run_cli(["zoo", "eval", "--out", str(tmp_path / "r"), "--config", str(unknown)], capsys)
+    assert code == 2 and "stepz" in err
+    code, _, err = run_cli(["zoo", "eval", "--out", str(tmp_path / "r"), "--steps", "0"], capsys)
+    assert code == 2 and "steps" in err
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_absent_device_exits_2(tmp_path, capsys):
+    code, _, err = run_cli(["zoo", "eval", "--out", str(tmp_path), "--device", "cuda"], capsys)
+    assert code == 2 and "no CUDA GPU" in err
+
+
+def test_zoo_list_shows_the_shipped_zoo(capsys):
+    code, out, _ = run_cli(["zoo", "list", "--json"], capsys)
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert code == 0 and set(rows) == {"tiny:clip", "tiny:t2i", "tiny:judge"}
+    assert all(r["origin"] == "shipped" and len(r["sha256"]) == 64 for r in rows.values())
+    assert sum(r["size_mb"] for r in rows.values()) <= 20.0
+
+
+def test_zoo_eval_meets_the_zoo_targets(tmp_path, capsys):
+    """The shipped zoo: CLIP zero-shot >= 80% on every domain's full test split; >= 70% of
+    T2I samples read as the prompted digit by the independent judge (80 samples here)."""
+    code, out, err = run_cli(["zoo", "eval", "--out", str(tmp_path), "--per-prompt", "2", "--steps", "20", "--json"],
+                             capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert json.loads((tmp_path / "results.json").read_text()) == res
+    assert set(res["clip_zero_shot"]) == {"mnist", "uci", "mnist-m", "syn"}
+    assert min(res["clip_zero_shot"].values()) >= 80.0, res["clip_zero_shot"]
+    assert res["t2i_prompt_accuracy"] >= 70.0, res["t2i_prompt_accuracy_by_domain"]
+    assert (tmp_path / "samples.png").stat().st_size > 1000
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["seed"] == 0 and manifest["device"] == "cpu"
+    assert {"torch", "transformers", "diffusers"} <= set(manifest["packages"])
+    assert (tmp_path / "config.yaml").read_text().startswith("per_prompt: 2")
+
+
+def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
+    code, _, err = run_cli(["demo", "--quick", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<img" in html and "src='http" not in html
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["zoo"]["t2i_prompt_accuracy"] >= 0 and summary["quick"] is True
