@@ -38,11 +38,11 @@ class ZooConfig:
     clip_patch: int = 8
     judge_steps: int = 1500
     judge_batch: int = 128
-    vae_steps: int = 1500
+    vae_steps: int = 600
     vae_batch: int = 64
     vae_lr: float = 1e-3
     vae_photos: int = 4000
-    unet_steps: int = 6000
+    unet_steps: int = 5000
     unet_batch: int = 64
     unet_lr: float = 4e-4
     unet_channels: tuple[int, ...] = (64, 128)
@@ -427,12 +427,19 @@ def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip",
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     state_file = work / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {"config": _jsonable(asdict(cfg)), "done": {}}
-    if state["config"] != _jsonable(asdict(cfg)):
-        log("[zoo] build folder holds a different config: starting over")
-        shutil.rmtree(work)
-        work.mkdir(parents=True)
-        state = {"config": _jsonable(asdict(cfg)), "done": {}}
+    new_cfg = _jsonable(asdict(cfg))
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"config": new_cfg, "done": {}}
+    # A finished stage is kept while the options it depends on are unchanged.
+    for stage in list(state["done"]):
+        keys = _stage_keys(stage, new_cfg)
+        if any(state["config"].get(k) != new_cfg[k] for k in keys):
+            log(f"[zoo] {stage}: options changed, rebuilding it")
+            state["done"].pop(stage)
+            if stage == "unet":
+                (work / "unet_ckpt.pt").unlink(missing_ok=True)
+    if "unet" not in state["done"] and any(state["config"].get(k) != new_cfg[k] for k in _stage_keys("unet", new_cfg)):
+        (work / "unet_ckpt.pt").unlink(missing_ok=True)  # a checkpoint from other options must not resume
+    state["config"] = new_cfg
     t0 = time.time()
     for stage in stages:
         if stage in state["done"]:
@@ -465,6 +472,15 @@ def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip",
     final.rename(out)
     log(f"[zoo] built into {out} in {time.time() - t0:.0f}s (this run)")
     return info
+
+
+def _stage_keys(stage: str, cfg: dict) -> list[str]:
+    """Options a stage's result depends on (the UNet depends on the CLIP and VAE too)."""
+    common = ["seed", "image_size", "save_dtype"]
+    own = {"clip": "clip_", "judge": "judge_", "vae": "vae_"}
+    if stage in own:
+        return common + [k for k in cfg if k.startswith(own[stage])]
+    return common + [k for k in cfg if k.startswith(("clip_", "vae_", "unet_"))] + ["ema_decay", "cfg_dropout"]
 
 
 def _jsonable(obj):

@@ -1,0 +1,1 @@
+"""lock: IP-CLIP domain locking of CLIP models, with SL / NTL / CUTI baselines."""
