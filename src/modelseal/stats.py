@@ -1,10 +1,4 @@
-"""Statistics for watermark decisions and membership audits (numpy + scipy only).
-
-Watermark bits: under H0 (no watermark) each of k decoded bits matches the owner's
-message with probability 1/2, so the number of matches M ~ Binomial(k, 1/2).
-Audits: scores where higher means "member"; ROC, AUROC with a bootstrap CI, TPR at a
-target FPR, and thresholds calibrated on a separate split of known non-members.
-"""
+"""Statistics for watermark decisions and membership audits."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -12,127 +6,228 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import binom
 
+__all__ = [
+    "binom_pvalue", "bit_threshold", "pooled_pvalue", "tpr_at_threshold",
+    "roc_curve", "auroc", "auroc_ci", "tpr_at_fpr", "calibrate_threshold",
+    "empirical_pvalue", "accuracy_at_threshold", "summarize_audit", "summarize_bits",
+]
+
+
+# --------------------------------------------------------------------------- bits
+
+def _check_prob(name: str, x: float, open_left: bool = True, open_right: bool = True) -> float:
+    x = float(x)
+    lo_ok = x > 0 if open_left else x >= 0
+    hi_ok = x < 1 if open_right else x <= 1
+    if not (lo_ok and hi_ok):
+        lb, rb = "(" if open_left else "[", ")" if open_right else "]"
+        raise ValueError(f"{name} must lie in {lb}0, 1{rb}, got {x}")
+    return x
+
+
+def _check_k(k: int) -> int:
+    if int(k) != k or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k}")
+    return int(k)
+
 
 def binom_pvalue(matches: int, k: int, p: float = 0.5) -> float:
-    """Exact one-sided P(X >= matches) for X ~ Binomial(k, p)."""
-    if not 0 <= matches <= k:
-        raise ValueError(f"matches must lie in [0, {k}], got {matches}")
-    return float(binom.sf(matches - 1, k, p))
+    """Exact one-sided p-value P(X >= matches) for X ~ Binomial(k, p)."""
+    k = _check_k(k)
+    p = _check_prob("p", p, open_left=False, open_right=False)
+    if int(matches) != matches or not 0 <= matches <= k:
+        raise ValueError(f"matches must be an integer in [0, {k}], got {matches}")
+    return float(binom.sf(int(matches) - 1, k, p))
 
 
 def bit_threshold(k: int, fpr: float, p: float = 0.5) -> int:
-    """Smallest M with P(X >= M) <= fpr under Binomial(k, p); k + 1 when even M = k is
-    not rare enough (the test can then never fire). 48 bits at 1e-6 -> 41."""
-    if not 0 < fpr < 1:
-        raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
-    tail = binom.sf(np.arange(k + 1) - 1, k, p)  # tail[m] = P(X >= m), decreasing in m
+    """Smallest M with P(X >= M) <= fpr for X ~ Binomial(k, p) (e.g. k=48, fpr=1e-6 -> 41).
+
+    Returns k + 1 (a match count that can never be reached, so the test never fires)
+    when even M = k is not rare enough.
+    """
+    k = _check_k(k)
+    fpr = _check_prob("fpr", fpr)
+    p = _check_prob("p", p, open_left=False, open_right=False)
+    tail = binom.sf(np.arange(k + 1) - 1, k, p)  # tail[m] = P(X >= m), non-increasing
     ok = np.flatnonzero(tail <= fpr)
-    return int(ok[0]) if len(ok) else k + 1
+    return int(ok[0]) if ok.size else k + 1
 
 
 def pooled_pvalue(matches: Sequence[int], k: int) -> float:
-    """Model-level test over N images: the sum of matches ~ Binomial(N k, 1/2) under H0."""
-    m = np.asarray(matches, dtype=np.int64)
-    return binom_pvalue(int(m.sum()), int(k * len(m)))
+    """Model-level p-value over N images: sum of matches ~ Binomial(N * k, 1/2) under H0."""
+    k = _check_k(k)
+    m = np.asarray(matches).ravel()
+    if m.size and (np.any(m < 0) or np.any(m > k) or np.any(m != np.round(m))):
+        raise ValueError(f"every match count must be an integer in [0, {k}]")
+    return binom_pvalue(int(m.astype(np.int64).sum()), k * int(m.size))
 
 
-def tpr_at_threshold(matches: Sequence[int], threshold: float) -> float:
-    m = np.asarray(matches)
-    return float((m >= threshold).mean()) if len(m) else 0.0
+def tpr_at_threshold(matches, threshold: float) -> float:
+    """Fraction of entries >= threshold (0.0 for an empty input)."""
+    m = np.asarray(matches, dtype=np.float64).ravel()
+    return float(np.mean(m >= threshold)) if m.size else 0.0
 
 
-def _scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in shape: {s.shape} vs {y.shape}")
-    if y.all() or not y.any():
-        raise ValueError("need both members (label 1) and non-members (label 0) to measure a ROC")
+# --------------------------------------------------------------------------- audits
+
+def _scores_labels(scores, labels, need_both: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert to (float scores, bool labels); labels must be 0/1 or bool."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y_raw = np.asarray(labels).ravel()
+    if s.shape != y_raw.shape:
+        raise ValueError(f"scores and labels differ in length: {s.size} vs {y_raw.size}")
+    if s.size == 0:
+        raise ValueError("scores are empty")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must be finite (no NaN or inf)")
+    if not np.all(np.isin(y_raw, (0, 1))):
+        raise ValueError("labels must be 0 (non-member) or 1 (member)")
+    y = y_raw.astype(bool)
+    if need_both and (y.all() or not y.any()):
+        raise ValueError("only one class present: need both members (label 1) and "
+                         "non-members (label 0)")
     return s, y
 
 
 def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds); higher score = member."""
-    from sklearn.metrics import roc_curve as _roc
+    """ROC points (fpr, tpr, thresholds); a higher score means member (positive)."""
+    from sklearn.metrics import roc_curve as _sk_roc
 
     s, y = _scores_labels(scores, labels)
-    fpr, tpr, thr = _roc(y, s, drop_intermediate=False)
+    fpr, tpr, thr = _sk_roc(y, s, drop_intermediate=False)
     return fpr, tpr, thr
 
 
 def auroc(scores, labels) -> float:
+    """Area under the ROC curve; ValueError when only one class is present."""
     from sklearn.metrics import roc_auc_score
 
     s, y = _scores_labels(scores, labels)
     return float(roc_auc_score(y, s))
 
 
-def auroc_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """Stratified bootstrap percentile interval (members and non-members resampled apart)."""
-    from sklearn.metrics import roc_auc_score
+def _boot_aucs(pos: np.ndarray, neg: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """AUROC of n_boot stratified resamples, computed exactly from resample counts.
 
+    For a resample with multiplicities cp (positives) and cn (negatives), the AUC is
+    sum_i cp_i * (#neg < pos_i + 0.5 #neg == pos_i, weighted by cn) / (P * N).
+    """
+    P, N = pos.size, neg.size
+    neg_sorted = np.sort(neg)
+    order = np.argsort(neg, kind="stable")
+    lo = np.searchsorted(neg_sorted, pos, side="left")   # negatives strictly below pos_i
+    hi = np.searchsorted(neg_sorted, pos, side="right")  # ... below or tied
+    out = np.empty(n_boot)
+    chunk = max(1, min(n_boot, 4_000_000 // (P + N + 1)))
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        rows = np.arange(b)[:, None]
+        ip = rng.integers(0, P, size=(b, P))
+        i_n = rng.integers(0, N, size=(b, N))
+        cp = np.bincount((rows * P + ip).ravel(), minlength=b * P).reshape(b, P)
+        cn = np.bincount((rows * N + i_n).ravel(), minlength=b * N).reshape(b, N)
+        cum = np.zeros((b, N + 1))
+        np.cumsum(cn[:, order], axis=1, out=cum[:, 1:])
+        less = cum[:, lo]
+        ties = cum[:, hi] - less
+        out[start:start + b] = (cp * (less + 0.5 * ties)).sum(axis=1) / (P * N)
+    return out
+
+
+def auroc_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05,
+             seed: int = 0) -> tuple[float, float]:
+    """Stratified bootstrap percentile CI for AUROC; deterministic for a given seed.
+
+    Members and non-members are resampled separately (with replacement, sizes kept),
+    using numpy's Generator(PCG64(seed)).
+    """
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot}")
+    alpha = _check_prob("alpha", alpha)
     s, y = _scores_labels(scores, labels)
-    pos, neg = s[y], s[~y]
-    rng = np.random.default_rng(seed)
-    lab = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    vals = np.empty(n_boot)
-    for i in range(n_boot):
-        vals[i] = roc_auc_score(lab, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+    vals = _boot_aucs(s[y], s[~y], int(n_boot), np.random.default_rng(seed))
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
 
 def tpr_at_fpr(scores, labels, fpr: float) -> float:
-    """Highest TPR among ROC points whose empirical FPR does not exceed `fpr`."""
+    """Highest TPR over ROC points whose empirical FPR is <= fpr (never exceeds the target)."""
+    fpr = _check_prob("fpr", fpr, open_left=False, open_right=False)
     f, t, _ = roc_curve(scores, labels)
-    ok = f <= fpr + 1e-12
-    return float(t[ok].max()) if ok.any() else 0.0
+    ok = f <= fpr  # the (0, 0) point always qualifies
+    return float(t[ok].max())
 
 
 def calibrate_threshold(negative_scores, fpr: float) -> float:
-    """Threshold from known non-members: at most a fraction `fpr` of them score >= it."""
-    neg = np.sort(np.asarray(negative_scores, dtype=np.float64))
-    if len(neg) == 0:
+    """Threshold from a calibration split of known non-members.
+
+    Returns the smallest threshold t with #{calibration score >= t} / n <= fpr: just
+    above the (a+1)-th largest score, where a = floor(fpr * n) is the number of scores
+    allowed to reach t. When fpr * n < 1, this is just above the maximum.
+    """
+    fpr = _check_prob("fpr", fpr, open_right=False)
+    neg = np.sort(np.asarray(negative_scores, dtype=np.float64).ravel())
+    n = neg.size
+    if n == 0:
         raise ValueError("calibration needs at least one non-member score")
-    n = len(neg)
-    allowed = int(np.floor(fpr * n))  # how many calibration scores may reach the threshold
-    if allowed < 1:
-        return float(np.nextafter(neg[-1], np.inf))
-    # The threshold sits just above the (allowed+1)-th largest score, so exactly `allowed`
-    # (or fewer, with ties) calibration scores reach it.
+    if not np.all(np.isfinite(neg)):
+        raise ValueError("calibration scores must be finite (no NaN or inf)")
+    allowed = int(np.floor(fpr * n))
+    # Guard against float round-off in fpr * n (e.g. 0.29 * 100 = 28.999...).
+    while allowed + 1 <= n and (allowed + 1) / n <= fpr:
+        allowed += 1
+    while allowed > 0 and allowed / n > fpr:
+        allowed -= 1
+    if allowed >= n:  # every score may pass: any threshold at or below the minimum works
+        return float(neg[0])
     return float(np.nextafter(neg[n - allowed - 1], np.inf))
 
 
 def empirical_pvalue(score: float, null_scores) -> float:
-    """Conformal p-value of one score against null (non-member) scores."""
-    null = np.asarray(null_scores, dtype=np.float64)
-    return float((1 + np.sum(null >= score)) / (1 + len(null)))
+    """Conformal p-value (1 + #{null >= score}) / (1 + n)."""
+    null = np.asarray(null_scores, dtype=np.float64).ravel()
+    return float((1 + np.count_nonzero(null >= score)) / (1 + null.size))
 
 
 def accuracy_at_threshold(scores, labels, threshold: float) -> float:
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    return float(((s >= threshold) == y).mean())
+    """Fraction of samples classified correctly when predicting member iff score >= threshold."""
+    s, y = _scores_labels(scores, labels, need_both=False)
+    return float(np.mean((s >= threshold) == y))
 
+
+# --------------------------------------------------------------------------- summaries
 
 def _key(x: float) -> str:
     return f"{x:g}"
 
 
 def summarize_audit(scores, labels, fprs=(0.01, 0.05), n_boot: int = 1000, seed: int = 0) -> dict:
+    """JSON-ready audit summary: AUROC with bootstrap CI, TPR at each FPR, class counts."""
     s, y = _scores_labels(scores, labels)
     lo, hi = auroc_ci(s, y, n_boot=n_boot, seed=seed)
-    return {"auroc": auroc(s, y), "auroc_ci": [lo, hi],
-            "tpr_at_fpr": {_key(f): tpr_at_fpr(s, y, f) for f in fprs},
-            "n_members": int(y.sum()), "n_nonmembers": int((~y).sum())}
+    return {
+        "auroc": auroc(s, y),
+        "auroc_ci": [lo, hi],
+        "tpr_at_fpr": {_key(f): tpr_at_fpr(s, y, f) for f in fprs},
+        "n_members": int(y.sum()),
+        "n_nonmembers": int((~y).sum()),
+    }
 
 
 def summarize_bits(matches, k: int, fpr: float = 1e-6) -> dict:
-    m = np.asarray(matches, dtype=np.int64)
+    """JSON-ready watermark summary over N images' bit-match counts out of k bits."""
+    m = np.asarray(matches).ravel()
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    per_image = [binom_pvalue(x, k) for x in m.tolist()]
     t = bit_threshold(k, fpr)
-    return {"bits": int(k), "threshold_bits": t,
-            "bit_accuracy": float(m.mean() / k) if len(m) else 0.0,
-            "tpr_at_fpr": {_key(fpr): tpr_at_threshold(m, t)},
-            "p_value": pooled_pvalue(m, k) if len(m) else 1.0,
-            "per_image_p_values": [binom_pvalue(int(x), k) for x in m],
-            "n_images": int(len(m))}
+    return {
+        "bits": int(k),
+        "threshold_bits": t,
+        "bit_accuracy": float(m.mean() / k) if m.size else 0.0,
+        "tpr_at_fpr": {_key(fpr): tpr_at_threshold(m, t)},
+        "p_value": pooled_pvalue(m, k),
+        "per_image_p_values": per_image,
+        "n_images": int(m.size),
+    }

@@ -1,0 +1,88 @@
+"""The four IP-CLIP scenarios: how the authorized and unauthorized training sets are made.
+
+  target-specified  authorized = a source domain; unauthorized = a named target domain
+  target-free       unauthorized = the source under heavy augmentation (RandAugment, 10 ops
+                    at magnitude 10, plus cutout), no target data needed
+  ownership         unauthorized = the source with a stamp; a suspect that collapses on
+                    stamped inputs but not on clean ones is ours
+  authorization     authorized = stamped source; unauthorized = clean inputs of every domain
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SCENARIOS = ("target-specified", "target-free", "ownership", "authorization")
+
+
+@dataclass
+class Stamp:
+    """A visible pattern blended into images: x' = (1 - strength) x + strength * colour on the mask.
+
+    pattern 'grid' (reference: every pixel whose row or column index is even), 'lines'
+    (every `period`-th row and column), 'checker' (period x period cells) or 'patch' (a
+    square of `period` px in the bottom-right corner).
+    """
+    pattern: str = "grid"
+    strength: float = 1.0
+    period: int = 2
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def mask(self, h: int, w: int) -> torch.Tensor:
+        r = torch.arange(h).view(h, 1)
+        c = torch.arange(w).view(1, w)
+        p = max(1, self.period)
+        if self.pattern == "grid":
+            m = (r % p == 0) | (c % p == 0)
+        elif self.pattern == "lines":
+            m = (r % (2 * p) == 0) | (c % (2 * p) == 0)
+        elif self.pattern == "checker":
+            m = ((r // p) + (c // p)) % 2 == 0
+        elif self.pattern == "patch":
+            m = (r >= h - p) & (c >= w - p)
+        else:
+            from ..errors import InputError
+
+            raise InputError(f"unknown stamp pattern '{self.pattern}'", "use grid, lines, checker or patch")
+        return m.float()
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """images in [0, 1] (B, 3, H, W)."""
+        m = self.mask(images.shape[-2], images.shape[-1]).to(images.device) * self.strength
+        col = torch.tensor(self.color, device=images.device).view(1, 3, 1, 1)
+        return images * (1 - m) + col * m
+
+
+def heavy_augment(images: torch.Tensor, copies: int = 1, n_ops: int = 10, magnitude: float = 10.0,
+                  cutout_frac: float = 16 / 224, seed: int = 0) -> torch.Tensor:
+    """The target-free 'unauthorized domain': RandAugment(n_ops, magnitude) + cutout.
+
+    The cutout side is a fraction of the image side (16 px at 224 in the reference).
+    `copies` augmented versions of every image are drawn with a fixed seed.
+    """
+    from kornia.augmentation.auto import RandAugment
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        aug = RandAugment(n=n_ops, m=magnitude)
+        outs = []
+        for _ in range(copies):
+            for i in range(0, len(images), 256):
+                x = aug(images[i:i + 256].float())
+                outs.append(_cutout(x, max(1, round(cutout_frac * x.shape[-1]))))
+        return torch.cat(outs).clamp(0, 1)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _cutout(x: torch.Tensor, side: int) -> torch.Tensor:
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b,))
+    cx = torch.randint(0, w, (b,))
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    half = side // 2
+    m = ((rows - cy.view(b, 1, 1)).abs() <= half) & ((cols - cx.view(b, 1, 1)).abs() <= half)
+    return x * (~m).unsqueeze(1).float()
