@@ -22,8 +22,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Protect and prove ownership of large vision models.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The tiny model zoo: build, evaluate, list.")
 data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets.")
+lock_app = typer.Typer(no_args_is_help=True, help="IP-CLIP: lock a CLIP model to its licensed data domain.")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(data_app, name="data")
+app.add_typer(lock_app, name="lock")
 
 err_console = Console(stderr=True)
 console = Console(stderr=True)
@@ -158,6 +160,110 @@ def data_list(as_json: bool = JsonOpt):
     for r in rows:
         table.add_row(r["source"], str(r["train"]), str(r["test"]), str(r["classes"]), r["description"])
     Console().print(table)
+
+
+# ---- lock ----------------------------------------------------------------------------
+ModelOpt = typer.Option(None, "--model", help="tiny:clip (default), a hub id, or a local CLIP folder.")
+LocalOpt = typer.Option(None, "--local-files-only/--allow-download", help="Never reach the hub for --model.")
+StampOpts = dict(
+    stamp_pattern=typer.Option(None, "--stamp-pattern", help="grid | lines | checker | patch (default grid)."),
+    stamp_strength=typer.Option(None, "--stamp-strength", help="Blend strength in (0, 1] (default 1)."),
+    stamp_period=typer.Option(None, "--stamp-period", help="Pattern period / patch side in px (default 2)."),
+)
+
+
+@lock_app.command("train")
+def lock_train(
+    out: Path = OutOpt,
+    method: Optional[str] = typer.Option(None, "--method", help="ip-clip (default) | supervised | ntl | cuti"),
+    scenario: Optional[str] = typer.Option(None, "--scenario",
+                                           help="target-specified (default) | target-free | ownership | authorization"),
+    authorized: Optional[str] = typer.Option(None, "--authorized", help="SRC: builtin:digits/<domain> or a "
+                                             "root/<class>/<image> folder (default builtin:digits/mnist)."),
+    unauthorized: Optional[list[str]] = typer.Option(None, "--unauthorized", help="SRC of an unauthorized domain "
+                                                     "(repeatable)."),
+    eval_: Optional[list[str]] = typer.Option(None, "--eval", help="More SRC domains to evaluate (repeatable)."),
+    model: Optional[str] = ModelOpt,
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 400)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch per domain (default 32)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 0.01)."),
+    weights: Optional[str] = typer.Option(None, help="Loss weights: paper | target-free-code | target-specified-code."),
+    train_attention: Optional[bool] = typer.Option(None, "--train-attention/--frozen-attention",
+                                                   help="Train the style attention (default) or keep it at random "
+                                                   "init as the reference code does."),
+    stamp_pattern: Optional[str] = StampOpts["stamp_pattern"],
+    stamp_strength: Optional[float] = StampOpts["stamp_strength"],
+    stamp_period: Optional[int] = StampOpts["stamp_period"],
+    local_files_only: Optional[bool] = LocalOpt,
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Learn a prompt generator that keeps accuracy on the authorized domain and collapses elsewhere."""
+    from .config import LockTrainConfig
+
+    def body(cfg, run, dev):
+        from .lock.run import train_command
+
+        return train_command(cfg, run.path, dev, log=_log)
+
+    _run("lock train", LockTrainConfig, config,
+         dict(method=method, scenario=scenario, authorized=authorized, unauthorized=unauthorized or None,
+              eval=eval_ or None, model=model, steps=steps, batch_size=batch_size, lr=lr, weights=weights,
+              train_attention=train_attention, stamp_pattern=stamp_pattern, stamp_strength=stamp_strength,
+              stamp_period=stamp_period, local_files_only=local_files_only, seed=seed),
+         out, device, as_json, body)
+
+
+@lock_app.command("eval")
+def lock_eval(
+    out: Path = OutOpt,
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="checkpoint/ folder of a lock run."),
+    eval_: Optional[list[str]] = typer.Option(None, "--eval", help="SRC domains to evaluate (repeatable)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Backbone (default: the one the checkpoint names)."),
+    local_files_only: Optional[bool] = LocalOpt,
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Accuracy of a lock checkpoint on each domain's test split (and stamped, if it has a stamp)."""
+    from .config import LockEvalConfig
+
+    def body(cfg, run, dev):
+        from .lock.run import eval_command
+
+        return eval_command(cfg, run.path, dev, log=_log)
+
+    _run("lock eval", LockEvalConfig, config, dict(checkpoint=checkpoint, eval=eval_ or None, model=model,
+                                                   local_files_only=local_files_only, seed=seed),
+         out, device, as_json, body)
+
+
+@lock_app.command("verify")
+def lock_verify(
+    out: Path = OutOpt,
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="The suspect's lock checkpoint folder."),
+    eval_: Optional[str] = typer.Option(None, "--eval", help="SRC whose test split is probed (default mnist)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Backbone (default: the one the checkpoint names)."),
+    stamp_pattern: Optional[str] = StampOpts["stamp_pattern"],
+    stamp_strength: Optional[float] = StampOpts["stamp_strength"],
+    stamp_period: Optional[int] = StampOpts["stamp_period"],
+    min_drop: Optional[float] = typer.Option(None, help="Accuracy drop (points) needed to say ours (default 30)."),
+    alpha: Optional[float] = typer.Option(None, help="Significance level (default 1e-3)."),
+    local_files_only: Optional[bool] = LocalOpt,
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Ownership verification: does the suspect fail on stamped inputs it gets right clean? (p-value)"""
+    from .config import LockVerifyConfig
+
+    def body(cfg, run, dev):
+        from .lock.run import verify_command
+
+        return verify_command(cfg, run.path, dev, log=_log)
+
+    _run("lock verify", LockVerifyConfig, config,
+         dict(checkpoint=checkpoint, eval=eval_, model=model, stamp_pattern=stamp_pattern,
+              stamp_strength=stamp_strength, stamp_period=stamp_period, min_drop=min_drop, alpha=alpha,
+              local_files_only=local_files_only, seed=seed), out, device, as_json, body)
 
 
 # ---- demo ----------------------------------------------------------------------------

@@ -57,7 +57,57 @@ class DemoConfig(Strict):
     zoo_quick: ZooEvalConfig = ZooEvalConfig(per_prompt=2, steps=20)
 
 
-CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig}
+class _ModelOptions(Strict):
+    model: str = Field("tiny:clip", description="tiny:clip, a hub id, or a local CLIP folder")
+    local_files_only: bool = False
+
+
+class _StampOptions(Strict):
+    stamp_pattern: Literal["grid", "lines", "checker", "patch"] = "grid"
+    stamp_strength: float = Field(1.0, gt=0.0, le=1.0)
+    stamp_period: int = Field(2, ge=1)
+
+
+class LockTrainConfig(_ModelOptions, _StampOptions):
+    """`modelseal lock train`: IP-CLIP (or a baseline) in one of the four scenarios."""
+    method: Literal["ip-clip", "supervised", "ntl", "cuti"] = "ip-clip"
+    scenario: Literal["target-specified", "target-free", "ownership", "authorization"] = "target-specified"
+    authorized: str = "builtin:digits/mnist"
+    unauthorized: list[str] = []
+    eval: list[str] = []
+    steps: int = Field(400, ge=1)
+    sl_steps: int | None = Field(None, ge=1, description="steps of the SL reference (default: steps)")
+    batch_size: int = Field(32, ge=1, description="per domain")
+    lr: float = Field(0.01, gt=0)
+    weights: Literal["paper", "target-free-code", "target-specified-code"] = "paper"
+    train_attention: bool = True
+    n_image_tokens: int = Field(4, ge=1)
+    shared_image_tokens: bool = True
+    aug_copies: int = Field(2, ge=1, description="target-free: augmented copies per authorized image")
+    feature_batch_size: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class LockEvalConfig(_ModelOptions):
+    """`modelseal lock eval`: accuracy of a lock checkpoint per domain (and stamped)."""
+    model: str | None = None
+    checkpoint: str
+    eval: list[str]
+    seed: int = 0
+
+
+class LockVerifyConfig(_ModelOptions, _StampOptions):
+    """`modelseal lock verify`: is a suspect checkpoint ours? Paired test on clean vs stamped."""
+    model: str | None = None
+    checkpoint: str
+    eval: str = "builtin:digits/mnist"
+    min_drop: float = Field(30.0, ge=0, le=100)
+    alpha: float = Field(1e-3, gt=0, lt=1)
+    seed: int = 0
+
+
+CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,
+           "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig}
 
 
 def load_config(path: str | Path | None, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:

@@ -111,7 +111,7 @@ def ipclip_loss(logits_a, y_a, logits_u, y_u, inter_s, inter_t, dom_a, dom_u, te
     kl = text_kl(text_a, text_u)
     loss = (ce_a - c5(ce_u) + w.sign_is * c5(ce_is) - c5(ce_it) - w.kl * kl - w.l1 * c5(smn) + w.l2 * ent)
     parts = {"ce_a": ce_a, "ce_u": ce_u, "ce_is": ce_is, "ce_it": ce_it, "smn": smn, "ent": ent, "kl": kl}
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
+    return loss, {k: v.item() for k, v in parts.items()}
 
 
 def _kl_to_labels(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -134,17 +134,17 @@ def ntl_loss(logits_a, y_a, logits_u, y_u, feat_a, feat_u, alpha: float = 0.1, b
     kl_a, kl_u = _kl_to_labels(logits_a, y_a), _kl_to_labels(logits_u, y_u)
     d = mmd(feat_a.flatten(1), feat_u.flatten(1))
     loss = kl_a - torch.clamp(alpha * kl_u * d, max=beta)
-    return loss, {"kl_a": float(kl_a), "kl_u": float(kl_u), "mmd": float(d)}
+    return loss, {"kl_a": kl_a.item(), "kl_u": kl_u.item(), "mmd": d.item()}
 
 
 def cuti_loss(logits_a, y_a, logits_u, y_u):
     """CUTI-domain (CVPR 2023): KL_a - clamp(0.1 KL_u, 0, 1)."""
     kl_a, kl_u = _kl_to_labels(logits_a, y_a), _kl_to_labels(logits_u, y_u)
     loss = kl_a - torch.clamp(0.1 * kl_u, 0.0, 1.0)
-    return loss, {"kl_a": float(kl_a), "kl_u": float(kl_u)}
+    return loss, {"kl_a": kl_a.item(), "kl_u": kl_u.item()}
 
 
 def supervised_loss(logits_a, y_a):
     """SL: the same prompt learner with the authorized cross-entropy only."""
     ce = F.cross_entropy(logits_a, y_a)
-    return ce, {"ce_a": float(ce)}
+    return ce, {"ce_a": ce.item()}

@@ -1,0 +1,182 @@
+"""`modelseal lock train | eval | verify`: scenarios, SL reference, metrics, checkpoints."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..data.sources import load_source, source_name
+from ..errors import InputError
+from ..models.clip import ZERO_SHOT_TEMPLATES, load_clip
+from ..report.figures import bar_chart
+from ..runs import atomic_write_bytes
+from .checkpoint import backbone_hash, load_lock_state, read_card, save_lock
+from .ipclip import ProjectorConfig, frozen_features
+from .metrics import lock_metrics, ownership_metric, ownership_test
+from .scenarios import Stamp, heavy_augment
+from .train import LockModel, LockTrainConfig, accuracy, train_lock
+
+STAMPED = "+stamp"
+
+
+def _templates(specs: list[str]) -> tuple[str, ...]:
+    if all(s.startswith("builtin:digits/") for s in specs):
+        return ZERO_SHOT_TEMPLATES
+    return ("a photo of a {}.",)
+
+
+def _load(spec: str, split: str, size: int):
+    s = load_source(spec, split, size)
+    if s.labels is None:
+        raise InputError(f"source '{spec}' has no class labels", "give a root/<class>/<image> folder")
+    return s
+
+
+def _check_classes(sets: dict, ref) -> None:
+    for name, s in sets.items():
+        if s.class_names != ref.class_names:
+            raise InputError(f"source '{name}' has classes {s.class_names[:5]}... unlike the authorized "
+                             f"domain's {ref.class_names[:5]}...", "give domains with the same class folders")
+
+
+def _features(clip, images: torch.Tensor, batch_size: int) -> dict:
+    return frozen_features(clip, images, batch_size=batch_size)
+
+
+def train_command(cfg, out: Path, device: str, log=print) -> dict:
+    t0 = time.time()
+    clip = load_clip(cfg.model, device=device, local_files_only=cfg.local_files_only)
+    size = clip.image_size
+    auth_tr = _load(cfg.authorized, "train", size)
+    auth_te = _load(cfg.authorized, "test", size)
+    a_name = source_name(cfg.authorized)
+    unauth_specs = list(cfg.unauthorized or [])
+    eval_specs = list(dict.fromkeys([cfg.authorized] + unauth_specs + list(cfg.eval or [])))
+    if cfg.scenario == "target-specified" and not unauth_specs:
+        raise InputError("the target-specified scenario needs --unauthorized SRC", "name the target domain")
+    tests = {source_name(s): _load(s, "test", size) for s in eval_specs}
+    _check_classes(tests, auth_tr)
+    classes = auth_tr.class_names
+    stamp = Stamp(cfg.stamp_pattern, cfg.stamp_strength, cfg.stamp_period)
+    bs = cfg.feature_batch_size
+    log(f"[lock] {cfg.scenario} / {cfg.method}: frozen features of {len(auth_tr)} authorized images")
+    x_a = auth_tr.tensor()
+    y_a = torch.from_numpy(auth_tr.labels)
+    if cfg.scenario == "target-specified":
+        u_sets = [_load(s, "train", size) for s in unauth_specs]
+        x_u = torch.cat([u.tensor() for u in u_sets])
+        y_u = torch.cat([torch.from_numpy(u.labels) for u in u_sets])
+        auth_x, unauth_x = x_a, x_u
+        authorized, unauthorized = [a_name], [source_name(s) for s in unauth_specs]
+    elif cfg.scenario == "target-free":
+        unauth_x = heavy_augment(x_a, copies=cfg.aug_copies, seed=cfg.seed)
+        y_u = y_a.repeat(cfg.aug_copies)
+        auth_x = x_a
+        authorized = [a_name]
+        unauthorized = [n for n in tests if n != a_name]
+    elif cfg.scenario == "ownership":
+        auth_x, unauth_x, y_u = x_a, stamp.apply(x_a), y_a
+        authorized, unauthorized = [a_name], [a_name + STAMPED]
+    else:  # authorization: only stamped inputs work
+        others = [_load(s, "train", size) for s in unauth_specs]
+        clean = [x_a] + [o.tensor() for o in others]
+        clean_y = [y_a] + [torch.from_numpy(o.labels) for o in others]
+        aug = heavy_augment(x_a, copies=1, seed=cfg.seed)
+        unauth_x = torch.cat(clean + [aug])
+        y_u = torch.cat(clean_y + [y_a])
+        auth_x = stamp.apply(x_a)
+        authorized = [a_name + STAMPED]
+        unauthorized = list(tests)
+    f_auth = _features(clip, auth_x, bs)
+    f_unauth = _features(clip, unauth_x, bs)
+    test_feats = {n: (_features(clip, s.tensor(), bs), torch.from_numpy(s.labels)) for n, s in tests.items()}
+    if cfg.scenario in ("ownership", "authorization"):
+        for n, s in list(tests.items()):
+            test_feats[n + STAMPED] = (_features(clip, stamp.apply(s.tensor()), bs), torch.from_numpy(s.labels))
+    templates = _templates(eval_specs)
+    tcfg = LockTrainConfig(method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                           weights=cfg.weights, train_attention=cfg.train_attention, seed=cfg.seed,
+                           projector=ProjectorConfig(n_image_tokens=cfg.n_image_tokens,
+                                                     shared_image_tokens=cfg.shared_image_tokens))
+    sl_cfg = LockTrainConfig(method="supervised", steps=cfg.sl_steps or cfg.steps, batch_size=cfg.batch_size,
+                             lr=cfg.lr, seed=cfg.seed, projector=tcfg.projector)
+    log("[lock] training the SL reference (authorized cross-entropy only)")
+    sl, _ = train_lock(clip, classes, f_auth, y_a, None, None, sl_cfg, templates, log=log)
+    if cfg.method == "supervised":
+        model, history = sl, []
+    else:
+        model, history = train_lock(clip, classes, f_auth, y_a, f_unauth, y_u, tcfg, templates, log=log)
+    acc = {n: round(accuracy(model.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
+    acc_sl = {n: round(accuracy(sl.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
+    res = {"method": cfg.method, "scenario": cfg.scenario, "accuracy": acc, "accuracy_sl": acc_sl,
+           "chance": round(100.0 / len(classes), 2), "authorized": authorized, "unauthorized": unauthorized}
+    res.update({k: round(v, 3) for k, v in lock_metrics(acc, acc_sl, authorized, unauthorized).items()})
+    if cfg.scenario == "ownership":
+        res["O_ua"] = round(ownership_metric(acc[a_name], acc[a_name + STAMPED], acc_sl[a_name + STAMPED]), 3)
+    card = {"format": "modelseal-lock/1", "method": cfg.method, "scenario": cfg.scenario, "class_names": classes,
+            "templates": list(templates), "projector": asdict(tcfg.projector),
+            "backbone": {"source": cfg.model, "sha256": backbone_hash(clip.model)},
+            "stamp": asdict(stamp) if cfg.scenario in ("ownership", "authorization") else None,
+            "authorized": authorized, "unauthorized": unauthorized}
+    save_lock(out / "checkpoint", model.trainable_state(), card)
+    save_lock(out / "checkpoint-sl", sl.trainable_state(), {**card, "method": "supervised"})
+    png = bar_chart({cfg.method: acc, "supervised (SL)": acc_sl}, ylabel="accuracy (%)",
+                    title=f"lock: {cfg.scenario}, authorized {', '.join(authorized)}",
+                    hline=res["chance"], hline_label="chance")
+    atomic_write_bytes(out / "accuracy.png", png)
+    res["history"] = history
+    res["train_s"] = round(time.time() - t0, 1)
+    log(f"[lock] accuracy {acc} | SL {acc_sl} | W_ua {res['W_ua']:.2f}")
+    return res
+
+
+def load_checkpoint(folder: Path, model: str | None, device: str, local_files_only: bool = False):
+    card = read_card(folder)
+    clip = load_clip(model or card["backbone"]["source"], device=device, local_files_only=local_files_only)
+    state = load_lock_state(folder, clip.model, card)
+    cfg = LockTrainConfig(projector=ProjectorConfig(**card["projector"]))
+    lm = LockModel(clip, card["class_names"], cfg)
+    missing, unexpected = lm.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("ipclip.clip.") for k in missing):
+        raise InputError(f"checkpoint '{folder}' does not match this model's prompt learner",
+                         "retrain it with this version of modelseal")
+    lm.eval()
+    return lm, card, clip
+
+
+def eval_command(cfg, out: Path, device: str, log=print) -> dict:
+    lm, card, clip = load_checkpoint(Path(cfg.checkpoint), cfg.model, device, cfg.local_files_only)
+    acc = {}
+    stamp = Stamp(**card["stamp"]) if card.get("stamp") else None
+    for spec in cfg.eval:
+        s = _load(spec, "test", clip.image_size)
+        if s.class_names != card["class_names"]:
+            raise InputError(f"'{spec}' has other classes than the checkpoint", "evaluate on the same classes")
+        x = s.tensor()
+        y = torch.from_numpy(s.labels)
+        acc[source_name(spec)] = round(accuracy(lm.ipclip, frozen_features(clip, x), y), 2)
+        if stamp is not None:
+            acc[source_name(spec) + STAMPED] = round(accuracy(lm.ipclip, frozen_features(clip, stamp.apply(x)), y), 2)
+    log(f"[lock] accuracy {acc}")
+    return {"accuracy": acc, "chance": round(100.0 / len(card["class_names"]), 2), "authorized": card["authorized"],
+            "method": card["method"], "scenario": card["scenario"]}
+
+
+def verify_command(cfg, out: Path, device: str, log=print) -> dict:
+    """Ownership verification of a suspect lock checkpoint from its behaviour alone."""
+    lm, card, clip = load_checkpoint(Path(cfg.checkpoint), cfg.model, device, cfg.local_files_only)
+    stamp = Stamp(cfg.stamp_pattern, cfg.stamp_strength, cfg.stamp_period)
+    s = _load(cfg.eval, "test", clip.image_size)
+    x = s.tensor()
+    y = torch.from_numpy(s.labels)
+    pc = lm.ipclip.predict(frozen_features(clip, x)).eq(y).numpy()
+    ps = lm.ipclip.predict(frozen_features(clip, stamp.apply(x))).eq(y).numpy()
+    res = ownership_test(pc, ps, min_drop=cfg.min_drop, alpha=cfg.alpha)
+    res["verdict"] = "ours" if res["ours"] else "not ours"
+    res["n_images"] = int(len(y))
+    log(f"[lock] verify: {res['verdict']} (clean {res['clean_accuracy']:.1f}%, stamped "
+        f"{res['stamped_accuracy']:.1f}%, p = {res['p_value']:.2e})")
+    return res
+
