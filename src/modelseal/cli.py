@@ -194,6 +194,7 @@ def lock_train(
     stamp_pattern: Optional[str] = StampOpts["stamp_pattern"],
     stamp_strength: Optional[float] = StampOpts["stamp_strength"],
     stamp_period: Optional[int] = StampOpts["stamp_period"],
+    train_limit: Optional[int] = typer.Option(None, help="Use at most N training images per domain."),
     local_files_only: Optional[bool] = LocalOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
@@ -210,7 +211,7 @@ def lock_train(
          dict(method=method, scenario=scenario, authorized=authorized, unauthorized=unauthorized or None,
               eval=eval_ or None, model=model, steps=steps, batch_size=batch_size, lr=lr, weights=weights,
               train_attention=train_attention, stamp_pattern=stamp_pattern, stamp_strength=stamp_strength,
-              stamp_period=stamp_period, local_files_only=local_files_only, seed=seed),
+              stamp_period=stamp_period, train_limit=train_limit, local_files_only=local_files_only, seed=seed),
          out, device, as_json, body)
 
 

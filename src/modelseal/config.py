@@ -49,14 +49,6 @@ class ZooEvalConfig(Strict):
     seed: int = 0
 
 
-class DemoConfig(Strict):
-    """`modelseal demo`: the embedded default end to end, with an HTML report."""
-    quick: bool = False
-    seed: int = 0
-    zoo: ZooEvalConfig = ZooEvalConfig(per_prompt=5)
-    zoo_quick: ZooEvalConfig = ZooEvalConfig(per_prompt=2, steps=20)
-
-
 class _ModelOptions(Strict):
     model: str = Field("tiny:clip", description="tiny:clip, a hub id, or a local CLIP folder")
     local_files_only: bool = False
@@ -85,6 +77,7 @@ class LockTrainConfig(_ModelOptions, _StampOptions):
     shared_image_tokens: bool = True
     aug_copies: int = Field(2, ge=1, description="target-free: augmented copies per authorized image")
     feature_batch_size: int = Field(256, ge=1)
+    train_limit: int | None = Field(None, ge=10, description="use at most this many training images per domain")
     seed: int = 0
 
 
@@ -104,6 +97,31 @@ class LockVerifyConfig(_ModelOptions, _StampOptions):
     min_drop: float = Field(30.0, ge=0, le=100)
     alpha: float = Field(1e-3, gt=0, lt=1)
     seed: int = 0
+
+
+class DemoLockConfig(Strict):
+    """The demo's lock section: target-specified on the digits (mnist licensed, mnist-m not)."""
+    authorized: str = "builtin:digits/mnist"
+    unauthorized: list[str] = ["builtin:digits/mnist-m"]
+    eval: list[str] = ["builtin:digits/uci", "builtin:digits/syn"]
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    train_limit: int | None = Field(None, ge=10)
+
+    def to_train_config(self, seed: int) -> LockTrainConfig:
+        return LockTrainConfig(authorized=self.authorized, unauthorized=self.unauthorized, eval=self.eval,
+                               steps=self.steps, batch_size=self.batch_size, train_limit=self.train_limit, seed=seed)
+
+
+class DemoConfig(Strict):
+    """`modelseal demo`: the embedded default end to end, with an HTML report."""
+    quick: bool = False
+    seed: int = 0
+    sections: list[Literal["zoo", "lock"]] = ["zoo", "lock"]
+    zoo: ZooEvalConfig = ZooEvalConfig(per_prompt=5)
+    zoo_quick: ZooEvalConfig = ZooEvalConfig(per_prompt=2, steps=20)
+    lock: DemoLockConfig = DemoLockConfig()
+    lock_quick: DemoLockConfig = DemoLockConfig(steps=80, batch_size=16, train_limit=800)
 
 
 CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,

@@ -27,10 +27,13 @@ def _templates(specs: list[str]) -> tuple[str, ...]:
     return ("a photo of a {}.",)
 
 
-def _load(spec: str, split: str, size: int):
+def _load(spec: str, split: str, size: int, limit: int | None = None, seed: int = 0):
     s = load_source(spec, split, size)
     if s.labels is None:
         raise InputError(f"source '{spec}' has no class labels", "give a root/<class>/<image> folder")
+    if limit is not None and len(s) > limit:
+        idx = torch.randperm(len(s), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        s = s.subset(idx.numpy())
     return s
 
 
@@ -49,7 +52,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     t0 = time.time()
     clip = load_clip(cfg.model, device=device, local_files_only=cfg.local_files_only)
     size = clip.image_size
-    auth_tr = _load(cfg.authorized, "train", size)
+    auth_tr = _load(cfg.authorized, "train", size, cfg.train_limit, cfg.seed)
     auth_te = _load(cfg.authorized, "test", size)
     a_name = source_name(cfg.authorized)
     unauth_specs = list(cfg.unauthorized or [])
@@ -65,7 +68,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     x_a = auth_tr.tensor()
     y_a = torch.from_numpy(auth_tr.labels)
     if cfg.scenario == "target-specified":
-        u_sets = [_load(s, "train", size) for s in unauth_specs]
+        u_sets = [_load(s, "train", size, cfg.train_limit, cfg.seed) for s in unauth_specs]
         x_u = torch.cat([u.tensor() for u in u_sets])
         y_u = torch.cat([torch.from_numpy(u.labels) for u in u_sets])
         auth_x, unauth_x = x_a, x_u
@@ -80,7 +83,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         auth_x, unauth_x, y_u = x_a, stamp.apply(x_a), y_a
         authorized, unauthorized = [a_name], [a_name + STAMPED]
     else:  # authorization: only stamped inputs work
-        others = [_load(s, "train", size) for s in unauth_specs]
+        others = [_load(s, "train", size, cfg.train_limit, cfg.seed) for s in unauth_specs]
         clean = [x_a] + [o.tensor() for o in others]
         clean_y = [y_a] + [torch.from_numpy(o.labels) for o in others]
         aug = heavy_augment(x_a, copies=1, seed=cfg.seed)

@@ -1,0 +1,57 @@
+"""lock on the shipped tiny CLIP and built-in digits, at a small, fast size: effects, not
+just that code runs. Full-size figures: `modelseal lock train` (see the README)."""
+import json
+
+import pytest
+
+from modelseal.cli import main
+
+
+def cli(args, capsys):
+    try:
+        main(args + ["--json"])
+    except SystemExit as e:
+        assert not e.code, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+SMALL = ["--steps", "60", "--batch-size", "16", "--train-limit", "600"]
+
+
+
+
+def test_target_specified_locks_mnist_m_and_keeps_mnist(tmp_path, capsys):
+    res = cli(["lock", "train", "--out", str(tmp_path), "--unauthorized", "builtin:digits/mnist-m", *SMALL], capsys)
+    acc, sl = res["accuracy"], res["accuracy_sl"]
+    assert acc["mnist"] >= sl["mnist"] - 5, res
+    assert acc["mnist-m"] <= res["chance"] + 15, res
+    assert sl["mnist-m"] >= 50  # without protection the model transfers: locking did the drop
+    assert res["W_ua"] > 40
+    # the checkpoint alone reproduces the accuracies
+    ev = cli(["lock", "eval", "--out", str(tmp_path / "ev"), "--checkpoint", str(tmp_path / "checkpoint"),
+              "--eval", "builtin:digits/mnist", "--eval", "builtin:digits/mnist-m"], capsys)
+    assert ev["accuracy"] == {"mnist": acc["mnist"], "mnist-m": acc["mnist-m"]}
+
+
+def test_ownership_verify_says_ours_only_for_the_locked_model(tmp_path, capsys):
+    res = cli(["lock", "train", "--out", str(tmp_path), "--scenario", "ownership", *SMALL], capsys)
+    assert res["accuracy"]["mnist+stamp"] <= res["chance"] + 15, res
+    assert res["accuracy"]["mnist"] >= res["accuracy_sl"]["mnist"] - 5, res
+    ours = cli(["lock", "verify", "--out", str(tmp_path / "v1"), "--checkpoint", str(tmp_path / "checkpoint")], capsys)
+    sl = cli(["lock", "verify", "--out", str(tmp_path / "v2"), "--checkpoint", str(tmp_path / "checkpoint-sl")], capsys)
+    assert ours["verdict"] == "ours" and ours["p_value"] < 1e-6
+    assert sl["verdict"] == "not ours"
+
+
+def test_checkpoint_on_another_backbone_is_refused(tmp_path, capsys):
+    from modelseal.lock.checkpoint import save_lock
+
+    save_lock(tmp_path / "ck", {}, {"backbone": {"source": "x", "sha256": "0" * 64}, "class_names": ["a"],
+                                    "projector": {}, "stamp": None, "authorized": [], "method": "ip-clip",
+                                    "scenario": "target-specified"})
+    try:
+        main(["lock", "eval", "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "ck"),
+              "--model", "tiny:clip", "--eval", "builtin:digits/mnist"])
+    except SystemExit as e:
+        assert e.code == 2
+    assert "not on this one" in capsys.readouterr().err
