@@ -55,3 +55,22 @@ def test_checkpoint_on_another_backbone_is_refused(tmp_path, capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "not on this one" in capsys.readouterr().err
+
+
+def test_training_runs_data_parallel_under_torchrun(tmp_path):
+    """Two processes (gloo on CPU) train one lock together: one run folder, the lock holds."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+           "-m", "modelseal", "lock", "train", "--out", str(tmp_path / "ddp"), "--unauthorized",
+           "builtin:digits/mnist-m", *SMALL, "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["processes"] == 2
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ddp"]
+    assert res["accuracy"]["mnist"] >= res["accuracy_sl"]["mnist"] - 5, res
+    assert res["accuracy"]["mnist-m"] <= res["chance"] + 20, res

@@ -38,7 +38,10 @@ ConfigOpt = typer.Option(None, "--config", help="YAML file of options (command-l
 
 
 def _log(msg: str) -> None:
-    console.print(msg, highlight=False, markup=False)
+    from . import parallel
+
+    if parallel.world_size() <= 1 or parallel.is_main():
+        console.print(msg, highlight=False, markup=False)
 
 
 def _run(command: str, model, config: Optional[Path], overrides: dict, out: Path, device: str,
@@ -47,13 +50,23 @@ def _run(command: str, model, config: Optional[Path], overrides: dict, out: Path
     from .config import load_config
     from .runs import RunFolder, resolve_device
 
+    from . import parallel
+
     cfg = load_config(config, model, overrides)
-    dev = resolve_device(device)
+    dev = parallel.local_device(resolve_device(device))
     seed = getattr(cfg, "seed", 0)
     _seed_everything(seed)
+    if not parallel.is_main():  # under accelerate launch / torchrun only rank 0 writes `out`
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            body(cfg, RunFolder(Path(tmp) / "run", command, cfg.model_dump(mode="json"), seed, dev), dev)
+        parallel.barrier()
+        return {}
     run = RunFolder(out, command, cfg.model_dump(mode="json"), seed, dev)
     results = body(cfg, run, dev)
     path = run.finish(results)
+    parallel.barrier()
     if as_json:
         sys.stdout.write(json.dumps(results, default=str) + "\n")
     else:
@@ -166,9 +179,9 @@ def data_list(as_json: bool = JsonOpt):
 ModelOpt = typer.Option(None, "--model", help="tiny:clip (default), a hub id, or a local CLIP folder.")
 LocalOpt = typer.Option(None, "--local-files-only/--allow-download", help="Never reach the hub for --model.")
 StampOpts = dict(
-    stamp_pattern=typer.Option(None, "--stamp-pattern", help="grid | lines | checker | patch (default grid)."),
-    stamp_strength=typer.Option(None, "--stamp-strength", help="Blend strength in (0, 1] (default 1)."),
-    stamp_period=typer.Option(None, "--stamp-period", help="Pattern period / patch side in px (default 2)."),
+    stamp_pattern=typer.Option(None, "--stamp-pattern", help="checker (default) | grid | lines | patch."),
+    stamp_strength=typer.Option(None, "--stamp-strength", help="Blend strength in (0, 1] (default 0.3)."),
+    stamp_period=typer.Option(None, "--stamp-period", help="Cell side / period / patch side in px (default 4)."),
 )
 
 

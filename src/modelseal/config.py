@@ -55,9 +55,15 @@ class _ModelOptions(Strict):
 
 
 class _StampOptions(Strict):
-    stamp_pattern: Literal["grid", "lines", "checker", "patch"] = "grid"
-    stamp_strength: float = Field(1.0, gt=0.0, le=1.0)
-    stamp_period: int = Field(2, ge=1)
+    """Default: a faint white checkerboard (4 px cells, strength 0.3). The reference's white
+    grid (every even row and column: 75% of the pixels) leaves nothing of a 32 px digit for
+    ANY model, so it cannot tell a locked model from an innocent one there, and O_ua, which
+    weighs by the SL model's stamped accuracy, is ~0 (--stamp-pattern grid
+    --stamp-strength 1 --stamp-period 2 gives it). A corner patch is harmless but too
+    local for the style statistics IP-CLIP reads: the lock did not learn it."""
+    stamp_pattern: Literal["grid", "lines", "checker", "patch"] = "checker"
+    stamp_strength: float = Field(0.3, gt=0.0, le=1.0)
+    stamp_period: int = Field(4, ge=1)
 
 
 class LockTrainConfig(_ModelOptions, _StampOptions):

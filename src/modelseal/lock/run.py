@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import parallel
 from ..data.sources import load_source, source_name
 from ..errors import InputError
 from ..models.clip import ZERO_SHOT_TEMPLATES, load_clip
@@ -131,6 +132,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     atomic_write_bytes(out / "accuracy.png", png)
     res["history"] = history
     res["train_s"] = round(time.time() - t0, 1)
+    res["processes"] = parallel.world_size()
     log(f"[lock] accuracy {acc} | SL {acc_sl} | W_ua {res['W_ua']:.2f}")
     return res
 

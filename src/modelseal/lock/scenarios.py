@@ -24,9 +24,9 @@ class Stamp:
     (every `period`-th row and column), 'checker' (period x period cells) or 'patch' (a
     square of `period` px in the bottom-right corner).
     """
-    pattern: str = "grid"
-    strength: float = 1.0
-    period: int = 2
+    pattern: str = "checker"
+    strength: float = 0.3
+    period: int = 4
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def mask(self, h: int, w: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .. import parallel
 from .ipclip import IPCLIP, ProjectorConfig
 from .losses import (FeatureBank, IPLossWeights, StyleAttention, cuti_loss, ipclip_loss, ntl_loss,
                      supervised_loss)
@@ -68,11 +69,17 @@ class LockModel(torch.nn.Module):
 def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unauth: dict | None,
                y_u: torch.Tensor | None, cfg: LockTrainConfig, templates=("a photo of a {}.",), log=print,
                progress_every: int = 50) -> tuple[LockModel, list[dict]]:
-    """auth / unauth: cached frozen features (mu, sigma, feat) with labels."""
+    """auth / unauth: cached frozen features (mu, sigma, feat) with labels.
+
+    Under `accelerate launch` / `torchrun` every process draws its own batches (so the
+    effective batch is batch_size x processes) and gradients are averaged (parallel.py).
+    """
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed + 7919 * parallel.rank())
+    if not parallel.is_main():
+        log = lambda *_: None  # noqa: E731
     model = LockModel(clip, class_names, cfg)
     params = list(model.ipclip.projector.parameters())
     if cfg.method == "ip-clip":
@@ -123,6 +130,7 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
                 loss, parts = cuti_loss(logits_a, ya, logits_u, yu)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        parallel.average_gradients(params)
         opt.step()
         if step % progress_every == 0 or step == cfg.steps - 1:
             parts["loss"] = float(loss.detach())
