@@ -126,7 +126,7 @@ def zoo_eval(
     out: Path = OutOpt,
     per_prompt: Optional[int] = typer.Option(None, help="Samples per (domain, digit) prompt (default 10)."),
     steps: Optional[int] = typer.Option(None, help="DDIM sampling steps (default 30)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default 4)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default 7.5, as Stable Diffusion)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
 ):

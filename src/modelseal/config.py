@@ -45,7 +45,7 @@ class ZooEvalConfig(Strict):
     """`modelseal zoo eval`: zero-shot CLIP accuracy and judged T2I prompt accuracy."""
     per_prompt: int = Field(10, ge=1, description="samples per (domain, digit) prompt")
     steps: int = Field(30, ge=1, description="DDIM steps")
-    guidance: float = Field(4.0, ge=0.0, description="classifier-free guidance scale")
+    guidance: float = Field(7.5, ge=0.0, description="classifier-free guidance scale")
     seed: int = 0
 
 

@@ -124,7 +124,7 @@ class T2IModel:
     # ---- sampling ---------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int] | None = None, steps: int = 30,
-               guidance: float = 4.0, batch_size: int = 64, return_latents: bool = False,
+               guidance: float = 7.5, batch_size: int = 64, return_latents: bool = False,
                progress=None) -> torch.Tensor:
         """DDIM sampling with classifier-free guidance; one seed per image (reproducible).
 

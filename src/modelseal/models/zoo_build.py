@@ -52,7 +52,7 @@ class ZooConfig:
     checkpoint_every: int = 500
     eval_per_prompt: int = 10
     eval_steps: int = 30
-    guidance: float = 4.0
+    guidance: float = 7.5
     save_dtype: str = "float16"
 
     @classmethod
@@ -381,7 +381,7 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") 
 
 
 # ---------------------------------------------------------------------------------------
-def evaluate_zoo(folder: Path, per_prompt: int = 10, steps: int = 30, guidance: float = 4.0,
+def evaluate_zoo(folder: Path, per_prompt: int = 10, steps: int = 30, guidance: float = 7.5,
                  seed: int = 0, log=None, device: str = "cpu") -> dict:
     """Zero-shot accuracy of the tiny CLIP on every domain's test split, and the share of
     T2I samples the independent judge reads as the prompted digit (with CFG)."""
