@@ -11,3 +11,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Each test sees an empty $MODELSEAL_HOME, so the shipped zoo is the one in use."""
     monkeypatch.setenv("MODELSEAL_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(scope="session")
+def random_clip_dir(tmp_path_factory):
+    """A small random CLIP saved with save_pretrained: loaded by path like a real checkpoint."""
+    import torch
+    from transformers import CLIPModel
+
+    from modelseal.models.tokenizer import build_tokenizer
+    from modelseal.models.zoo_build import clip_config
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(max_length=20)
+    model = CLIPModel(clip_config(len(tok), tok.bos_token_id, tok.eos_token_id, 32))
+    folder = tmp_path_factory.mktemp("clip")
+    model.save_pretrained(folder)
+    tok.save_pretrained(str(folder))
+    return folder

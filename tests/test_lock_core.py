@@ -1,26 +1,17 @@
 """IP-CLIP building blocks on a small random CLIP saved and loaded by path."""
 import pytest
 import torch
-from transformers import CLIPModel
 
 from modelseal.lock.ipclip import IPCLIP, ProjectorConfig, block_statistics, frozen_features
 from modelseal.lock.losses import FeatureBank, StyleAttention, c5, mmd
 from modelseal.models.clip import load_clip
-from modelseal.models.tokenizer import build_tokenizer
-from modelseal.models.zoo_build import clip_config
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = build_tokenizer(max_length=20)
-    model = CLIPModel(clip_config(len(tok), tok.bos_token_id, tok.eos_token_id, 32))
-    folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
-    tok.save_pretrained(str(folder))
-    return load_clip(str(folder))
+def clip(random_clip_dir):
+    return load_clip(str(random_clip_dir))
 
 
 def test_block_statistics_match_their_definition():

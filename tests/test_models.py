@@ -13,14 +13,8 @@ from modelseal.models.zoo_build import _fold_latent_normalisation, clip_config, 
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = build_tokenizer(max_length=20)
-    model = CLIPModel(clip_config(len(tok), tok.bos_token_id, tok.eos_token_id, 32))
-    folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
-    tok.save_pretrained(str(folder))
-    return folder
+def clip_dir(random_clip_dir):
+    return random_clip_dir
 
 
 @pytest.fixture(scope="module")
