@@ -43,6 +43,26 @@ def test_ownership_verify_says_ours_only_for_the_locked_model(tmp_path, capsys):
     assert sl["verdict"] == "not ours"
 
 
+def test_target_free_locks_unseen_domains_without_target_data(tmp_path, capsys):
+    res = cli(["lock", "train", "--out", str(tmp_path), "--scenario", "target-free", "--steps", "200",
+               "--batch-size", "32", "--train-limit", "1000", "--eval", "builtin:digits/syn",
+               "--eval", "builtin:digits/mnist-m"], capsys)
+    acc, sl = res["accuracy"], res["accuracy_sl"]
+    assert acc["mnist"] >= sl["mnist"] - 5, res
+    assert sl["mnist-m"] - acc["mnist-m"] >= 40, res  # never seen in training
+    assert sl["syn"] - acc["syn"] >= 20, res
+
+
+def test_authorization_only_stamped_inputs_work(tmp_path, capsys):
+    res = cli(["lock", "train", "--out", str(tmp_path), "--scenario", "authorization", "--steps", "200",
+               "--batch-size", "32", "--train-limit", "600"], capsys)
+    acc, sl, ch = res["accuracy"], res["accuracy_sl"], res["chance"]
+    assert acc["mnist+stamp"] >= sl["mnist+stamp"] - 5, res
+    for d in ("mnist", "uci", "mnist-m", "syn"):  # clean inputs of every domain fail
+        assert acc[d] <= ch + 20, (d, res)
+        assert sl[d] >= 75, (d, res)
+
+
 def test_checkpoint_on_another_backbone_is_refused(tmp_path, capsys):
     from modelseal.lock.checkpoint import save_lock
 

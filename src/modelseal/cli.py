@@ -208,6 +208,10 @@ def lock_train(
     stamp_strength: Optional[float] = StampOpts["stamp_strength"],
     stamp_period: Optional[int] = StampOpts["stamp_period"],
     train_limit: Optional[int] = typer.Option(None, help="Use at most N training images per domain."),
+    augment: Optional[str] = typer.Option(None, help="target-free / authorization augmentation: randaugment "
+                                          "(paper) | randaugment+lowres (adds random 2-4x down/up-sampling)."),
+    clamp: Optional[str] = typer.Option(None, help="IP-CLIP's clamp c5 on the unauthorized CE: batch (paper: on "
+                                        "the batch mean) | sample (on each image)."),
     local_files_only: Optional[bool] = LocalOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
@@ -224,7 +228,7 @@ def lock_train(
          dict(method=method, scenario=scenario, authorized=authorized, unauthorized=unauthorized or None,
               eval=eval_ or None, model=model, steps=steps, batch_size=batch_size, lr=lr, weights=weights,
               train_attention=train_attention, stamp_pattern=stamp_pattern, stamp_strength=stamp_strength,
-              stamp_period=stamp_period, train_limit=train_limit, local_files_only=local_files_only, seed=seed),
+              stamp_period=stamp_period, train_limit=train_limit, augment=augment, clamp=clamp, local_files_only=local_files_only, seed=seed),
          out, device, as_json, body)
 
 

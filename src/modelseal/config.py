@@ -82,6 +82,8 @@ class LockTrainConfig(_ModelOptions, _StampOptions):
     n_image_tokens: int = Field(4, ge=1)
     shared_image_tokens: bool = True
     aug_copies: int = Field(2, ge=1, description="target-free: augmented copies per authorized image")
+    augment: Literal["randaugment", "randaugment+lowres"] = "randaugment"
+    clamp: Literal["batch", "sample"] = Field("batch", description="c5 on the batch-mean CE_u (paper) or per image")
     feature_batch_size: int = Field(256, ge=1)
     train_limit: int | None = Field(None, ge=10, description="use at most this many training images per domain")
     seed: int = 0

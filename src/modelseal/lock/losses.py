@@ -76,6 +76,7 @@ class IPLossWeights:
     l2: float = 1.0
     kl: float = 5.0
     sign_is: float = 1.0
+    per_sample_clamp: bool = False  # ours: c5 on each image's CE_u before the batch mean
 
     @classmethod
     def preset(cls, name: str) -> "IPLossWeights":
@@ -103,13 +104,17 @@ def text_kl(text_a: torch.Tensor, text_u: torch.Tensor) -> torch.Tensor:
 def ipclip_loss(logits_a, y_a, logits_u, y_u, inter_s, inter_t, dom_a, dom_u, text_a, text_u,
                 w: IPLossWeights) -> tuple[torch.Tensor, dict[str, float]]:
     ce_a = F.cross_entropy(logits_a, y_a)
-    ce_u = F.cross_entropy(logits_u, y_u)
+    ce_u_each = F.cross_entropy(logits_u, y_u, reduction="none")
+    ce_u = ce_u_each.mean()
+    # The paper clamps the batch mean: once it reaches 5, images still classified right get
+    # no push. The per-sample option clamps each image's term instead.
+    away_u = c5(ce_u_each).mean() if w.per_sample_clamp else c5(ce_u)
     ce_is = F.cross_entropy(inter_s, y_a)
     ce_it = F.cross_entropy(inter_t, y_a)
     smn = F.mse_loss(dom_a, dom_u)
     ent = entropy(logits_u)
     kl = text_kl(text_a, text_u)
-    loss = (ce_a - c5(ce_u) + w.sign_is * c5(ce_is) - c5(ce_it) - w.kl * kl - w.l1 * c5(smn) + w.l2 * ent)
+    loss = (ce_a - away_u + w.sign_is * c5(ce_is) - c5(ce_it) - w.kl * kl - w.l1 * c5(smn) + w.l2 * ent)
     parts = {"ce_a": ce_a, "ce_u": ce_u, "ce_is": ce_is, "ce_it": ce_it, "smn": smn, "ent": ent, "kl": kl}
     return loss, {k: v.item() for k, v in parts.items()}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import parallel
+from ..data.digits import DOMAINS
 from ..data.sources import load_source, source_name
 from ..errors import InputError
 from ..models.clip import ZERO_SHOT_TEMPLATES, load_clip
@@ -57,9 +58,14 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     auth_te = _load(cfg.authorized, "test", size)
     a_name = source_name(cfg.authorized)
     unauth_specs = list(cfg.unauthorized or [])
-    eval_specs = list(dict.fromkeys([cfg.authorized] + unauth_specs + list(cfg.eval or [])))
     if cfg.scenario == "target-specified" and not unauth_specs:
         raise InputError("the target-specified scenario needs --unauthorized SRC", "name the target domain")
+    if cfg.scenario == "authorization" and not unauth_specs and cfg.authorized.startswith("builtin:digits/"):
+        # the paper's unauthorized set: clean images of every domain (plus augmented ones)
+        unauth_specs = [f"builtin:digits/{d}" for d in DOMAINS if f"builtin:digits/{d}" != cfg.authorized]
+        log(f"[lock] authorization: clean {', '.join(unauth_specs)} as unauthorized")
+    u_groups = None
+    eval_specs = list(dict.fromkeys([cfg.authorized] + unauth_specs + list(cfg.eval or [])))
     tests = {source_name(s): _load(s, "test", size) for s in eval_specs}
     _check_classes(tests, auth_tr)
     classes = auth_tr.class_names
@@ -72,10 +78,11 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         u_sets = [_load(s, "train", size, cfg.train_limit, cfg.seed) for s in unauth_specs]
         x_u = torch.cat([u.tensor() for u in u_sets])
         y_u = torch.cat([torch.from_numpy(u.labels) for u in u_sets])
+        u_groups = torch.cat([torch.full((len(u),), i) for i, u in enumerate(u_sets)])
         auth_x, unauth_x = x_a, x_u
         authorized, unauthorized = [a_name], [source_name(s) for s in unauth_specs]
     elif cfg.scenario == "target-free":
-        unauth_x = heavy_augment(x_a, copies=cfg.aug_copies, seed=cfg.seed)
+        unauth_x = heavy_augment(x_a, copies=cfg.aug_copies, seed=cfg.seed, recipe=cfg.augment)
         y_u = y_a.repeat(cfg.aug_copies)
         auth_x = x_a
         authorized = [a_name]
@@ -87,9 +94,10 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         others = [_load(s, "train", size, cfg.train_limit, cfg.seed) for s in unauth_specs]
         clean = [x_a] + [o.tensor() for o in others]
         clean_y = [y_a] + [torch.from_numpy(o.labels) for o in others]
-        aug = heavy_augment(x_a, copies=1, seed=cfg.seed)
+        aug = heavy_augment(x_a, copies=1, seed=cfg.seed, recipe=cfg.augment)
         unauth_x = torch.cat(clean + [aug])
         y_u = torch.cat(clean_y + [y_a])
+        u_groups = torch.cat([torch.full((len(x),), i) for i, x in enumerate(clean + [aug])])
         auth_x = stamp.apply(x_a)
         authorized = [a_name + STAMPED]
         unauthorized = list(tests)
@@ -101,7 +109,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
             test_feats[n + STAMPED] = (_features(clip, stamp.apply(s.tensor()), bs), torch.from_numpy(s.labels))
     templates = _templates(eval_specs)
     tcfg = LockTrainConfig(method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                           weights=cfg.weights, train_attention=cfg.train_attention, seed=cfg.seed,
+                           weights=cfg.weights, clamp=cfg.clamp, train_attention=cfg.train_attention, seed=cfg.seed,
                            projector=ProjectorConfig(n_image_tokens=cfg.n_image_tokens,
                                                      shared_image_tokens=cfg.shared_image_tokens))
     sl_cfg = LockTrainConfig(method="supervised", steps=cfg.sl_steps or cfg.steps, batch_size=cfg.batch_size,
@@ -111,7 +119,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     if cfg.method == "supervised":
         model, history = sl, []
     else:
-        model, history = train_lock(clip, classes, f_auth, y_a, f_unauth, y_u, tcfg, templates, log=log)
+        model, history = train_lock(clip, classes, f_auth, y_a, f_unauth, y_u, tcfg, templates, log=log,
+                                    u_groups=u_groups)
     acc = {n: round(accuracy(model.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     acc_sl = {n: round(accuracy(sl.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     res = {"method": cfg.method, "scenario": cfg.scenario, "accuracy": acc, "accuracy_sl": acc_sl,

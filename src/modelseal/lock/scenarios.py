@@ -54,13 +54,24 @@ class Stamp:
         return images * (1 - m) + col * m
 
 
+AUGMENTS = ("randaugment", "randaugment+lowres")
+
+
 def heavy_augment(images: torch.Tensor, copies: int = 1, n_ops: int = 10, magnitude: float = 10.0,
-                  cutout_frac: float = 16 / 224, seed: int = 0) -> torch.Tensor:
+                  cutout_frac: float = 16 / 224, seed: int = 0, recipe: str = "randaugment") -> torch.Tensor:
     """The target-free 'unauthorized domain': RandAugment(n_ops, magnitude) + cutout.
 
     The cutout side is a fraction of the image side (16 px at 224 in the reference).
     `copies` augmented versions of every image are drawn with a fixed seed.
+    recipe 'randaugment+lowres' (ours, not the paper's) replaces half of the augmented
+    images by the clean image down-sampled 2-4x and up-sampled again: RandAugment has no
+    strong blur, so low-resolution scans of the authorized domain would otherwise count
+    as authorized.
     """
+    if recipe not in AUGMENTS:
+        from ..errors import InputError
+
+        raise InputError(f"unknown augmentation recipe '{recipe}'", f"use one of {', '.join(AUGMENTS)}")
     from kornia.augmentation.auto import RandAugment
 
     state = torch.random.get_rng_state()
@@ -71,10 +82,29 @@ def heavy_augment(images: torch.Tensor, copies: int = 1, n_ops: int = 10, magnit
         for _ in range(copies):
             for i in range(0, len(images), 256):
                 x = aug(images[i:i + 256].float())
+                if recipe == "randaugment+lowres":
+                    x = _lowres(images[i:i + 256].float(), x)
                 outs.append(_cutout(x, max(1, round(cutout_frac * x.shape[-1]))))
         return torch.cat(outs).clamp(0, 1)
     finally:
         torch.random.set_rng_state(state)
+
+
+def _lowres(x: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
+    """Half of the images, at random: x down-sampled by 2, 3 or 4 (area) and up-sampled
+    bilinearly; the other half keep their augmented version."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    pick = torch.rand(len(x)) < 0.5
+    factor = torch.randint(2, 5, (len(x),))
+    out = augmented.clone()
+    for f in (2, 3, 4):
+        sel = pick & (factor == f)
+        if sel.any():
+            small = F.interpolate(x[sel], size=(max(1, h // f), max(1, w // f)), mode="area")
+            out[sel] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
 
 
 def _cutout(x: torch.Tensor, side: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ class LockTrainConfig:
     weight_decay: float = 5e-4
     warmup_steps: int = 20
     weights: str = "paper"        # IPLossWeights preset: paper | target-free-code | target-specified-code
+    clamp: str = "batch"          # c5 on the batch-mean CE_u (paper) or on each image's ("sample")
     train_attention: bool = True  # the reference leaves the style attention at random init
     bank_k: int = 5
     seed: int = 0
@@ -68,8 +69,13 @@ class LockModel(torch.nn.Module):
 
 def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unauth: dict | None,
                y_u: torch.Tensor | None, cfg: LockTrainConfig, templates=("a photo of a {}.",), log=print,
-               progress_every: int = 50) -> tuple[LockModel, list[dict]]:
+               progress_every: int = 50, u_groups: torch.Tensor | None = None) -> tuple[LockModel, list[dict]]:
     """auth / unauth: cached frozen features (mu, sigma, feat) with labels.
+
+    u_groups (optional): the source of each unauthorized image. Batches then draw every
+    source equally often: the clamped unauthorized terms average over the batch, so a
+    small source mixed into large ones would otherwise never be pushed down once the
+    batch mean saturates.
 
     Under `accelerate launch` / `torchrun` every process draws its own batches (so the
     effective batch is batch_size x processes) and gradients are averaged (parallel.py).
@@ -84,6 +90,7 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
     params = list(model.ipclip.projector.parameters())
     if cfg.method == "ip-clip":
         w = IPLossWeights.preset(cfg.weights)
+        w.per_sample_clamp = cfg.clamp == "sample"
         p_a = zero_shot_probs(clip, class_names, auth, templates).cpu()
         p_u = zero_shot_probs(clip, class_names, unauth, templates).cpu()
         bank_a = FeatureBank.fill(auth["feat"].cpu(), p_a, y_a.cpu(), cfg.bank_k).prototypes().to(clip.device)
@@ -98,6 +105,10 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
     t0 = time.time()
     n_a = len(y_a)
     n_u = 0 if y_u is None else len(y_u)
+    u_weights = None
+    if u_groups is not None and len(torch.unique(u_groups)) > 1:
+        counts = torch.bincount(u_groups)
+        u_weights = 1.0 / counts[u_groups].double()
     for step in range(cfg.steps):
         lr_f = (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else \
             0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
@@ -110,7 +121,8 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
             logits_a, _, _ = model.ipclip(fa)
             loss, parts = supervised_loss(logits_a, ya)
         else:
-            iu = torch.randint(0, n_u, (cfg.batch_size,), generator=g)
+            iu = torch.randint(0, n_u, (cfg.batch_size,), generator=g) if u_weights is None else \
+                torch.multinomial(u_weights, cfg.batch_size, replacement=True, generator=g)
             fu = _subset(unauth, iu.to(unauth["feat"].device))
             yu = y_u[iu].to(clip.device)
             both = {k: torch.cat([fa[k], fu[k]]) for k in fa}
