@@ -40,17 +40,16 @@ ConfigOpt = typer.Option(None, "--config", help="YAML file of options (command-l
 def _log(msg: str) -> None:
     from . import parallel
 
-    if parallel.world_size() <= 1 or parallel.is_main():
+    if parallel.is_main():  # under torchrun / accelerate launch only rank 0 talks
         console.print(msg, highlight=False, markup=False)
 
 
 def _run(command: str, model, config: Optional[Path], overrides: dict, out: Path, device: str,
          as_json: bool, body: Callable) -> dict:
     """Validate config, open the run folder, run `body(cfg, run, device)`, write results."""
+    from . import parallel
     from .config import load_config
     from .runs import RunFolder, resolve_device
-
-    from . import parallel
 
     cfg = load_config(config, model, overrides)
     dev = parallel.local_device(resolve_device(device))

@@ -46,6 +46,11 @@ def _check_classes(sets: dict, ref) -> None:
                              f"domain's {ref.class_names[:5]}...", "give domains with the same class folders")
 
 
+def _sources(parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate per-source tensors; also return each row's source index (for balanced batches)."""
+    return torch.cat(parts), torch.cat([torch.full((len(x),), i) for i, x in enumerate(parts)])
+
+
 def _features(clip, images: torch.Tensor, batch_size: int) -> dict:
     return frozen_features(clip, images, batch_size=batch_size)
 
@@ -64,7 +69,6 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         # the paper's unauthorized set: clean images of every domain (plus augmented ones)
         unauth_specs = [f"builtin:digits/{d}" for d in DOMAINS if f"builtin:digits/{d}" != cfg.authorized]
         log(f"[lock] authorization: clean {', '.join(unauth_specs)} as unauthorized")
-    u_groups = None
     eval_specs = list(dict.fromkeys([cfg.authorized] + unauth_specs + list(cfg.eval or [])))
     tests = {source_name(s): _load(s, "test", size) for s in eval_specs}
     _check_classes(tests, auth_tr)
@@ -74,12 +78,12 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     log(f"[lock] {cfg.scenario} / {cfg.method}: frozen features of {len(auth_tr)} authorized images")
     x_a = auth_tr.tensor()
     y_a = torch.from_numpy(auth_tr.labels)
+    u_groups = None  # one source unless a branch says otherwise
     if cfg.scenario == "target-specified":
         u_sets = [_load(s, "train", size, cfg.train_limit, cfg.seed) for s in unauth_specs]
-        x_u = torch.cat([u.tensor() for u in u_sets])
+        unauth_x, u_groups = _sources([u.tensor() for u in u_sets])
         y_u = torch.cat([torch.from_numpy(u.labels) for u in u_sets])
-        u_groups = torch.cat([torch.full((len(u),), i) for i, u in enumerate(u_sets)])
-        auth_x, unauth_x = x_a, x_u
+        auth_x = x_a
         authorized, unauthorized = [a_name], [source_name(s) for s in unauth_specs]
     elif cfg.scenario == "target-free":
         unauth_x = heavy_augment(x_a, copies=cfg.aug_copies, seed=cfg.seed, recipe=cfg.augment)
@@ -95,9 +99,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         clean = [x_a] + [o.tensor() for o in others]
         clean_y = [y_a] + [torch.from_numpy(o.labels) for o in others]
         aug = heavy_augment(x_a, copies=1, seed=cfg.seed, recipe=cfg.augment)
-        unauth_x = torch.cat(clean + [aug])
+        unauth_x, u_groups = _sources(clean + [aug])
         y_u = torch.cat(clean_y + [y_a])
-        u_groups = torch.cat([torch.full((len(x),), i) for i, x in enumerate(clean + [aug])])
         auth_x = stamp.apply(x_a)
         authorized = [a_name + STAMPED]
         unauthorized = list(tests)

@@ -84,8 +84,6 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
         raise ValueError(f"method must be one of {METHODS}")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 7919 * parallel.rank())
-    if not parallel.is_main():
-        log = lambda *_: None  # noqa: E731
     model = LockModel(clip, class_names, cfg)
     params = list(model.ipclip.projector.parameters())
     if cfg.method == "ip-clip":
