@@ -283,6 +283,96 @@ def lock_verify(
               local_files_only=local_files_only, seed=seed), out, device, as_json, body)
 
 
+# ---- finetune ------------------------------------------------------------------------
+@app.command("finetune")
+def finetune_cmd(
+    out: Path = OutOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="tiny:t2i (default), a hub id, or a diffusers SD folder."),
+    method: Optional[str] = typer.Option(None, "--method", help="lora (default) | full | dreambooth | prune | quantize"),
+    data: Optional[str] = typer.Option(None, "--data", help="Captioned folder (metadata.jsonl), image folder (with "
+                                       "--prompt), or builtin:digits/<domain>."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt for every image (DreamBooth: 'a sks dog')."),
+    limit: Optional[int] = typer.Option(None, help="Use at most N images."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 500)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default per method and model size)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 4)."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank (default 8)."),
+    train_text_encoder: Optional[bool] = typer.Option(None, "--train-text-encoder/--frozen-text-encoder",
+                                                      help="DreamBooth: train the text encoder too."),
+    class_prompt: Optional[str] = typer.Option(None, help="DreamBooth prior preservation class prompt ('a dog')."),
+    class_images: Optional[int] = typer.Option(None, help="Prior-preservation images to generate (default 50)."),
+    prior_weight: Optional[float] = typer.Option(None, help="Weight of the prior-preservation loss (default 1)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips."),
+    amount: Optional[float] = typer.Option(None, help="prune: fraction of weights zeroed per layer (default 0.3)."),
+    bits: Optional[int] = typer.Option(None, help="quantize: 8 (default), 4, 3 or 2 bits."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    local_files_only: Optional[bool] = typer.Option(None, "--local-files-only/--allow-download"),
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Fine-tune (full, LoRA, DreamBooth), prune or quantize a text-to-image model: OUT/model/."""
+    from .config import FinetuneConfig
+
+    def body(cfg, run, dev):
+        from .attacks.run import finetune_command
+
+        return finetune_command(cfg, run.path, dev, log=_log)
+
+    _run("finetune", FinetuneConfig, config,
+         dict(model=model, method=method, data=data, prompt=prompt, limit=limit, steps=steps, lr=lr,
+              batch_size=batch_size, rank=rank, train_text_encoder=train_text_encoder, class_prompt=class_prompt,
+              class_images=class_images, prior_weight=prior_weight, flip=flip, amount=amount, bits=bits,
+              gradient_checkpointing=gradient_checkpointing, local_files_only=local_files_only, seed=seed),
+         out, device, as_json, body)
+
+
+# ---- audit ---------------------------------------------------------------------------
+@app.command("audit")
+def audit_cmd(
+    out: Path = OutOpt,
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="The public base model (default tiny:t2i)."),
+    finetuned: Optional[str] = typer.Option(None, "--finetuned", help="The suspect: a diffusers folder or a LoRA folder."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="The fine-tuning prompt, e.g. 'a sks dog' (default: "
+                                         "the one recorded by modelseal finetune)."),
+    members: Optional[Path] = typer.Option(None, "--members", help="Evaluation: images used in fine-tuning."),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="Evaluation: images of the same kind that were not."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Audit: images to test."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Audit: images known not to be in training."),
+    null_finetuned: Optional[str] = typer.Option(None, "--null-finetuned", help="Evaluation: a model fine-tuned on "
+                                                 "other images (AUROC should be ~0.5)."),
+    steps: Optional[int] = typer.Option(None, help="PGD steps (default 1000, as the reference)."),
+    mc_samples: Optional[int] = typer.Option(None, help="Monte Carlo (t, noise) samples per step (default 4)."),
+    eps: Optional[float] = typer.Option(None, help="L2 radius (default: 70 rescaled to the latent size)."),
+    step_size: Optional[float] = typer.Option(None, help="PGD step (default: the reference's eps ratio)."),
+    mask: Optional[str] = typer.Option(None, help="checker (default) | random"),
+    block: Optional[int] = typer.Option(None, help="Mask cell side in latent units (default 2)."),
+    noise: Optional[str] = typer.Option(None, help="shared (default) | separate noise for the two models."),
+    metric: Optional[str] = typer.Option(None, help="Score: ssim_removed (default) | ssim | psnr_removed | features"),
+    features: Optional[str] = typer.Option(None, help="DINO or CLIP checkpoint for the features metric (default tiny:clip)."),
+    ablations: Optional[bool] = typer.Option(None, "--ablations/--no-ablations", help="Also run the one-model ablations."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per batch (default 16)."),
+    alpha: Optional[float] = typer.Option(None, help="Audit mode: significance level for the verdict (default 0.05)."),
+    dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16"),
+    local_files_only: Optional[bool] = typer.Option(None, "--local-files-only/--allow-download"),
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """CGI-DM: was an image in the suspect's fine-tuning set? Scores, p-values, visual evidence."""
+    from .config import AuditConfig
+
+    def body(cfg, run, dev):
+        from .audit.run import audit_command
+
+        return audit_command(cfg, run.path, dev, log=_log)
+
+    _run("audit", AuditConfig, config,
+         dict(pretrained=pretrained, finetuned=finetuned, prompt=prompt, members=members, holdout=holdout,
+              images=images, calibration=calibration, null_finetuned=null_finetuned, steps=steps,
+              mc_samples=mc_samples, eps=eps, step_size=step_size, mask=mask, block=block, noise=noise, metric=metric,
+              features=features, ablations=ablations, batch_size=batch_size, alpha=alpha, dtype=dtype,
+              local_files_only=local_files_only, seed=seed), out, device, as_json, body)
+
+
 # ---- demo ----------------------------------------------------------------------------
 @app.command("demo")
 def demo(
@@ -302,10 +392,26 @@ def demo(
     _run("demo", DemoConfig, config, dict(quick=quick or None, seed=seed), out, device, as_json, body)
 
 
+def _quiet_libraries() -> None:
+    """Weight-loading progress bars and dtype notices of transformers / diffusers are noise
+    around our own progress and would bury a one-line error."""
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        tlog.disable_progress_bar()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        dlog.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    _quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
     except InputError as e:

@@ -107,6 +107,70 @@ class LockVerifyConfig(_ModelOptions, _StampOptions):
     seed: int = 0
 
 
+class FinetuneConfig(Strict):
+    """`modelseal finetune`: full / LoRA / DreamBooth fine-tuning, pruning or quantization of a T2I model."""
+    model: str = Field("tiny:t2i", description="tiny:t2i, a hub id, or a diffusers Stable Diffusion folder")
+    method: Literal["full", "lora", "dreambooth", "prune", "quantize"] = "lora"
+    data: str | None = Field(None, description="captioned folder (metadata.jsonl), plain image folder (with "
+                             "prompt), or builtin:digits/<domain>")
+    prompt: str | None = Field(None, description="one prompt for every image (DreamBooth: 'a sks dog')")
+    limit: int | None = Field(None, ge=1, description="use at most this many images")
+    steps: int = Field(500, ge=1)
+    lr: float | None = Field(None, gt=0, description="default: 1e-4 LoRA / 5e-6 full on SD; 1e-3 / 1e-4 tiny")
+    batch_size: int = Field(4, ge=1)
+    rank: int = Field(8, ge=1)
+    lora_alpha: float | None = Field(None, gt=0)
+    train_text_encoder: bool = False
+    class_prompt: str | None = Field(None, description="DreamBooth prior preservation: e.g. 'a dog'")
+    class_images: int = Field(50, ge=1)
+    prior_weight: float = Field(1.0, ge=0)
+    flip: bool = False
+    amount: float = Field(0.3, ge=0, lt=1, description="prune: fraction of weights zeroed per layer")
+    bits: Literal[2, 3, 4, 8] = 8
+    gradient_checkpointing: bool = False
+    size: int | None = Field(None, ge=8, description="image side (default: the model's)")
+    local_files_only: bool = False
+    seed: int = 0
+
+
+class AuditConfig(Strict):
+    """`modelseal audit`: CGI-DM membership audit of a fine-tuned diffusion model.
+
+    Defaults follow the reference (1000 L2-PGD steps, eps 70 and step 2 on SD latents,
+    rescaled to other latent sizes, 2x2-latent checkerboard) with shared noise."""
+    pretrained: str = "tiny:t2i"
+    finetuned: str
+    prompt: str | None = None
+    members: Path | None = None
+    holdout: Path | None = None
+    images: Path | None = None
+    calibration: Path | None = None
+    null_finetuned: str | None = None
+    steps: int = Field(1000, ge=1)
+    eps: float | None = Field(None, gt=0)
+    eps_rule: Literal["dim", "norm"] = "dim"
+    eps_scale: float = Field(0.77, gt=0)
+    step_size: float | None = Field(None, gt=0)
+    mc_samples: int = Field(4, ge=1)
+    mask: Literal["checker", "random"] = "checker"
+    block: int = Field(2, ge=1)
+    ratio: float = Field(0.5, gt=0, lt=1)
+    noise: Literal["shared", "separate"] = "shared"
+    objective: Literal["contrast", "ft-only", "pre-only"] = "contrast"
+    batch_size: int = Field(16, ge=1)
+    t_min: int = Field(1, ge=0)
+    metric: Literal["ssim", "ssim_removed", "psnr_removed", "features"] = "ssim_removed"
+    features: str | None = Field("tiny:clip", description="DINO / CLIP checkpoint for the features metric")
+    loss_samples: int = Field(32, ge=1)
+    ablations: bool = False
+    alpha: float = Field(0.05, gt=0, lt=1)
+    evidence: bool = True
+    size: int | None = Field(None, ge=8)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    local_files_only: bool = False
+    seed: int = 0
+
+
 class DemoLockConfig(Strict):
     """The demo's lock section: target-specified on the digits (mnist licensed, mnist-m not)."""
     authorized: str = "builtin:digits/mnist"
@@ -133,7 +197,8 @@ class DemoConfig(Strict):
 
 
 CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,
-           "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig}
+           "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig, "finetune": FinetuneConfig,
+           "audit": AuditConfig}
 
 
 def load_config(path: str | Path | None, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:

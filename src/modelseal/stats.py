@@ -231,3 +231,24 @@ def summarize_bits(matches, k: int, fpr: float = 1e-6) -> dict:
         "per_image_p_values": per_image,
         "n_images": int(m.size),
     }
+
+
+def crossfit_accuracy(scores, labels, folds: int = 2, seed: int = 0) -> float:
+    """Accuracy at a threshold never chosen on the images it is applied to: the data are
+    split into stratified folds; each fold is classified at the threshold that maximises
+    accuracy on the other folds (the reference picks it on the test data itself)."""
+    s, y = _scores_labels(scores, labels)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(s), dtype=int)
+    for cls in (True, False):
+        idx = np.flatnonzero(y == cls)
+        fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
+    correct = 0
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        cand = np.unique(s[train])
+        cand = np.concatenate([cand, [np.inf]])
+        accs = [np.mean((s[train] >= c) == y[train]) for c in cand]
+        thr = cand[int(np.argmax(accs))]
+        correct += int(np.sum((s[test] >= thr) == y[test]))
+    return float(correct / len(s))

@@ -4,9 +4,17 @@ One `T2IModel` holds the parts of a Stable-Diffusion-style checkpoint (UNet2DCon
 AutoencoderKL, CLIPTextModel, CLIPTokenizer, scheduler). It loads a Stable Diffusion 1.x/2.x
 folder or hub id (the diffusers layout with model_index.json) and the tiny zoo model alike,
 since the tiny one is saved in that same layout.
+
+A LoRA fine-tune is a folder with `pytorch_lora_weights.safetensors` (the file diffusers'
+LoRA scripts write; kohya-style keys are converted by diffusers) and, when modelseal wrote
+it, `lora_base.json` naming its base model. It loads as the base model with the adapter
+attached; `model.adapter(False)` switches it off, so one set of base weights serves as
+both the pretrained and the fine-tuned model.
 """
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +23,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import InputError
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_BASE_FILE = "lora_base.json"
+ADAPTER_NAME = "finetune"
 
 
 @dataclass
@@ -60,6 +72,43 @@ class T2IModel:
                 m.requires_grad_(flag)
         return self
 
+    # ---- LoRA adapter ---------------------------------------------------------------
+    @property
+    def has_adapter(self) -> bool:
+        return bool(getattr(self.unet, "peft_config", None))
+
+    @contextmanager
+    def adapter(self, on: bool):
+        """Run the UNet with its LoRA adapter on or off inside the block."""
+        if not self.has_adapter:
+            if on:
+                raise RuntimeError("this model has no LoRA adapter")
+            yield self
+            return
+        if on:
+            self.unet.enable_adapters()
+        else:
+            self.unet.disable_adapters()
+        try:
+            yield self
+        finally:
+            self.unet.enable_adapters()
+
+    def save_lora(self, folder: str | Path, base: str) -> None:
+        """Write the adapter as a diffusers LoRA file ('unet.'-prefixed keys) + lora_base.json."""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.unet, adapter_name=ADAPTER_NAME)
+        state = {f"unet.{k}": v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
+        save_file(state, str(folder / LORA_FILE))
+        cfg = self.unet.peft_config[ADAPTER_NAME]
+        (folder / LORA_BASE_FILE).write_text(json.dumps(
+            {"base": base, "rank": cfg.r, "lora_alpha": cfg.lora_alpha,
+             "target_modules": sorted(cfg.target_modules)}, indent=2))
+
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
         self.unet.save_pretrained(folder / "unet")
@@ -80,8 +129,6 @@ class T2IModel:
             "feature_extractor": [None, None],
             "requires_safety_checker": False,
         }
-        import json
-
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
     # ---- text -------------------------------------------------------------------------
@@ -167,9 +214,27 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
+def is_lora_folder(source: str | Path) -> bool:
+    p = Path(str(source))
+    return p.is_dir() and (p / LORA_FILE).is_file() and not (p / "unet").is_dir()
+
+
+def lora_base(source: str | Path) -> str | None:
+    f = Path(str(source)) / LORA_BASE_FILE
+    if not f.is_file():
+        return None
+    try:
+        return str(json.loads(f.read_text())["base"])
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"'{f}' is not a valid LoRA base record", "it must be JSON with a 'base' key") from None
+
+
 def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-             local_files_only: bool = False) -> T2IModel:
-    """Load a T2I model from a diffusers folder or hub id (tiny zoo: 'tiny:t2i')."""
+             local_files_only: bool = False, base: str | None = None) -> T2IModel:
+    """Load a T2I model from a diffusers folder or hub id (tiny zoo: 'tiny:t2i'), or a LoRA
+    folder on top of `base` (default: the base its lora_base.json names)."""
+    if is_lora_folder(source):
+        return _load_lora(source, device, dtype, local_files_only, base)
     from .zoo import resolve_model
 
     path = resolve_model(str(source), kind="t2i")
@@ -192,4 +257,25 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     for m in (unet, vae, text_encoder):
         if m is not None:
             m.eval()
+    return model.to(device)
+
+
+def _load_lora(source, device, dtype, local_files_only, base) -> T2IModel:
+    from diffusers import StableDiffusionPipeline
+
+    base = base or lora_base(source)
+    if base is None:
+        raise InputError(f"'{source}' is a LoRA folder that does not name its base model",
+                         "give the base model it was trained on (e.g. --pretrained) or add lora_base.json")
+    model = load_t2i(base, device, dtype, local_files_only)
+    try:
+        state, alphas = StableDiffusionPipeline.lora_state_dict(str(source), weight_name=LORA_FILE)
+        model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=ADAPTER_NAME)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise InputError(f"cannot apply the LoRA in '{source}' to '{base}': {str(e).splitlines()[0]}",
+                         "check that the LoRA was trained on this base model") from None
+    if not model.has_adapter:
+        raise InputError(f"the LoRA in '{source}' has no UNet weights", "give a LoRA trained on the UNet")
+    model.unet.requires_grad_(False)
+    model.source = str(source)
     return model.to(device)

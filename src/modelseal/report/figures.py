@@ -59,3 +59,18 @@ def bar_chart(groups: dict[str, dict[str, float]], ylabel: str, title: str | Non
         ax.set_title(title)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def roc_figure(curves: dict[str, tuple], title: str | None = None) -> bytes:
+    """ROC curves: curves[name] = (fpr, tpr); the chance diagonal for reference."""
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    for name, (f, t) in curves.items():
+        ax.plot(f, t, lw=1.6, label=name, drawstyle="steps-post")
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_xlim(0, 1); ax.set_ylim(0, 1.01)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)

@@ -1,0 +1,90 @@
+"""`modelseal finetune`: make a suspect / attacked model from a T2I model.
+
+Writes OUT/model/: a full diffusers folder (full, dreambooth, prune, quantize) or a LoRA
+folder (pytorch_lora_weights.safetensors + lora_base.json), and beside it
+modelseal_finetune.json (method, base, prompt, data) that `modelseal audit` reads for its
+default prompt. The folder is built under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..models.diffusion import load_t2i
+from .compress import prune_, quantize_
+from .finetune import FinetuneOptions, finetune
+
+RECORD = "modelseal_finetune.json"
+
+
+def training_set(cfg, size: int) -> tuple[torch.Tensor, list[str], str]:
+    """(images in [0, 1], one caption each, description) from --data and --prompt."""
+    from ..data.folders import read_captioned_folder, read_image_folder
+
+    if cfg.data is None:
+        raise InputError(f"--method {cfg.method} needs training images", "give --data DIR (a captioned folder with "
+                         "metadata.jsonl, or an image folder with --prompt) or --data builtin:digits/<domain>")
+    if cfg.data.startswith("builtin:"):
+        from ..data.sources import load_source
+
+        s = load_source(cfg.data, split="train", size=size)
+    elif cfg.prompt is not None and not (Path(cfg.data) / "metadata.jsonl").is_file() \
+            and not (Path(cfg.data) / "metadata.csv").is_file():
+        s = read_image_folder(cfg.data, size)
+    else:
+        s = read_captioned_folder(cfg.data, size)
+    n = len(s) if cfg.limit is None else min(cfg.limit, len(s))
+    images = torch.from_numpy(s.images[:n]).permute(0, 3, 1, 2).float() / 255.0
+    if cfg.prompt is not None:
+        captions = [cfg.prompt] * n
+    elif s.captions is not None:
+        captions = list(s.captions[:n])
+    else:
+        raise InputError(f"'{cfg.data}' has no captions", "give --prompt \"...\" (one prompt for every image)")
+    if cfg.method == "dreambooth" and cfg.prompt is None:
+        raise InputError("DreamBooth needs an identifier prompt", "give --prompt, e.g. --prompt \"a sks dog\"")
+    return images, captions, f"{cfg.data} ({n} images)"
+
+
+def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
+    out = Path(out)
+    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    size = cfg.size or model.image_size
+    record = {"method": cfg.method, "base": cfg.model, "prompt": cfg.prompt}
+    if cfg.method in ("prune", "quantize"):
+        info = prune_(model.unet, cfg.amount) if cfg.method == "prune" else quantize_(model.unet, cfg.bits)
+        log(f"[finetune] {cfg.method}: {info}")
+    else:
+        images, captions, desc = training_set(cfg, size)
+        record.update({"data": desc, "prompt": cfg.prompt or (captions[0] if len(set(captions)) == 1 else None)})
+        opts = FinetuneOptions(method=cfg.method, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                               rank=cfg.rank, lora_alpha=cfg.lora_alpha, train_text_encoder=cfg.train_text_encoder,
+                               class_prompt=cfg.class_prompt, class_images=cfg.class_images,
+                               prior_weight=cfg.prior_weight, flip=cfg.flip,
+                               gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+        log(f"[finetune] {cfg.method} on {desc}, {cfg.steps} steps")
+        info = finetune(model, images, captions, opts, log=log)
+    from .. import parallel
+
+    target = out / "model"
+    if parallel.is_main():
+        tmp = out / "model.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if cfg.method == "lora":
+            model.save_lora(tmp, base=cfg.model)
+        else:
+            model.to(dtype=torch.float32).save_pretrained(tmp)
+        (tmp / RECORD).write_text(json.dumps({**record, **_jsonable(info)}, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        log(f"[finetune] model: {target}")
+    return {"model": str(target), **record, **_jsonable(info)}
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in d.items()}

@@ -1,0 +1,354 @@
+"""`modelseal audit`: load the model pair, score images with CGI-DM, write evidence.
+
+Two modes:
+  evaluation  --members DIR --holdout DIR: AUROC (bootstrap CI), TPR at 1% / 5% FPR,
+              cross-fitted accuracy, baselines (loss, calibrated loss, optional one-model
+              ablations and a null suspect) on the same images
+  real use    --images DIR --calibration DIR: per image a score, a conformal p-value
+              against the calibration images (known not to be in training), a verdict
+
+Work is cached per image batch under OUT/cache, keyed by the models and options, so an
+interrupted audit resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import stats
+from ..errors import InputError
+from ..models.diffusion import T2IModel, is_lora_folder, load_t2i
+from ..runs import atomic_path, atomic_write_text, write_json
+from .baselines import loss_scores, paired_losses
+from .inversion import InversionOptions, invert
+from .scoring import METRICS, FeatureExtractor, similarity
+
+FINETUNE_RECORD = "modelseal_finetune.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- models
+
+def _arch(model: T2IModel) -> dict:
+    c = model.unet.config
+    return {"in_channels": c.in_channels, "sample_size": c.sample_size, "cross_attention_dim": c.cross_attention_dim,
+            "block_out_channels": list(c.block_out_channels), "text_dim": model.text_encoder.config.hidden_size}
+
+
+def load_pair(pretrained: str, finetuned: str, device: str, dtype: str = "float32",
+              local_files_only: bool = False) -> tuple[T2IModel, T2IModel]:
+    """(pretrained, finetuned). A LoRA suspect is the pretrained model with its adapter: the
+    same object is returned twice, and the inversion switches the adapter on and off."""
+    dt = _DTYPES[dtype]
+    if is_lora_folder(finetuned):
+        model = load_t2i(finetuned, device, dt, local_files_only, base=pretrained)
+        return model, model
+    pre = load_t2i(pretrained, device, dt, local_files_only)
+    ft = load_t2i(finetuned, device, dt, local_files_only)
+    a, b = _arch(pre), _arch(ft)
+    if a != b:
+        diff = ", ".join(f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b[k])
+        raise InputError(f"the pretrained and fine-tuned models differ in architecture ({diff})",
+                         "give the model the suspect was fine-tuned from as --pretrained")
+    return pre, ft
+
+
+def default_prompt(finetuned: str) -> str | None:
+    """The instance prompt `modelseal finetune` recorded beside the model, if any."""
+    f = Path(str(finetuned)) / FINETUNE_RECORD
+    if f.is_file():
+        try:
+            return json.loads(f.read_text()).get("prompt")
+        except ValueError:
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------- data
+
+def _tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _read(folder: Path, size: int, role: str):
+    from ..data.folders import read_image_folder
+
+    s = read_image_folder(folder, size, name=role)
+    return _tensor(s.images), [f"{role}/{n}" for n in s.names]
+
+
+# --------------------------------------------------------------------------- scoring with a cache
+
+def _cache_key(cfg, pre: T2IModel, ft: T2IModel, role: str) -> str:
+    inv = {k: v for k, v in cfg.model_dump().items() if k in InversionOptions.__dataclass_fields__}
+    blob = json.dumps({"pre": pre.source, "ft": ft.source, "prompt": cfg.prompt, "size": cfg.size,
+                       "dtype": cfg.dtype, "inv": inv, "role": role, "features": cfg.features}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def inversion_options(cfg, objective: str | None = None) -> InversionOptions:
+    fields = InversionOptions.__dataclass_fields__
+    opts = InversionOptions(**{k: v for k, v in cfg.model_dump().items() if k in fields})
+    if objective:
+        opts.objective = objective
+    return opts
+
+
+def score_set(pre: T2IModel, ft: T2IModel, images: torch.Tensor, prompt: str, opts: InversionOptions,
+              features: FeatureExtractor | None, cache: Path | None, progress=None) -> dict:
+    """CGI-DM on every image (in batches): metrics per image plus the partial/recovered images."""
+    out: dict[str, list] = {"partial": [], "recovered": [], "keep": []}
+    metrics: dict[str, list] = {}
+    bs = max(1, opts.batch_size)
+    for b, start in enumerate(range(0, len(images), bs)):
+        x = images[start:start + bs]
+        f = cache / f"batch{b:04d}.safetensors" if cache is not None else None
+        if f is not None and f.is_file():
+            from safetensors.torch import load_file
+
+            saved = load_file(str(f))
+            if progress is not None:
+                progress(opts.steps * len(x), len(x))
+        else:
+            inv = invert(pre, ft, x, prompt, opts, offset=start,
+                         progress=(lambda k, n=len(x): progress(n, 0)) if progress is not None else None)
+            sims = similarity(inv.original, inv.recovered, inv.keep_pixels, features)
+            saved = {"partial": inv.partial, "recovered": inv.recovered, "keep": inv.keep_pixels,
+                     **{f"m_{k}": v for k, v in sims.items()}}
+            if f is not None:
+                from safetensors.torch import save_file
+
+                with atomic_path(f) as tmp:
+                    save_file({k: v.contiguous() for k, v in saved.items()}, str(tmp))
+            if progress is not None:
+                progress(0, len(x))
+        for k in ("partial", "recovered", "keep"):
+            out[k].append(saved[k])
+        for k, v in saved.items():
+            if k.startswith("m_"):
+                metrics.setdefault(k[2:], []).append(v)
+    res = {k: torch.cat(v) for k, v in out.items()}
+    res["metrics"] = {k: torch.cat(v) for k, v in metrics.items()}
+    return res
+
+
+# --------------------------------------------------------------------------- evidence
+
+def _upscale(x: torch.Tensor, min_side: int = 128) -> torch.Tensor:
+    side = x.shape[-1]
+    if side >= min_side:
+        return x
+    f = -(-min_side // side)
+    return x.repeat_interleave(f, -2).repeat_interleave(f, -1)
+
+
+def evidence_strip(original: torch.Tensor, partial: torch.Tensor, recovered: torch.Tensor) -> np.ndarray:
+    """original | partial | recovered side by side (uint8 H x 3W x 3), small images upscaled."""
+    pad = torch.ones(3, _upscale(original).shape[-2], 4)
+    row = torch.cat([_upscale(original), pad, _upscale(partial), pad, _upscale(recovered)], dim=-1)
+    return (row.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def write_evidence(folder: Path, names: list[str], images: torch.Tensor, scored: dict) -> list[str]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, name in enumerate(names):
+        stem = name.replace("/", "__").rsplit(".", 1)[0]
+        p = folder / f"{stem}.png"
+        with atomic_path(p) as tmp:
+            Image.fromarray(evidence_strip(images[i], scored["partial"][i], scored["recovered"][i])).save(tmp, "PNG")
+        paths.append(str(p.relative_to(folder.parent)))
+    return paths
+
+
+# --------------------------------------------------------------------------- the command
+
+def _check_mode(cfg) -> str:
+    evaluation = cfg.members is not None or cfg.holdout is not None
+    real = cfg.images is not None or cfg.calibration is not None
+    if evaluation and real:
+        raise InputError("give either --members and --holdout (evaluation) or --images and --calibration "
+                         "(audit), not both", "drop one pair of options")
+    if evaluation:
+        if cfg.members is None or cfg.holdout is None:
+            raise InputError("evaluation mode needs both --members DIR and --holdout DIR",
+                             "give the images used in fine-tuning and images of the same kind that were not")
+        return "evaluation"
+    if real:
+        if cfg.images is None or cfg.calibration is None:
+            raise InputError("audit mode needs both --images DIR and --calibration DIR",
+                             "give the images to test and images known not to be in the fine-tuning set")
+        return "audit"
+    raise InputError("no images to audit", "give --members DIR --holdout DIR, or --images DIR --calibration DIR")
+
+
+class _Progress:
+    """rich progress bar over PGD steps x images (silent when not on a terminal)."""
+
+    def __init__(self, total_steps: int, images: int, label: str):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.fields[done]}/{task.fields[n]} images"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+        self.task = self.bar.add_task(label, total=total_steps, done=0, n=images)
+        self.done = 0
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *a):
+        self.bar.__exit__(*a)
+
+    def __call__(self, steps: int, images: int) -> None:
+        self.done += images
+        self.bar.update(self.task, advance=steps, done=self.done)
+
+
+def audit_command(cfg, out: Path, device: str, log=print) -> dict:
+    out = Path(out)
+    mode = _check_mode(cfg)
+    prompt = cfg.prompt or default_prompt(cfg.finetuned)
+    if not prompt:
+        raise InputError("no fine-tuning prompt: the suspect's folder does not record one",
+                         "give --prompt, e.g. --prompt \"a sks dog\" (the identifier prompt it was fine-tuned with)")
+    pre, ft = load_pair(cfg.pretrained, cfg.finetuned, device, cfg.dtype, cfg.local_files_only)
+    size = cfg.size or pre.image_size
+    if mode == "evaluation":
+        sets = {"members": _read(cfg.members, size, "members"), "holdout": _read(cfg.holdout, size, "holdout")}
+    else:
+        sets = {"images": _read(cfg.images, size, "images"), "calibration": _read(cfg.calibration, size, "calibration")}
+    features = FeatureExtractor(cfg.features, device, cfg.local_files_only) if cfg.features else None
+    if cfg.metric == "features" and features is None:
+        raise InputError("--metric features needs a feature model", "give --features tiny:clip or a DINO/CLIP checkpoint")
+    opts = inversion_options(cfg)
+    log(f"[audit] {mode}: {', '.join(f'{len(v[0])} {k}' for k, v in sets.items())}; prompt '{prompt}'; "
+        f"{opts.steps} PGD steps x {opts.mc_samples} MC samples; suspect {'LoRA (one base model)' if pre is ft else 'full model'}")
+
+    t0 = time.time()
+    scored, losses = {}, {}
+    total = sum(len(v[0]) for v in sets.values())
+    with _Progress(total * opts.steps, total, "CGI-DM") as bar:
+        for role, (x, _) in sets.items():
+            scored[role] = score_set(pre, ft, x, prompt, opts, features,
+                                     out / "cache" / f"{role}-{_cache_key(cfg, pre, ft, role)}", progress=bar)
+    invert_s = time.time() - t0
+    for role, (x, _) in sets.items():
+        losses[role] = paired_losses(pre, ft, x, [prompt] * len(x), cfg.loss_samples, cfg.seed)
+
+    names = [n for _, ns in sets.values() for n in ns]
+    images = torch.cat([x for x, _ in sets.values()])
+    merged = {k: torch.cat([scored[r][k] for r in sets]) for k in ("partial", "recovered", "keep")}
+    metric_vals = {m: torch.cat([scored[r]["metrics"][m] for r in sets]).numpy() for m in scored[next(iter(sets))]["metrics"]}
+    primary = metric_vals[cfg.metric]
+    evidence = write_evidence(out / "evidence", names, images, merged) if cfg.evidence else [None] * len(names)
+
+    res = {"mode": mode, "prompt": prompt, "pretrained": cfg.pretrained, "finetuned": cfg.finetuned,
+           "suspect_kind": "lora" if pre is ft else "full", "metric": cfg.metric, "image_size": size,
+           "inversion": asdict(opts), "seconds_per_image": invert_s / max(1, len(names)),
+           "invert_s": round(invert_s, 1)}
+    if mode == "evaluation":
+        labels = np.array([1] * len(sets["members"][0]) + [0] * len(sets["holdout"][0]))
+        res.update(stats.summarize_audit(primary, labels, seed=cfg.seed))
+        res["accuracy_crossfit"] = stats.crossfit_accuracy(primary, labels, seed=cfg.seed)
+        res["metrics"] = {m: stats.auroc(v, labels) for m, v in metric_vals.items()}
+        l_pre = torch.cat([losses["members"][0], losses["holdout"][0]])
+        l_ft = torch.cat([losses["members"][1], losses["holdout"][1]])
+        base = {k: stats.auroc(v.numpy(), labels) for k, v in loss_scores(l_pre, l_ft).items()}
+        base.update(_extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log))
+        res["baselines"] = base
+        res["scores"] = [{"image": n, "member": bool(y), "score": float(s), "evidence": e,
+                          **{m: float(metric_vals[m][i]) for m in metric_vals},
+                          "L_pre": float(l_pre[i]), "L_ft": float(l_ft[i])}
+                         for i, (n, y, s, e) in enumerate(zip(names, labels, primary, evidence))]
+        _roc_figure(out, primary, labels, l_pre - l_ft, cfg.metric)
+    else:
+        n_img = len(sets["images"][0])
+        calib = primary[n_img:]
+        threshold = stats.calibrate_threshold(calib, cfg.alpha)
+        l_pre = torch.cat([losses["images"][0], losses["calibration"][0]])
+        l_ft = torch.cat([losses["images"][1], losses["calibration"][1]])
+        rows = []
+        for i in range(len(names)):
+            p = stats.empirical_pvalue(primary[i], calib) if i < n_img else None
+            rows.append({"image": names[i], "role": "test" if i < n_img else "calibration", "score": float(primary[i]),
+                         "p_value": p, "verdict": None if p is None else ("member" if p <= cfg.alpha else "not shown"),
+                         "evidence": evidence[i], "L_pre": float(l_pre[i]), "L_ft": float(l_ft[i])})
+        res.update({"alpha": cfg.alpha, "threshold": threshold, "n_images": n_img, "n_calibration": len(calib),
+                    "members_found": sum(r["verdict"] == "member" for r in rows), "scores": rows})
+        if len(calib) < 1 / cfg.alpha - 1:
+            log(f"[audit] note: with {len(calib)} calibration images the smallest p-value is "
+                f"{1 / (len(calib) + 1):.3f}; give at least {int(np.ceil(1 / cfg.alpha))} for alpha {cfg.alpha}")
+    write_report(out, res)
+    return res
+
+
+def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> dict:
+    extra = {}
+    xs = torch.cat([sets["members"][0], sets["holdout"][0]])
+    if cfg.ablations:
+        for obj in ("ft-only", "pre-only"):
+            log(f"[audit] ablation: PGD on {obj}")
+            r = score_set(pre, ft, xs, prompt, inversion_options(cfg, obj), features, None)
+            extra[f"cgi-dm {obj}"] = stats.auroc(r["metrics"][cfg.metric].numpy(), labels)
+    if cfg.null_finetuned:
+        log(f"[audit] null suspect: {cfg.null_finetuned}")
+        npre, nft = load_pair(cfg.pretrained, cfg.null_finetuned, str(pre.device), cfg.dtype, cfg.local_files_only)
+        r = score_set(npre, nft, xs, prompt, inversion_options(cfg), features, None)
+        extra["null_suspect"] = stats.auroc(r["metrics"][cfg.metric].numpy(), labels)
+    return extra
+
+
+def _roc_figure(out: Path, scores, labels, calibrated: torch.Tensor, metric: str) -> None:
+    from ..report.figures import roc_figure
+
+    curves = {f"CGI-DM ({metric})": stats.roc_curve(scores, labels)[:2],
+              "calibrated loss": stats.roc_curve(calibrated.numpy(), labels)[:2]}
+    png = roc_figure(curves)
+    with atomic_path(out / "roc.png") as tmp:
+        tmp.write_bytes(png)
+
+
+def write_report(out: Path, res: dict) -> None:
+    """report.html: the summary, the ROC curve and, per image, the evidence strip beside its score."""
+    import base64
+    import html
+
+    from ..report.html import Section, render
+
+    text = (f"Suspect {res['finetuned']} ({res['suspect_kind']}) against {res['pretrained']}, prompt "
+            f"'{res['prompt']}'. Each strip: original | partial (half of the latent removed) | recovered by "
+            f"contrasting gradient inversion. A recovery close to the original is evidence that the suspect "
+            f"model was fine-tuned on the image.")
+    tables = []
+    figures = []
+    if res["mode"] == "evaluation":
+        tables.append(("detection", [{"method": f"CGI-DM ({res['metric']})", "AUROC": res["auroc"],
+                                      "95% CI": f"{res['auroc_ci'][0]:.3f}-{res['auroc_ci'][1]:.3f}",
+                                      "TPR@1%": res["tpr_at_fpr"]["0.01"], "TPR@5%": res["tpr_at_fpr"]["0.05"]}]
+                       + [{"method": k, "AUROC": v} for k, v in res["baselines"].items()]))
+        if (out / "roc.png").is_file():
+            figures.append(("ROC curves", (out / "roc.png").read_bytes()))
+    summary = Section("audit", text, tables, figures)
+    rows = []
+    for r in res["scores"]:
+        img = ""
+        if r.get("evidence"):
+            b64 = base64.b64encode((out / r["evidence"]).read_bytes()).decode("ascii")
+            img = f"<img src='data:image/png;base64,{b64}' style='height:96px'>"
+        label = "member" if r.get("member") else ("holdout" if "member" in r else r.get("verdict") or r.get("role"))
+        p = f"{r['p_value']:.3g}" if r.get("p_value") is not None else ""
+        rows.append(f"<tr><td>{html.escape(r['image'])}</td><td>{html.escape(str(label))}</td>"
+                    f"<td>{r['score']:.4f}</td><td>{p}</td><td>{img}</td></tr>")
+    page = render("modelseal audit (CGI-DM)", [summary], meta={"mode": res["mode"], "images": len(res["scores"])})
+    table = ("<h2>evidence per image</h2><table><tr><th>image</th><th>set / verdict</th><th>score</th>"
+             "<th>p-value</th><th>original | partial | recovered</th></tr>" + "".join(rows) + "</table>")
+    atomic_write_text(out / "report.html", page.replace("</body></html>", table + "</body></html>"))
