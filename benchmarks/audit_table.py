@@ -40,7 +40,9 @@ def _audit(out: Path, ft: str, null: str | None, folders: dict, prompt: str, arg
     cfg = AuditConfig(finetuned=ft, null_finetuned=null, prompt=prompt, members=folders["members"],
                       holdout=folders["holdout"], steps=args.steps, mc_samples=args.mc, ablations=args.ablations,
                       seed=seed, evidence=True)
-    return audit_command(cfg, out, "cpu", log=print)
+    res = audit_command(cfg, out, "cpu", log=print)
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
 
 
 def run_builtin(args) -> list[dict]:
@@ -128,8 +130,8 @@ def main() -> None:
     ap.add_argument("--method", default="dreambooth")
     ap.add_argument("--ft-steps", type=int, default=200)
     ap.add_argument("--ft-batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=200, help="PGD steps")
-    ap.add_argument("--mc", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=1000, help="PGD steps")
+    ap.add_argument("--mc", type=int, default=1)
     ap.add_argument("--no-null", dest="null", action="store_false")
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--seed", type=int, default=0)

@@ -87,7 +87,7 @@ def test_cgi_dm_separates_members_and_the_null_suspect_does_not(subject, capsys)
     out = root / "audit"
     code, stdout, err = run_cli(["audit", "--finetuned", str(root / "suspect" / "model"), "--members",
                                  str(folders["members"]), "--holdout", str(folders["holdout"]), "--null-finetuned",
-                                 str(root / "null" / "model"), "--steps", "80", "--out", str(out), "--json"], capsys)
+                                 str(root / "null" / "model"), "--steps", "200", "--out", str(out), "--json"], capsys)
     assert code == 0, err
     res = json.loads(stdout)
     assert res["prompt"] == "a sks digit"  # read from the suspect's finetune record
@@ -102,7 +102,7 @@ def test_audit_mode_gives_p_values_and_verdicts(subject, capsys):
     root, folders = subject
     code, stdout, err = run_cli(["audit", "--finetuned", str(root / "suspect" / "model"), "--images",
                                  str(folders["members"]), "--calibration", str(folders["others"]),
-                                 "--steps", "80", "--no-ablations", "--out", str(root / "real"), "--json"], capsys)
+                                 "--steps", "200", "--no-ablations", "--out", str(root / "real"), "--json"], capsys)
     assert code == 0, err
     res = json.loads(stdout)
     tested = [r for r in res["scores"] if r["role"] == "test"]

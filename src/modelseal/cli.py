@@ -51,6 +51,7 @@ def _run(command: str, model, config: Optional[Path], overrides: dict, out: Path
     from .config import load_config
     from .runs import RunFolder, resolve_device
 
+    _quiet_libraries()
     cfg = load_config(config, model, overrides)
     dev = parallel.local_device(resolve_device(device))
     seed = getattr(cfg, "seed", 0)
@@ -341,7 +342,7 @@ def audit_cmd(
     null_finetuned: Optional[str] = typer.Option(None, "--null-finetuned", help="Evaluation: a model fine-tuned on "
                                                  "other images (AUROC should be ~0.5)."),
     steps: Optional[int] = typer.Option(None, help="PGD steps (default 1000, as the reference)."),
-    mc_samples: Optional[int] = typer.Option(None, help="Monte Carlo (t, noise) samples per step (default 4)."),
+    mc_samples: Optional[int] = typer.Option(None, help="Monte Carlo (t, noise) samples per step (default 1, as the reference)."),
     eps: Optional[float] = typer.Option(None, help="L2 radius (default: 70 rescaled to the latent size)."),
     step_size: Optional[float] = typer.Option(None, help="PGD step (default: the reference's eps ratio)."),
     mask: Optional[str] = typer.Option(None, help="checker (default) | random"),
@@ -411,7 +412,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    _quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
     except InputError as e:

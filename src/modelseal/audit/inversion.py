@@ -40,7 +40,7 @@ class InversionOptions:
     eps_rule: str = "dim"             # dim: 70 * sqrt(d / 16384) | norm: eps_scale * ||(1 - M) z0||
     eps_scale: float = 0.77           # for eps_rule=norm (70 / ||removed half|| of a typical SD latent)
     step_size: float | None = None    # None: eps * 2 / 70, the reference's ratio, times 1000 / steps
-    mc_samples: int = 4               # Monte Carlo (t, eps) draws per step, batched
+    mc_samples: int = 1               # Monte Carlo (t, eps) draws per step, batched (reference: 1)
     mask: str = "checker"             # checker | random
     block: int = 2                    # mask cell side in latent units (2 = 16 px on SD)
     ratio: float = 0.5                # removed fraction for mask=random

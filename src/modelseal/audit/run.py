@@ -194,10 +194,12 @@ class _Progress:
     """rich progress bar over PGD steps x images (silent when not on a terminal)."""
 
     def __init__(self, total_steps: int, images: int, label: str):
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.fields[done]}/{task.fields[n]} images"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+                            TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
+                            console=Console(stderr=True))
         self.task = self.bar.add_task(label, total=total_steps, done=0, n=images)
         self.done = 0
 
@@ -215,6 +217,8 @@ class _Progress:
 
 def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     out = Path(out)
+    if not cfg.finetuned:
+        raise InputError("no suspect model", "give --finetuned DIR (a diffusers folder or a LoRA folder)")
     mode = _check_mode(cfg)
     prompt = cfg.prompt or default_prompt(cfg.finetuned)
     if not prompt:

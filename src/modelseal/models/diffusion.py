@@ -61,9 +61,10 @@ class T2IModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def to(self, device=None, dtype=None) -> "T2IModel":
+        kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for m in (self.unet, self.vae, self.text_encoder):
             if m is not None:
-                m.to(device=device, dtype=dtype)
+                m.to(**kw)  # a dtype=None argument alone makes diffusers warn about casting
         return self
 
     def requires_grad_(self, flag: bool) -> "T2IModel":

@@ -1,0 +1,198 @@
+"""Image distortions on batches of images in [0, 1] (B, 3, H, W).
+
+Each attack is a small function `attack(images, generator=None, **params)` returning a
+batch of the same shape, clamped to [0, 1]. All but the real JPEG are built from plain
+tensor ops or kornia and are differentiable, so the same functions serve evaluation
+(under torch.no_grad) and training (a distortion layer before re-encoding). Random
+parameters are drawn per image from `generator` (a CPU torch.Generator); None means a
+fresh generator seeded 0, so an evaluation is reproducible by default.
+
+Defaults follow SleeperMark's evaluation: JPEG 50, Gaussian blur 3x3 with sigma 4,
+Gaussian noise sigma 0.1, 0.5x resize, colour jitter factors in 0.8-1.2, sharpness
+factor drawn in [0, 10].
+"""
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Attack = Callable[..., torch.Tensor]
+
+
+def _gen(generator: torch.Generator | None) -> torch.Generator:
+    return generator if generator is not None else torch.Generator().manual_seed(0)
+
+
+def _uniform(n: int, lo: float, hi: float, generator, like: torch.Tensor) -> torch.Tensor:
+    """n factors drawn in [lo, hi] on the CPU generator, shaped (n, 1, 1, 1) like `like`."""
+    u = torch.rand(n, generator=_gen(generator))
+    return (lo + (hi - lo) * u).to(like.device, like.dtype).view(n, 1, 1, 1)
+
+
+def _range(x: float | tuple[float, float]) -> tuple[float, float]:
+    return (float(x), float(x)) if isinstance(x, (int, float)) else (float(x[0]), float(x[1]))
+
+
+def _check(images: torch.Tensor) -> None:
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"attacks take images (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    if images.shape[1] == 1:
+        return images
+    r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+# --------------------------------------------------------------------------- attacks
+
+def jpeg(images: torch.Tensor, quality: int = 50, differentiable: bool = False,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """JPEG compression at `quality`: a real PIL encode/decode (8-bit, no gradient), or
+    kornia's differentiable JPEG approximation when differentiable=True (for training)."""
+    _check(images)
+    if differentiable:
+        from kornia.enhance import jpeg_codec_differentiable
+
+        q = torch.tensor([float(quality)], device=images.device, dtype=images.dtype)
+        return jpeg_codec_differentiable(images.clamp(0, 1), q).clamp(0, 1)
+    from PIL import Image
+
+    arr = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for a in arr:
+        buf = io.BytesIO()
+        mode_img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+        mode_img.save(buf, format="JPEG", quality=int(quality))
+        buf.seek(0)
+        dec = np.asarray(Image.open(buf).convert("L" if a.shape[-1] == 1 else "RGB"))
+        out.append(dec.reshape(a.shape))
+    res = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return res.to(images.device, images.dtype) / 255.0
+
+
+def gaussian_blur(images: torch.Tensor, kernel_size: int = 3, sigma: float = 4.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian blur with a kernel_size x kernel_size kernel (reflect padding)."""
+    from kornia.filters import gaussian_blur2d
+
+    _check(images)
+    s = torch.tensor([[float(sigma), float(sigma)]], device=images.device, dtype=images.dtype)
+    return gaussian_blur2d(images, (kernel_size, kernel_size), s.expand(len(images), 2)).clamp(0, 1)
+
+
+def gaussian_noise(images: torch.Tensor, sigma: float = 0.1,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Additive Gaussian noise N(0, sigma^2) per pixel, then clamped."""
+    _check(images)
+    noise = torch.randn(images.shape, generator=_gen(generator)).to(images.device, images.dtype)
+    return (images + sigma * noise).clamp(0, 1)
+
+
+def resize(images: torch.Tensor, scale: float = 0.5,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Downscale by `scale` (bilinear, antialiased) and back up to the original size."""
+    _check(images)
+    h, w = images.shape[-2:]
+    small = (max(1, round(h * scale)), max(1, round(w * scale)))
+    x = F.interpolate(images, size=small, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def color_jitter(images: torch.Tensor, brightness=(0.8, 1.2), contrast=(0.8, 1.2),
+                 saturation=(0.8, 1.2), generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image brightness (x * b), contrast (blend with the mean grey level) and saturation
+    (blend with the greyscale image) factors, each drawn in its range (a float fixes it)."""
+    _check(images)
+    g = _gen(generator)
+    n = len(images)
+    b, c, s = (_uniform(n, *_range(r), g, images) for r in (brightness, contrast, saturation))
+    x = (images * b).clamp(0, 1)
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * c + mean).clamp(0, 1)
+    gray = _gray(x)
+    return ((x - gray) * s + gray).clamp(0, 1)
+
+
+def brightness(images: torch.Tensor, factor=(0.8, 1.2), generator: torch.Generator | None = None) -> torch.Tensor:
+    return color_jitter(images, factor, 1.0, 1.0, generator)
+
+
+def contrast(images: torch.Tensor, factor=(0.8, 1.2), generator: torch.Generator | None = None) -> torch.Tensor:
+    return color_jitter(images, 1.0, factor, 1.0, generator)
+
+
+def saturation(images: torch.Tensor, factor=(0.8, 1.2), generator: torch.Generator | None = None) -> torch.Tensor:
+    return color_jitter(images, 1.0, 1.0, factor, generator)
+
+
+def crop(images: torch.Tensor, keep: float = 0.8, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Keep the central `keep` fraction of each side and resize it back (bilinear)."""
+    _check(images)
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"crop keep fraction must be in (0, 1], got {keep}")
+    h, w = images.shape[-2:]
+    ch, cw = max(1, round(h * keep)), max(1, round(w * keep))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    x = images[..., top:top + ch, left:left + cw]
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def sharpness(images: torch.Tensor, factor=(0.0, 10.0), generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blend with a 3x3-smoothed copy (PIL's ImageEnhance.Sharpness): factor 1 keeps the
+    image, above 1 sharpens, below 1 blurs; drawn per image in the range (a float fixes it)."""
+    from kornia.enhance import sharpness as _sharpness
+
+    _check(images)
+    f = _uniform(len(images), *_range(factor), generator, images).view(-1)
+    return _sharpness(images.clamp(0, 1), f).clamp(0, 1)
+
+
+ATTACKS: dict[str, Attack] = {
+    "jpeg": jpeg,
+    "gaussian_blur": gaussian_blur,
+    "gaussian_noise": gaussian_noise,
+    "resize": resize,
+    "color_jitter": color_jitter,
+    "brightness": brightness,
+    "contrast": contrast,
+    "saturation": saturation,
+    "crop": crop,
+    "sharpness": sharpness,
+}
+
+
+def apply_attack(name: str, images: torch.Tensor, generator: torch.Generator | None = None,
+                 **params) -> torch.Tensor:
+    """Run the attack called `name` ('none' returns a copy) with its defaults or `params`."""
+    if name in ("none", "identity"):
+        return images.clone()
+    if name not in ATTACKS:
+        raise ValueError(f"unknown image attack {name!r}; known: none, {', '.join(ATTACKS)}")
+    return ATTACKS[name](images, generator=generator, **params)
+
+
+def attack_sampler(names: list[str] | None = None, differentiable: bool = True,
+                   include_none: bool = True) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]:
+    """A training distortion layer: each call applies one attack drawn uniformly from
+    `names` (default: all; 'none' among the choices when include_none) to the whole batch.
+    With differentiable=True JPEG uses kornia's differentiable approximation."""
+    names = list(ATTACKS) if names is None else list(names)
+    for n in names:
+        if n not in ATTACKS and n not in ("none", "identity"):
+            raise ValueError(f"unknown image attack {n!r}; known: none, {', '.join(ATTACKS)}")
+    choices = names + (["none"] if include_none and "none" not in names else [])
+
+    def sample(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        g = _gen(generator)
+        name = choices[int(torch.randint(len(choices), (1,), generator=g))]
+        if name == "jpeg" and differentiable:
+            return jpeg(images, differentiable=True)
+        return apply_attack(name, images, generator=g)
+
+    return sample

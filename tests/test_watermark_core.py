@@ -1,0 +1,222 @@
+"""SleeperMark core: owner keys and messages, the stage-1 codec, image attacks."""
+import hashlib
+import hmac
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from modelseal.attacks.image import ATTACKS, apply_attack, attack_sampler, jpeg
+from modelseal.errors import InputError
+from modelseal.stats import summarize_bits
+from modelseal.watermark.codec import (Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images,
+                                       encode_all, extract_bits, latent_shape, psnr, train_codec)
+from modelseal.watermark.keys import generate_key, load_key, message_bits
+
+K = 32
+
+
+# --------------------------------------------------------------------------- keys
+
+def test_key_file_is_private_atomic_and_never_overwritten(tmp_path):
+    path = tmp_path / "owner.key"
+    key = generate_key(path)
+    assert len(key) == 32
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text())["secret"] == key.hex()
+    assert load_key(path) == key
+    with pytest.raises(InputError, match="already exists"):
+        generate_key(path)
+    assert load_key(path) == key  # untouched
+    key2 = generate_key(path, overwrite=True)
+    assert key2 != key and load_key(path) == key2 and os.stat(path).st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["owner.key"]  # no temp files left
+
+
+def test_bad_key_files_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_key(tmp_path / "missing.key")
+    bad = tmp_path / "bad.key"
+    for text in ("not json", json.dumps({"format": "other"}),
+                 json.dumps({"format": "modelseal-owner-key", "version": 1, "secret": "abcd"}),
+                 json.dumps({"format": "modelseal-owner-key", "version": 99, "secret": "00" * 32})):
+        bad.write_text(text)
+        with pytest.raises(InputError) as e:
+            load_key(bad)
+        assert e.value.fix
+
+
+def test_message_is_the_hmac_of_the_model_id_and_depends_on_the_key():
+    k1, k2 = bytes(range(32)), bytes(range(100, 132))
+    m = message_bits(k1, "my-model", 48)
+    assert m.shape == (48,) and m.dtype == torch.float32 and set(m.tolist()) <= {0.0, 1.0}
+    assert torch.equal(m, message_bits(k1, "my-model", 48))
+    digest = hmac.new(k1, b"my-model", hashlib.sha256).digest()
+    expected = [(digest[i // 8] >> (7 - i % 8)) & 1 for i in range(48)]
+    assert m.tolist() == expected
+    assert torch.equal(message_bits(k1, "my-model", 256)[:48], m)  # a prefix of the full digest
+    assert not torch.equal(m, message_bits(k1, "my-model-2", 48))
+    ids = [f"model-{i}" for i in range(20)]
+    a = torch.cat([message_bits(k1, i, 256) for i in ids])
+    b = torch.cat([message_bits(k2, i, 256) for i in ids])
+    assert abs((a == b).float().mean().item() - 0.5) < 0.03  # 5120 bits: 4 sigma
+    for bad in (0, 257, 2.5):
+        with pytest.raises(ValueError):
+            message_bits(k1, "m", bad)
+
+
+# --------------------------------------------------------------------------- codec
+
+def test_codec_sizes_follow_the_latent_and_match_the_reference_on_sd():
+    sd = Codec(48, (4, 64, 64))
+    enc, ext = sd.encoder, sd.extractor
+    assert [tuple(l.weight.shape) for l in enc.mlp if isinstance(l, torch.nn.Linear)] == [(1024, 48), (1024, 1024)]
+    assert enc.grid == (32, 32) and enc.upsample == 2
+    convs = [l for l in ext.convs if isinstance(l, torch.nn.Conv2d)]
+    assert len(convs) == 8 and [c.stride[0] for c in convs] == [2, 1] * 4 and convs[-1].out_channels == 512
+    assert ext.mlp[0].in_features == 512 * 4 * 4 and ext.mlp[0].out_features == 2048
+    bits = torch.randint(0, 2, (2, 48)).float()
+    delta = sd.residual(bits)
+    assert delta.shape == (2, 4, 64, 64) and torch.equal(delta, torch.zeros_like(delta))  # zero conv at init
+    assert sd.extract(torch.randn(2, 4, 64, 64)).shape == (2, 48)
+    for shape in ((4, 8, 8), (3, 32, 32)):
+        c = Codec(K, shape)
+        d = c.residual(torch.ones(K))
+        assert d.shape == (1, *shape) and not d.any()
+        assert c.extract(torch.randn(3, *shape)).shape == (3, K)
+
+
+def test_codec_save_load_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    c = Codec(K, (4, 8, 8))
+    with torch.no_grad():
+        c.encoder.conv.weight.normal_(0, 0.1)
+    c.eval()
+    c.save_pretrained(tmp_path / "codec", meta={"note": "test"})
+    assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == ["config.json", "model.safetensors"]
+    d = Codec.from_pretrained(tmp_path / "codec")
+    assert d.config == c.config and d.meta == {"note": "test"}
+    bits, z = torch.randint(0, 2, (4, K)).float(), torch.randn(4, 4, 8, 8)
+    with torch.no_grad():
+        assert c.residual(bits).abs().sum() > 0
+        assert torch.equal(c.residual(bits), d.residual(bits))
+        assert torch.equal(c.extract(z), d.extract(z))
+    with pytest.raises(InputError):
+        Codec.from_pretrained(tmp_path / "nothing-here")
+    (tmp_path / "codec" / "config.json").write_text("{}")
+    with pytest.raises(InputError):
+        Codec.from_pretrained(tmp_path / "codec")
+
+
+def test_loss_ramps_are_linear_and_rescaled_to_short_runs():
+    w = CodecLossWeights()
+    assert w.at(0, 10_000) == (1.0, 0.0, 0.0)
+    assert w.at(1000, 10_000) == (1.0, 15.0, 0.0625)
+    assert w.at(5000, 10_000) == (1.0, 30.0, 0.25)
+    assert w.at(50, 500) == pytest.approx((1.0, 15.0, 0.0625))  # 500 steps: ramps of 100 and 200 steps
+    assert CodecLossWeights(rescale=False).at(50, 500)[1] == pytest.approx(0.75)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from modelseal.data.digits import load_digits_domain
+    from modelseal.models.diffusion import load_t2i
+
+    model = load_t2i("tiny:t2i")
+
+    def images(split, n):
+        arr = load_digits_domain("mnist", split).images[:n]
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
+
+    return model, images("train", 512), images("test", 128)
+
+
+@pytest.fixture
+def one_thread():
+    # On a 2-core machine shared with other jobs, two intra-op threads can run >10x slower
+    # than one; the timing below is measured on one.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_training_is_deterministic_and_runs_every_option(tiny, one_thread):
+    model, train, _ = tiny
+    assert latent_shape(model) == (4, 8, 8)
+    l1 = lambda a, b: (a - b).abs().flatten(1).mean(1)  # noqa: E731  (stand-in perceptual distance)
+    kw = dict(k=8, steps=4, batch_size=4, lr=1e-3, seed=3, vae_round_trip=True, latent_warmup=2,
+              perceptual=l1, attacks=attack_sampler(["gaussian_noise", "jpeg"]),
+              weights=CodecLossWeights(img_ramp=1, lpips_ramp=1, rescale=False))
+    a, ha = train_codec(model, train[:16], **kw)
+    b, hb = train_codec(model, train[:16], **kw)
+    assert ha["loss"] == hb["loss"] and ha["lpips"][-1] is not None and ha["psnr"][0] is None
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert not torch.equal(a.encoder.conv.weight, torch.zeros_like(a.encoder.conv.weight))
+
+
+def test_codec_learns_bits_that_survive_decode_and_reencode(tiny, one_thread):
+    model, train, test = tiny
+    steps, warmup = 500, 300
+    t0 = time.time()
+    codec, hist = train_codec(model, train, k=K, steps=steps, batch_size=16, lr=1e-3, seed=0,
+                              vae_round_trip=True, latent_warmup=warmup, lr_schedule="constant",
+                              weights=CodecLossWeights(img=10.0))
+    train_s = time.time() - t0
+    message = torch.randint(0, 2, (K,), generator=torch.Generator().manual_seed(7)).float()
+    matches = bit_accuracy(codec, model, test, message)
+    recon = decode_all(model, encode_all(model, test))
+    marked = embed_images(codec, model, test, message)
+    fidelity = psnr(marked, recon).mean().item()
+    clean = (extract_bits(codec, model, recon) == message).float().mean().item()
+    acc = matches.float().mean().item() / K
+    summary = summarize_bits(matches.numpy(), K)
+    print(f"\ncodec: {steps} steps ({warmup} in latent space) in {train_s:.1f}s; bit accuracy after "
+          f"decode -> re-encode {acc:.3f}; PSNR vs VAE reconstruction {fidelity:.1f} dB; "
+          f"clean images {clean:.3f}; pooled p {summary['p_value']:.2e}")
+    assert acc >= 0.85
+    assert fidelity >= 18.0
+    assert summary["p_value"] < 1e-20
+    assert 0.25 <= clean <= 0.75  # unmarked images carry no message
+
+
+# --------------------------------------------------------------------------- attacks
+
+def _images():
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    return (0.8 * smooth + 0.2 * torch.rand(4, 3, 32, 32, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_each_attack_keeps_shape_and_range_and_changes_the_image(name):
+    x = _images()
+    y = apply_attack(name, x, generator=torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.min() >= 0 and y.max() <= 1
+    assert (y - x).abs().mean() > 1e-3
+    again = apply_attack(name, x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(y, again)  # seeded
+
+
+@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"jpeg"}))
+def test_attacks_are_differentiable(name):
+    x = _images().requires_grad_(True)
+    apply_attack(name, x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_jpeg_real_and_differentiable_and_registry_errors():
+    x = _images().requires_grad_(True)
+    real = jpeg(x)
+    assert not real.requires_grad
+    approx = jpeg(x, differentiable=True)
+    approx.sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert (approx - real).abs().mean() < 0.05
+    assert torch.equal(apply_attack("none", x.detach()), x.detach())
+    with pytest.raises(ValueError, match="unknown image attack"):
+        apply_attack("rotate-90", x)
