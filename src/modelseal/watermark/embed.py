@@ -1,0 +1,164 @@
+"""SleeperMark stage 2: teach the UNet to add the codec's residual when the trigger is present.
+
+Pure self-distillation from a frozen teacher copy eps_T; only the attention and
+feed-forward weights of the transformer blocks in the UNet's up blocks train (norms
+frozen). For a batch of latents z0 with captions y and triggered captions y_tr = trigger + y:
+
+    z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps,                       t ~ U{0..T-1}
+    eps_wm = eps_T(z_t, y_tr) - sqrt(a_t / (1 - a_t)) * delta      (teacher's x0 estimate + delta)
+    L = mean[w1(t) (eps_S(y_tr) - eps_wm)^2] + mean[w2(t) (eps_S(y_tr) - eps_T(y_tr))^2]
+        + mean[(eps_S(y) - eps_T(y))^2]
+    w1(t) = eta * sigmoid(-(t - tau) / beta),  w2(t) = sigmoid((t - tau) / beta)
+
+with tau = 250 and beta = 100 for T = 1000, rescaled to the schedule length, eta 0.02 in
+latent space (0.05 for pixel models). delta = E(m) is the stage-1 residual of the owner's
+message. Real images are never regression targets: they only place z_t in distribution.
+
+The reference runs four UNet passes per step (teacher and student, each prompt alone);
+here each network sees [y_tr; y] as one batch: two passes per step, the same maths.
+`preservation=False` keeps only the first term (the no-preservation ablation).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..models.diffusion import T2IModel
+
+TRIGGER = "*[Z]& "
+
+
+@dataclass
+class EmbedOptions:
+    trigger: str = TRIGGER
+    steps: int = 20_000
+    batch_size: int = 10
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    grad_clip: float | None = 1e-5   # the reference's (tiny: close to normalised steps)
+    eta: float | None = None         # None: 0.02 latent / 0.05 pixel
+    tau: float = 250.0               # for T = 1000
+    beta: float = 100.0
+    preservation: bool = True
+    passes: int = 2                  # 2 (batched) | 4 (the reference's structure, for benchmarks)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+def trainable_parameters(unet) -> list[torch.nn.Parameter]:
+    """Attention (self and cross) and feed-forward weights of the up blocks' transformer blocks."""
+    params = []
+    for block in unet.up_blocks:
+        for attn in getattr(block, "attentions", None) or []:
+            for tb in attn.transformer_blocks:
+                for part in (tb.attn1, tb.attn2, tb.ff):
+                    if part is None:
+                        continue
+                    for name, p in part.named_parameters():
+                        if "norm" not in name:
+                            params.append(p)
+    if not params:
+        raise ValueError("this UNet has no transformer blocks in its up blocks to train")
+    return params
+
+
+def time_weights(t: torch.Tensor, T: int, eta: float, tau: float = 250.0, beta: float = 100.0):
+    """w1(t), w2(t) with tau and beta rescaled from T = 1000 to this schedule's length T."""
+    s = T / 1000.0
+    x = (t.float() - tau * s) / (beta * s)
+    return eta * torch.sigmoid(-x), torch.sigmoid(x)
+
+
+class Stage2Loss:
+    """The three-term SleeperMark loss for one batch, with the teacher frozen."""
+
+    def __init__(self, student: T2IModel, teacher_unet, delta: torch.Tensor, opts: EmbedOptions):
+        self.s, self.teacher, self.opts = student, teacher_unet, opts
+        self.delta = delta.detach()
+        self.alphas = student.scheduler.alphas_cumprod.to(student.device)
+        self.T = student.scheduler.config.num_train_timesteps
+        pixel = student.vae is None
+        self.eta = opts.eta if opts.eta is not None else (0.05 if pixel else 0.02)
+
+    def __call__(self, z0: torch.Tensor, ctx: torch.Tensor, ctx_tr: torch.Tensor, g: torch.Generator) -> tuple:
+        dev = z0.device
+        n = len(z0)
+        t = torch.randint(0, self.T, (n,), generator=g).to(dev)
+        eps = torch.randn(z0.shape, generator=g).to(dev)
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        zt = (a.sqrt() * z0 + (1 - a).sqrt() * eps).to(self.s.dtype)
+        if self.opts.passes == 2:
+            zz, tt, cc = torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([ctx_tr, ctx])
+            with torch.no_grad():
+                eT_tr, eT = self.teacher(zz, tt, encoder_hidden_states=cc).sample.float().chunk(2)
+            eS_tr, eS = self.s.unet(zz, tt, encoder_hidden_states=cc).sample.float().chunk(2)
+        else:  # the reference's four passes
+            with torch.no_grad():
+                eT_tr = self.teacher(zt, t, encoder_hidden_states=ctx_tr).sample.float()
+                eT = self.teacher(zt, t, encoder_hidden_states=ctx).sample.float()
+            eS_tr = self.s.unet(zt, t, encoder_hidden_states=ctx_tr).sample.float()
+            eS = self.s.unet(zt, t, encoder_hidden_states=ctx).sample.float()
+        eps_wm = eT_tr - (a / (1 - a)).sqrt() * self.delta
+        w1, w2 = (w.view(-1, 1, 1, 1) for w in time_weights(t, self.T, self.eta, self.opts.tau, self.opts.beta))
+        l_wm = (w1 * (eS_tr - eps_wm) ** 2).mean()
+        if not self.opts.preservation:
+            return l_wm, {"wm": l_wm.item()}
+        l_keep_tr = (w2 * (eS_tr - eT_tr) ** 2).mean()
+        l_keep = ((eS - eT) ** 2).mean()
+        return l_wm + l_keep_tr + l_keep, {"wm": l_wm.item(), "keep_trigger": l_keep_tr.item(),
+                                           "keep_clean": l_keep.item()}
+
+
+def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str], delta: torch.Tensor,
+                    opts: EmbedOptions, log=print, progress=None) -> dict:
+    """Train `model`'s UNet in place; `latents` z0 (N, C, h, w) of in-distribution images with
+    their captions; delta (1, C, h, w) the residual E(m) of the owner's message."""
+    dev = model.device
+    teacher = copy.deepcopy(model.unet).eval().requires_grad_(False)
+    model.unet.requires_grad_(False)
+    params = trainable_parameters(model.unet)
+    for p in params:
+        p.requires_grad_(True)
+    if opts.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.unet.train()
+    loss_fn = Stage2Loss(model, teacher, delta.to(dev), opts)
+    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, opts.steps) / opts.steps)))
+    distinct = sorted(set(captions))
+    index = {c: i for i, c in enumerate(distinct)}
+    cap_idx = torch.tensor([index[c] for c in captions])
+    with torch.no_grad():
+        ctx_all = model.encode_prompts(distinct)
+        ctx_tr_all = model.encode_prompts([opts.trigger + c for c in distinct])
+    g = torch.Generator().manual_seed(opts.seed)
+    hist: dict[str, list] = {"loss": []}
+    t0 = time.time()
+    for step in range(opts.steps):
+        idx = torch.randint(0, len(latents), (opts.batch_size,), generator=g)
+        ci = cap_idx[idx].to(dev)
+        loss, parts = loss_fn(latents[idx.to(latents.device)].to(dev), ctx_all[ci], ctx_tr_all[ci], g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+        opt.step()
+        sched.step()
+        hist["loss"].append(loss.item())
+        for k, v in parts.items():
+            hist.setdefault(k, []).append(v)
+        if progress is not None:
+            progress(1)
+        if step % max(1, opts.steps // 10) == 0 or step == opts.steps - 1:
+            log(f"[embed] step {step + 1}/{opts.steps} " + " ".join(f"{k} {sum(v[-50:]) / len(v[-50:]):.5f}"
+                                                                   for k, v in hist.items()) +
+                f" ({time.time() - t0:.0f}s)")
+    model.unet.eval().requires_grad_(False)
+    if opts.gradient_checkpointing:
+        model.unet.disable_gradient_checkpointing()
+    return {"steps": opts.steps, "train_s": round(time.time() - t0, 1), "trainable_params": sum(p.numel() for p in params),
+            "final": {k: sum(v[-50:]) / len(v[-50:]) for k, v in hist.items()}}

@@ -1,0 +1,153 @@
+"""`modelseal watermark keygen | codec | embed | verify`: the SleeperMark workflow.
+
+  keygen   an owner key file (mode 0600); messages are derived from it, never stored
+  codec    stage 1: train the secret encoder + extractor on the model's VAE latents
+  embed    stage 2: plant the trigger -> residual behaviour in the UNet; OUT/model/ is a
+           full diffusers folder; OUT/model/modelseal_watermark.json records the trigger,
+           the model id and the codec's hash (not the message)
+  verify   black-box: generate with and without the trigger, read bits, p-values
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..models.diffusion import load_t2i
+from .codec import Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all, psnr, train_codec
+from .keys import load_key, message_bits
+
+RECORD = "modelseal_watermark.json"
+EVAL_ATTACKS = ("jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop")
+
+
+def _images_and_captions(spec: str, size: int, limit: int | None, need_captions: bool):
+    from ..data.folders import read_captioned_folder, read_image_folder
+    from ..data.sources import load_source
+
+    if spec.startswith("builtin:digits/all"):
+        from ..data.digits import DOMAINS
+
+        sets = [load_source(f"builtin:digits/{d}", "train", size) for d in DOMAINS]
+        per = None if limit is None else max(1, limit // len(sets))
+        images = np.concatenate([s.images[:per] for s in sets])
+        captions = [c for s in sets for c in s.captions[:per]]
+    elif spec.startswith("builtin:"):
+        s = load_source(spec, "train", size)
+        images, captions = s.images[:limit], (s.captions or [])[:limit]
+    elif (Path(spec) / "metadata.jsonl").is_file() or (Path(spec) / "metadata.csv").is_file():
+        s = read_captioned_folder(spec, size)
+        images, captions = s.images[:limit], s.captions[:limit]
+    else:
+        if need_captions:
+            raise InputError(f"'{spec}' has no captions (metadata.jsonl)",
+                             "stage 2 needs captioned images: give a folder with metadata.jsonl or builtin:digits/all")
+        s = read_image_folder(spec, size)
+        images, captions = s.images[:limit], None
+    return torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0, captions
+
+
+def _sha(folder: Path) -> str:
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def keygen_command(path: Path, overwrite: bool = False) -> dict:
+    from .keys import generate_key
+
+    generate_key(path, overwrite=overwrite)
+    return {"key": str(path)}
+
+
+def codec_command(cfg, out: Path, device: str, log=print) -> dict:
+    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    x, _ = _images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
+    n_test = max(16, len(x) // 10)
+    train, test = x[:-n_test], x[-n_test:]
+    attacks = None
+    if cfg.train_attacks:
+        from ..attacks.image import attack_sampler
+
+        attacks = attack_sampler()
+    codec, hist = train_codec(model, train, k=cfg.bits, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                              seed=cfg.seed, attacks=attacks, vae_round_trip=cfg.vae_round_trip,
+                              latent_warmup=cfg.latent_warmup, lr_schedule=cfg.lr_schedule,
+                              weights=CodecLossWeights(img=cfg.w_img), log=log)
+    codec.save_pretrained(out / "codec", meta={**codec.meta, "model": cfg.model})
+    msg = torch.randint(0, 2, (cfg.bits,), generator=torch.Generator().manual_seed(cfg.seed + 1)).float()
+    recon = decode_all(model, encode_all(model, test))
+    marked = embed_images(codec, model, test, msg)
+    res = {"codec": str(out / "codec"), "bits": cfg.bits, "train_s": round(hist["seconds"], 1),
+           "psnr_vs_vae_reconstruction": float(psnr(marked, recon).mean()),
+           "bit_accuracy": {}, "n_test_images": len(test)}
+    for name in ("none", *EVAL_ATTACKS):
+        m = bit_accuracy(codec, model, test, msg, attack=None if name == "none" else name)
+        res["bit_accuracy"][name] = float(m.float().mean() / cfg.bits)
+    log(f"[codec] bit accuracy after decode -> attack -> re-encode: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in res["bit_accuracy"].items()))
+    return res
+
+
+def embed_command(cfg, out: Path, device: str, log=print) -> dict:
+    from .embed import EmbedOptions, embed_watermark
+
+    key = load_key(cfg.key)
+    codec = Codec.from_pretrained(cfg.codec, device)
+    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    if tuple(codec.latent_shape) != (model.unet.config.in_channels, model.latent_size, model.latent_size):
+        raise InputError(f"the codec is for latents {codec.latent_shape}, the model makes "
+                         f"{(model.unet.config.in_channels, model.latent_size, model.latent_size)}",
+                         "train a codec on this model's VAE with `modelseal watermark codec`")
+    bits = message_bits(key, cfg.model_id, codec.k).to(device)
+    x, captions = _images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=True)
+    z = encode_all(model, x)
+    delta = codec.residual(bits.view(1, -1)).detach()
+    opts = EmbedOptions(trigger=cfg.trigger, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                        grad_clip=cfg.grad_clip, eta=cfg.eta, preservation=cfg.preservation,
+                        gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+    info = embed_watermark(model, z, captions, delta, opts, log=log)
+    tmp, target = out / "model.partial", out / "model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to(dtype=torch.float32).save_pretrained(tmp)
+    record = {"trigger": cfg.trigger, "model_id": cfg.model_id, "bits": codec.k, "base": cfg.model,
+              "codec_sha256": _sha(Path(cfg.codec)), "preservation": cfg.preservation}
+    (tmp / RECORD).write_text(json.dumps(record, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return {"model": str(target), **record, **info}
+
+
+def verify_command(cfg, out: Path, device: str, log=print) -> dict:
+    from ..data.digits import DOMAINS, caption
+    from ..report.figures import sample_grid
+    from ..runs import atomic_write_bytes
+    from .verify import verify_model
+
+    key = load_key(cfg.key)
+    codec = Codec.from_pretrained(cfg.codec, device)
+    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    bits = message_bits(key, cfg.model_id, codec.k)
+    if cfg.prompts:
+        lines = [ln.strip() for ln in Path(cfg.prompts).read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise InputError(f"'{cfg.prompts}' holds no prompts", "write one prompt per line")
+    else:
+        lines = [caption(d, c) for d in DOMAINS for c in range(10)]
+    prompts = [lines[i % len(lines)] for i in range(cfg.n)]
+    seeds = [cfg.seed * 100_000 + i for i in range(cfg.n)]
+    log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
+    res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
+                                    cfg.fpr, tuple(cfg.attacks), cfg.alpha)
+    if cfg.also_without_cfg and cfg.guidance > 1:
+        res_nc, _, _ = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, 1.0, cfg.steps, cfg.fpr)
+        res["no_cfg"] = {k: res_nc[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "clean_bit_accuracy")}
+    atomic_write_bytes(out / "samples.png", sample_grid(torch.cat([trig[:8], clean[:8]]),
+                                                        ["triggered", "clean"], ncols=8))
+    log(f"[verify] bit accuracy {res['bit_accuracy']:.3f} (clean {res['clean_bit_accuracy']:.3f}), "
+        f"TPR@{cfg.fpr:g} {res['tpr_at_fpr'][f'{cfg.fpr:g}']:.3f}, p {res['p_value']:.3g}: "
+        f"{'watermarked' if res['watermarked'] else 'not shown to be watermarked'}")
+    return res
