@@ -220,3 +220,23 @@ def test_jpeg_real_and_differentiable_and_registry_errors():
     assert torch.equal(apply_attack("none", x.detach()), x.detach())
     with pytest.raises(ValueError, match="unknown image attack"):
         apply_attack("rotate-90", x)
+
+
+def test_watermark_cli_keygen_and_bad_inputs(tmp_path, capsys):
+    import os
+    import stat
+
+    from test_cli import run_cli
+
+    key = tmp_path / "owner.key"
+    code, _, err = run_cli(["watermark", "keygen", "--key", str(key)], capsys)
+    assert code == 0 and stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    code, _, err = run_cli(["watermark", "keygen", "--key", str(key)], capsys)
+    assert code == 2 and "exists" in err.lower()
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key")
+    for args in (["--key", str(bad), "--codec", str(tmp_path)], ["--key", str(key), "--codec", str(tmp_path)],
+                 ["--key", str(tmp_path / "missing.key"), "--codec", str(tmp_path)]):
+        code, _, err = run_cli(["watermark", "verify", "--out", str(tmp_path / "v"), "--model", "tiny:t2i",
+                                "--model-id", "m1", *args], capsys)
+        assert code == 2 and err.strip().splitlines()[-1].startswith("error:"), err

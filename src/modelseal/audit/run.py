@@ -85,9 +85,23 @@ def _read(folder: Path, size: int, role: str):
 
 # --------------------------------------------------------------------------- scoring with a cache
 
-def _cache_key(cfg, pre: T2IModel, ft: T2IModel, role: str) -> str:
+def _fingerprint(source: str) -> list:
+    """Weight files (name, size, mtime) of a local model folder, so a cache never outlives a
+    re-trained model saved at the same path; hub ids stand for themselves."""
+    from ..models.zoo import resolve_model
+
+    folder = Path(resolve_model(source, "t2i")) if source.startswith("tiny:") else Path(source)
+    if not folder.is_dir():
+        return [source]
+    return [source] + sorted([str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns]
+                             for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin"))
+
+
+def _cache_key(cfg, prompt: str, role: str, images: torch.Tensor) -> str:
     inv = {k: v for k, v in cfg.model_dump().items() if k in InversionOptions.__dataclass_fields__}
-    blob = json.dumps({"pre": pre.source, "ft": ft.source, "prompt": cfg.prompt, "size": cfg.size,
+    blob = json.dumps({"pre": _fingerprint(cfg.pretrained), "ft": _fingerprint(cfg.finetuned),
+                       "prompt": prompt, "size": cfg.size,
+                       "images": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
                        "dtype": cfg.dtype, "inv": inv, "role": role, "features": cfg.features}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -243,7 +257,7 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     with _Progress(total * opts.steps, total, "CGI-DM") as bar:
         for role, (x, _) in sets.items():
             scored[role] = score_set(pre, ft, x, prompt, opts, features,
-                                     out / "cache" / f"{role}-{_cache_key(cfg, pre, ft, role)}", progress=bar)
+                                     out / "cache" / f"{role}-{_cache_key(cfg, prompt, role, x)}", progress=bar)
     invert_s = time.time() - t0
     for role, (x, _) in sets.items():
         losses[role] = paired_losses(pre, ft, x, [prompt] * len(x), cfg.loss_samples, cfg.seed)
