@@ -112,7 +112,7 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
     from PIL import Image
 
     strips = [r for r in res["scores"] if r["member"]][:3] + [r for r in res["scores"] if not r["member"]][:3]
-    grid = torch.stack([torch.from_numpy(np.asarray(Image.open(folder / "run" / r["evidence"]))).permute(2, 0, 1)
+    grid = torch.stack([torch.from_numpy(np.array(Image.open(folder / "run" / r["evidence"]))).permute(2, 0, 1)
                         for r in strips]).float() / 255
     png = sample_grid(grid, [f"{'member' if r['member'] else 'hold-out'} {r['score']:.2f}" for r in strips],
                       ncols=1, cell=1.6, title="original | partial | recovered")
