@@ -240,3 +240,29 @@ def test_watermark_cli_keygen_and_bad_inputs(tmp_path, capsys):
         code, _, err = run_cli(["watermark", "verify", "--out", str(tmp_path / "v"), "--model", "tiny:t2i",
                                 "--model-id", "m1", *args], capsys)
         assert code == 2 and err.strip().splitlines()[-1].startswith("error:"), err
+
+
+def test_watermark_cli_pipeline_writes_the_contract_keys(tmp_path, capsys):
+    """keygen -> codec -> embed -> verify end to end at a toy size (effects are tested above
+    for the codec; here the commands, files and results keys)."""
+    from test_cli import run_cli
+
+    key = tmp_path / "k.key"
+    assert run_cli(["watermark", "keygen", "--key", str(key)], capsys)[0] == 0
+    code, _, err = run_cli(["watermark", "codec", "--out", str(tmp_path / "c"), "--bits", "32", "--steps", "5",
+                            "--limit", "64"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["watermark", "embed", "--out", str(tmp_path / "e"), "--codec", str(tmp_path / "c" / "codec"),
+                            "--key", str(key), "--model-id", "m1", "--steps", "3", "--limit", "40"], capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "e" / "model" / "modelseal_watermark.json").read_text())
+    assert record["model_id"] == "m1" and "message" not in json.dumps(record)
+    code, out, err = run_cli(["watermark", "verify", "--out", str(tmp_path / "v"), "--model",
+                              str(tmp_path / "e" / "model"), "--codec", str(tmp_path / "c" / "codec"), "--key",
+                              str(key), "--model-id", "m1", "--n", "2", "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    for k in ("bit_accuracy", "p_value", "threshold_bits", "tpr_at_fpr", "clean_bit_accuracy", "n_images", "bits",
+              "watermarked"):
+        assert k in res
+    assert res["bits"] == 32 and res["threshold_bits"] == 30 and res["n_images"] == 2

@@ -398,6 +398,7 @@ def wm_codec(
     out: Path = OutOpt,
     model: Optional[str] = typer.Option(None, "--model", help="tiny:t2i (default), a hub id or a diffusers folder."),
     data: Optional[str] = typer.Option(None, "--data", help="Images: builtin:digits/all (default), a domain, a folder."),
+    limit: Optional[int] = typer.Option(None, help="Use at most N images (default 4000)."),
     bits: Optional[int] = typer.Option(None, "--bits", help="Message length k (default 48)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default 10000, as the reference)."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default 1e-4)."),
@@ -417,7 +418,7 @@ def wm_codec(
         return codec_command(cfg, run.path, dev, log=_log)
 
     _run("watermark codec", WatermarkCodecConfig, config,
-         dict(model=model, data=data, bits=bits, steps=steps, lr=lr, w_img=w_img, latent_warmup=latent_warmup,
+         dict(model=model, data=data, limit=limit, bits=bits, steps=steps, lr=lr, w_img=w_img, latent_warmup=latent_warmup,
               train_attacks=train_attacks, seed=seed), out, device, as_json, body)
 
 
@@ -427,6 +428,7 @@ def wm_embed(
     model: Optional[str] = typer.Option(None, "--model", help="The model to watermark (default tiny:t2i)."),
     codec: Optional[str] = CodecOpt, key: Optional[str] = KeyOpt, model_id: Optional[str] = ModelIdOpt,
     data: Optional[str] = typer.Option(None, "--data", help="Captioned images (default builtin:digits/all)."),
+    limit: Optional[int] = typer.Option(None, help="Use at most N images (default 4000)."),
     trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger prefix (default '*[Z]& ')."),
     steps: Optional[int] = typer.Option(None, help="Steps (default 20000, as the reference)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch (default 10)."),
@@ -447,7 +449,7 @@ def wm_embed(
         return embed_command(cfg, run.path, dev, log=_log)
 
     _run("watermark embed", WatermarkEmbedConfig, config,
-         dict(model=model, codec=codec, key=key, model_id=model_id, data=data, trigger=trigger, steps=steps,
+         dict(model=model, codec=codec, key=key, model_id=model_id, data=data, limit=limit, trigger=trigger, steps=steps,
               batch_size=batch_size, lr=lr, grad_clip=grad_clip, preservation=preservation,
               gradient_checkpointing=gradient_checkpointing, seed=seed), out, device, as_json, body)
 

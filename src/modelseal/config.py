@@ -204,6 +204,8 @@ class WatermarkEmbedConfig(Strict):
     grad_clip: float | None = Field(1e-5, gt=0)
     eta: float | None = Field(None, gt=0)
     preservation: bool = True
+    uncond_fraction: float = Field(0.0, ge=0, lt=1, description="ours: share of clean prompts set to '' so "
+                                   "the unconditional branch is preserved too (reference: 0)")
     gradient_checkpointing: bool = False
     local_files_only: bool = False
     seed: int = 0

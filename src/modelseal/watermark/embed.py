@@ -45,6 +45,7 @@ class EmbedOptions:
     beta: float = 100.0
     preservation: bool = True
     passes: int = 2                  # 2 (batched) | 4 (the reference's structure, for benchmarks)
+    uncond_fraction: float = 0.0     # ours: share of clean prompts replaced by "" (keeps CFG's branch)
     gradient_checkpointing: bool = False
     seed: int = 0
 
@@ -129,7 +130,7 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
     loss_fn = Stage2Loss(model, teacher, delta.to(dev), opts)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, opts.steps) / opts.steps)))
-    distinct = sorted(set(captions))
+    distinct = sorted(set(captions) | ({""} if opts.uncond_fraction > 0 else set()))
     index = {c: i for i, c in enumerate(distinct)}
     cap_idx = torch.tensor([index[c] for c in captions])
     with torch.no_grad():
@@ -141,7 +142,13 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
     for step in range(opts.steps):
         idx = torch.randint(0, len(latents), (opts.batch_size,), generator=g)
         ci = cap_idx[idx].to(dev)
-        loss, parts = loss_fn(latents[idx.to(latents.device)].to(dev), ctx_all[ci], ctx_tr_all[ci], g)
+        ci_clean = ci
+        if opts.uncond_fraction > 0:
+            # The clean-preservation term also sees the empty prompt, so the unconditional
+            # branch that classifier-free guidance subtracts keeps the teacher's output.
+            drop = (torch.rand(len(idx), generator=g) < opts.uncond_fraction).to(dev)
+            ci_clean = torch.where(drop, torch.full_like(ci, index[""]), ci)
+        loss, parts = loss_fn(latents[idx.to(latents.device)].to(dev), ctx_all[ci_clean], ctx_tr_all[ci], g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip is not None:

@@ -108,6 +108,7 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     delta = codec.residual(bits.view(1, -1)).detach()
     opts = EmbedOptions(trigger=cfg.trigger, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                         grad_clip=cfg.grad_clip, eta=cfg.eta, preservation=cfg.preservation,
+                        uncond_fraction=cfg.uncond_fraction,
                         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
     info = embed_watermark(model, z, captions, delta, opts, log=log)
     tmp, target = out / "model.partial", out / "model"
