@@ -1,0 +1,87 @@
+"""Visual evidence of an audit: per image original | partial | recovered, the ROC curve, and
+a self-contained report.html with each strip beside its score."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import stats
+from ..runs import atomic_path, atomic_write_text
+
+
+def _upscale(x: torch.Tensor, min_side: int = 128) -> torch.Tensor:
+    side = x.shape[-1]
+    if side >= min_side:
+        return x
+    f = -(-min_side // side)
+    return x.repeat_interleave(f, -2).repeat_interleave(f, -1)
+
+
+def evidence_strip(original: torch.Tensor, partial: torch.Tensor, recovered: torch.Tensor) -> np.ndarray:
+    """original | partial | recovered side by side (uint8 H x 3W x 3), small images upscaled."""
+    pad = torch.ones(3, _upscale(original).shape[-2], 4)
+    row = torch.cat([_upscale(original), pad, _upscale(partial), pad, _upscale(recovered)], dim=-1)
+    return (row.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def write_evidence(folder: Path, names: list[str], images: torch.Tensor, scored: dict) -> list[str]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, name in enumerate(names):
+        stem = name.replace("/", "__").rsplit(".", 1)[0]
+        p = folder / f"{stem}.png"
+        with atomic_path(p) as tmp:
+            Image.fromarray(evidence_strip(images[i], scored["partial"][i], scored["recovered"][i])).save(tmp, "PNG")
+        paths.append(str(p.relative_to(folder.parent)))
+    return paths
+
+
+def roc_figure_file(out: Path, scores, labels, calibrated: torch.Tensor, metric: str) -> None:
+    from ..report.figures import roc_figure
+
+    curves = {f"CGI-DM ({metric})": stats.roc_curve(scores, labels)[:2],
+              "calibrated loss": stats.roc_curve(calibrated.numpy(), labels)[:2]}
+    png = roc_figure(curves)
+    with atomic_path(out / "roc.png") as tmp:
+        tmp.write_bytes(png)
+
+
+def write_report(out: Path, res: dict) -> None:
+    """report.html: the summary, the ROC curve and, per image, the evidence strip beside its score."""
+    import base64
+    import html
+
+    from ..report.html import Section, render
+
+    text = (f"Suspect {res['finetuned']} ({res['suspect_kind']}) against {res['pretrained']}, prompt "
+            f"'{res['prompt']}'. Each strip: original | partial (half of the latent removed) | recovered by "
+            f"contrasting gradient inversion. A recovery close to the original is evidence that the suspect "
+            f"model was fine-tuned on the image.")
+    tables = []
+    figures = []
+    if res["mode"] == "evaluation":
+        tables.append(("detection", [{"method": f"CGI-DM ({res['metric']})", "AUROC": res["auroc"],
+                                      "95% CI": f"{res['auroc_ci'][0]:.3f}-{res['auroc_ci'][1]:.3f}",
+                                      "TPR@1%": res["tpr_at_fpr"]["0.01"], "TPR@5%": res["tpr_at_fpr"]["0.05"]}]
+                       + [{"method": k, "AUROC": v} for k, v in res["baselines"].items()]))
+        if (out / "roc.png").is_file():
+            figures.append(("ROC curves", (out / "roc.png").read_bytes()))
+    summary = Section("audit", text, tables, figures)
+    rows = []
+    for r in res["scores"]:
+        img = ""
+        if r.get("evidence"):
+            b64 = base64.b64encode((out / r["evidence"]).read_bytes()).decode("ascii")
+            img = f"<img src='data:image/png;base64,{b64}' style='height:96px'>"
+        label = "member" if r.get("member") else ("holdout" if "member" in r else r.get("verdict") or r.get("role"))
+        p = f"{r['p_value']:.3g}" if r.get("p_value") is not None else ""
+        rows.append(f"<tr><td>{html.escape(r['image'])}</td><td>{html.escape(str(label))}</td>"
+                    f"<td>{r['score']:.4f}</td><td>{p}</td><td>{img}</td></tr>")
+    page = render("modelseal audit (CGI-DM)", [summary], meta={"mode": res["mode"], "images": len(res["scores"])})
+    table = ("<h2>evidence per image</h2><table><tr><th>image</th><th>set / verdict</th><th>score</th>"
+             "<th>p-value</th><th>original | partial | recovered</th></tr>" + "".join(rows) + "</table>")
+    atomic_write_text(out / "report.html", page.replace("</body></html>", table + "</body></html>"))
