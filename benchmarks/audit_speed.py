@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from measure import peak_memory, run_variant
 
 
 def reference_invert(pre, ft, x, prompt, steps, eps_r, step_size, keep, g):
@@ -106,10 +105,7 @@ def worker(args) -> dict:
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
     sec = (time.time() - t0) / len(x)
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.startswith("cuda") else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"variant": args.variant, "seconds_per_image": sec, "peak_mb": peak,
-           "memory": "cuda max allocated" if dev.startswith("cuda") else "process max RSS"}
+    out = {"variant": args.variant, "seconds_per_image": sec, **peak_memory(dev)}
     if labels is not None:
         s = similarity(x, rec, keep_px)["ssim_removed"].numpy()
         out["auroc_ssim_removed"] = auroc(s, labels)
@@ -149,11 +145,9 @@ def main():
             extra = ["--suspect", suspect, "--data", data]
         res = {}
         for variant in ("reference", "ours"):
-            cmd = [sys.executable, __file__, "--variant", variant, "--device", args.device, "--model", args.model,
-                   "--size", str(args.size), "--images", str(args.images), "--steps", str(args.steps),
-                   "--batch", str(args.batch), *extra]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            res[variant] = json.loads(out)
+            res[variant] = run_variant(__file__, variant, [
+                "--device", args.device, "--model", args.model, "--size", str(args.size), "--images",
+                str(args.images), "--steps", str(args.steps), "--batch", str(args.batch), *extra])
             print(json.dumps(res[variant]))
     ref, ours = res["reference"], res["ours"]
     print(f"seconds per image at {args.steps} steps: reference {ref['seconds_per_image']:.3f}, "

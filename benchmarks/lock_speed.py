@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import time
+
+from measure import peak_memory, run_variant
 
 
 def build_clip(name: str, device: str):
@@ -83,10 +82,8 @@ def worker(args) -> dict:
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.startswith("cuda") else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"variant": args.variant, "steps_per_s": args.steps / dt, "s_per_step": dt / args.steps,
-            "peak_mb": peak, "memory": "cuda max allocated" if dev.startswith("cuda") else "process max RSS"}
+            **peak_memory(dev)}
 
 
 def main():
@@ -103,10 +100,9 @@ def main():
         return
     rows = {}
     for variant in ("ours", "reference"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--classes", str(args.classes),
-               "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        rows[variant] = json.loads(out)
+        rows[variant] = run_variant(__file__, variant, ["--model", args.model, "--classes", str(args.classes),
+                                                        "--batch", str(args.batch), "--steps", str(args.steps),
+                                                        "--device", args.device])
         r = rows[variant]
         print(f"{variant:10s} {r['steps_per_s']:8.3f} steps/s  {r['s_per_step'] * 1000:9.1f} ms/step  "
               f"peak {r['peak_mb']:8.1f} MB ({r['memory']})")

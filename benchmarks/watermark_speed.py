@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import time
 
 import torch
 
+from measure import peak_memory, run_variant
+
 
 def worker(args) -> dict:
-    from modelseal.watermark.embed import EmbedOptions, Stage2Loss, trainable_parameters
+    from modelseal.watermark.embed import EmbedOptions, Stage2Loss, prepare_student
 
     dev = args.device
     if args.model == "sd15-random":
@@ -34,15 +33,7 @@ def worker(args) -> dict:
         model = load_t2i("tiny:t2i", dev)
     if args.bf16:
         model.unet.to(torch.bfloat16)
-    import copy
-
-    teacher = copy.deepcopy(model.unet).requires_grad_(False)
-    params = trainable_parameters(model.unet)
-    for p in params:
-        p.requires_grad_(True)
-    if args.checkpointing:
-        model.unet.enable_gradient_checkpointing()
-    model.unet.train()
+    teacher, params = prepare_student(model, args.checkpointing)
     c, n = model.unet.config.in_channels, model.latent_size
     delta = torch.randn(1, c, n, n, device=dev) * 0.1
     opts = EmbedOptions(passes=2 if args.variant == "ours" else 4)
@@ -70,10 +61,7 @@ def worker(args) -> dict:
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
     ms = (time.time() - t0) / args.steps * 1000
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.startswith("cuda") else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": args.variant, "ms_per_step": ms, "peak_mb": peak,
-            "memory": "cuda max allocated" if dev.startswith("cuda") else "process max RSS"}
+    return {"variant": args.variant, "ms_per_step": ms, **peak_memory(dev)}
 
 
 def main():
@@ -92,12 +80,11 @@ def main():
         return
     res = {}
     for variant in ("reference", "ours"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--device", args.device, "--model", args.model,
-               "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        cmd += ["--bf16"] if args.bf16 else []
-        cmd += ["--checkpointing"] if args.checkpointing else []
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        res[variant] = json.loads(out)
+        argv = ["--device", args.device, "--model", args.model, "--batch", str(args.batch), "--steps",
+                str(args.steps), "--warmup", str(args.warmup)]
+        argv += ["--bf16"] if args.bf16 else []
+        argv += ["--checkpointing"] if args.checkpointing else []
+        res[variant] = run_variant(__file__, variant, argv)
         print(json.dumps(res[variant]))
     ref, ours = res["reference"], res["ours"]
     print(f"stage-2 step, batch {args.batch}: reference (4 passes) {ref['ms_per_step']:.1f} ms, ours (2 passes) "

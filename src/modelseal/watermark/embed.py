@@ -67,6 +67,20 @@ def trainable_parameters(unet) -> list[torch.nn.Parameter]:
     return params
 
 
+def prepare_student(model: T2IModel, gradient_checkpointing: bool = False):
+    """Freeze a teacher copy of the UNet and make only the stage-2 weights of `model`'s UNet
+    trainable; returns (teacher UNet, trainable parameters)."""
+    teacher = copy.deepcopy(model.unet).eval().requires_grad_(False)
+    model.unet.requires_grad_(False)
+    params = trainable_parameters(model.unet)
+    for p in params:
+        p.requires_grad_(True)
+    if gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.unet.train()
+    return teacher, params
+
+
 def time_weights(t: torch.Tensor, T: int, eta: float, tau: float = 250.0, beta: float = 100.0):
     """w1(t), w2(t) with tau and beta rescaled from T = 1000 to this schedule's length T."""
     s = T / 1000.0
@@ -119,14 +133,7 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
     """Train `model`'s UNet in place; `latents` z0 (N, C, h, w) of in-distribution images with
     their captions; delta (1, C, h, w) the residual E(m) of the owner's message."""
     dev = model.device
-    teacher = copy.deepcopy(model.unet).eval().requires_grad_(False)
-    model.unet.requires_grad_(False)
-    params = trainable_parameters(model.unet)
-    for p in params:
-        p.requires_grad_(True)
-    if opts.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-    model.unet.train()
+    teacher, params = prepare_student(model, opts.gradient_checkpointing)
     loss_fn = Stage2Loss(model, teacher, delta.to(dev), opts)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, opts.steps) / opts.steps)))
