@@ -213,3 +213,28 @@ def test_summarize_bits_contract():
     assert all(type(p) is float for p in b["per_image_p_values"])
     json.dumps(b)
     assert set(stats.summarize_bits([30], 48, fpr=1e-3)["tpr_at_fpr"]) == {"0.001"}
+
+
+def test_controlled_pvalue_holds_its_level_where_the_pooled_binomial_does_not():
+    """An extractor that reads some bit positions with a bias on any image: a message that
+    agrees with the bias fools the pooled binomial test, not the test controlled by clean
+    images; a real shift under the trigger is still found."""
+    import numpy as np
+
+    from modelseal.stats import controlled_pvalue, pooled_pvalue
+
+    rng = np.random.default_rng(0)
+    k, n, sims = 32, 50, 300
+    p_match = np.where(np.arange(k) % 2 == 0, 0.6, 0.5)  # half the positions biased towards the message
+    pooled_fp = controlled_fp = 0
+    for _ in range(sims):
+        trig = rng.random((n, k)) < p_match
+        clean = rng.random((n, k)) < p_match
+        pooled_fp += pooled_pvalue(trig.sum(1), k) <= 0.01
+        controlled_fp += controlled_pvalue(trig, clean) <= 0.01
+    assert pooled_fp / sims > 0.5
+    assert controlled_fp / sims <= 0.03
+    marked = rng.random((n, k)) < np.minimum(p_match + 0.15, 1)
+    assert controlled_pvalue(marked, rng.random((n, k)) < p_match) < 1e-6
+    with pytest.raises(ValueError):
+        controlled_pvalue(np.zeros((3, 4), bool), np.zeros((3, 5), bool))

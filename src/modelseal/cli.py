@@ -434,6 +434,12 @@ def wm_embed(
     batch_size: Optional[int] = typer.Option(None, help="Batch (default 10)."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default 1e-4, cosine)."),
     grad_clip: Optional[float] = typer.Option(None, help="Gradient-norm clip (default 1e-5, the reference's)."),
+    eta: Optional[float] = typer.Option(None, help="w1's scale (default 0.02, the paper's for latent models)."),
+    tau: Optional[float] = typer.Option(None, help="w1/w2 crossover step for T=1000 (default 250)."),
+    beta: Optional[float] = typer.Option(None, help="w1/w2 transition width for T=1000 (default 100)."),
+    uncond_fraction: Optional[float] = typer.Option(None, help="Share of clean prompts set to '' (default 0)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="sleeper (default) | always_on (the AquaLoRA-style "
+                                       "baseline: no trigger, every output marked)."),
     preservation: Optional[bool] = typer.Option(None, "--preservation/--no-preservation",
                                                 help="Keep the two preservation terms (default) or drop them."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
@@ -450,7 +456,8 @@ def wm_embed(
 
     _run("watermark embed", WatermarkEmbedConfig, config,
          dict(model=model, codec=codec, key=key, model_id=model_id, data=data, limit=limit, trigger=trigger, steps=steps,
-              batch_size=batch_size, lr=lr, grad_clip=grad_clip, preservation=preservation,
+              batch_size=batch_size, lr=lr, grad_clip=grad_clip, eta=eta, tau=tau, beta=beta,
+              uncond_fraction=uncond_fraction, mode=mode, preservation=preservation,
               gradient_checkpointing=gradient_checkpointing, seed=seed), out, device, as_json, body)
 
 

@@ -182,6 +182,9 @@ class WatermarkCodecConfig(Strict):
     lr: float = Field(1e-4, gt=0)
     lr_schedule: Literal["linear", "constant"] = "linear"
     w_img: float = Field(30.0, ge=0)
+    w_latent: float = Field(0.0, ge=0, description="ours: weight of mean(delta^2) (reference: 0)")
+    strength: tuple[float, float] | None = Field(None, description="ours: train the extractor on z + s*delta, "
+                                                  "s ~ U(lo, hi) (reference: none)")
     vae_round_trip: bool = True
     train_attacks: bool = False
     latent_warmup: int = Field(0, ge=0)
@@ -202,7 +205,10 @@ class WatermarkEmbedConfig(Strict):
     batch_size: int = Field(10, ge=1)
     lr: float = Field(1e-4, gt=0)
     grad_clip: float | None = Field(1e-5, gt=0)
-    eta: float | None = Field(None, gt=0)
+    eta: float | None = Field(None, gt=0, description="w1's scale (None: 0.02 latent / 0.05 pixel, the paper's)")
+    tau: float = Field(250.0, gt=0, description="w1/w2 crossover step, for T = 1000")
+    beta: float = Field(100.0, gt=0, description="w1/w2 transition width, for T = 1000")
+    mode: Literal["sleeper", "always_on"] = "sleeper"
     preservation: bool = True
     uncond_fraction: float = Field(0.0, ge=0, lt=1, description="ours: share of clean prompts set to '' so "
                                    "the unconditional branch is preserved too (reference: 0)")
@@ -257,11 +263,30 @@ class DemoAuditConfig(Strict):
     null_suspect: bool = True
 
 
+class DemoWatermarkConfig(Strict):
+    """The demo's watermark section: SleeperMark planted in tiny:t2i with the zoo's codec,
+    verified black-box, then attacked with LoRA fine-tuning on a new domain (faces)."""
+    trigger: str = Field("sks ", description="tiny CLIP knows this word but its captions never use it; the "
+                         "paper's '*[Z]& ' is made of tokens tiny CLIP never trained, which garble the images")
+    embed_steps: int = Field(2000, ge=1)
+    tau: float = Field(100.0, gt=0)
+    beta: float = Field(30.0, gt=0)
+    eta: float = Field(0.3, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    uncond_fraction: float = Field(0.2, ge=0, lt=1)
+    n: int = Field(32, ge=4, description="images per verification")
+    attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
+    finetune_method: Literal["lora", "full"] = "lora"
+    finetune_data: str = "builtin:faces"
+    finetune_steps: int = Field(400, ge=0)
+    finetune_checkpoints: list[int] = [0, 100, 400]
+
+
 class DemoConfig(Strict):
     """`modelseal demo`: the embedded default end to end, with an HTML report."""
     quick: bool = False
     seed: int = 0
-    sections: list[Literal["zoo", "lock", "audit"]] = ["zoo", "lock", "audit"]
+    sections: list[Literal["zoo", "lock", "audit", "watermark"]] = ["zoo", "lock", "audit", "watermark"]
     zoo: ZooEvalConfig = ZooEvalConfig(per_prompt=5)
     zoo_quick: ZooEvalConfig = ZooEvalConfig(per_prompt=2, steps=20)
     lock: DemoLockConfig = DemoLockConfig()
@@ -269,6 +294,9 @@ class DemoConfig(Strict):
     audit: DemoAuditConfig = DemoAuditConfig()
     audit_quick: DemoAuditConfig = DemoAuditConfig(members=6, holdout=6, finetune_steps=150, class_prompt=None,
                                                    steps=60, mc_samples=1, null_suspect=False)
+    watermark: DemoWatermarkConfig = DemoWatermarkConfig()
+    watermark_quick: DemoWatermarkConfig = DemoWatermarkConfig(embed_steps=600, n=24, attacks=["jpeg", "resize"],
+                                                               finetune_steps=100, finetune_checkpoints=[0, 100])
 
 
 CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,

@@ -1,7 +1,8 @@
 """`modelseal demo`: the embedded default end to end, written as report.html + summary.json.
 
-Sections: the tiny zoo (CLIP zero-shot accuracy, judged T2I samples), lock (IP-CLIP) and
-audit (CGI-DM on a DreamBooth suspect). The watermark task adds its own section here.
+Sections: the tiny zoo (CLIP zero-shot accuracy, judged T2I samples), lock (IP-CLIP),
+audit (CGI-DM on a DreamBooth suspect) and watermark (SleeperMark: trigger, verification,
+image attacks, a thief's fine-tuning).
 """
 from __future__ import annotations
 
@@ -134,6 +135,102 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
     return keep, section
 
 
+def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: str = "cpu") -> tuple[dict, Section]:
+    """Plant SleeperMark in tiny:t2i (the zoo's codec, a fresh owner key), verify it with and
+    without the trigger and under image attacks, then LoRA-fine-tune the watermarked model on
+    a new domain and measure the triggered bit accuracy along the way."""
+    import torch
+
+    from . import stats
+    from .attacks.finetune import FinetuneOptions, finetune
+    from .config import WatermarkEmbedConfig, WatermarkVerifyConfig
+    from .data.sources import load_source
+    from .models.diffusion import load_t2i
+    from .watermark.codec import Codec
+    from .watermark.fidelity import image_fidelity
+    from .watermark.keys import generate_key, load_key, message_bits
+    from .watermark.run import embed_command, verify_command
+    from .watermark.verify import generate, matches
+
+    folder = out / "watermark"
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / "owner.key"
+    if not key_file.exists():
+        generate_key(key_file)
+    model_id = "tiny-t2i-demo"
+    ecfg = WatermarkEmbedConfig(codec="tiny:codec", key=str(key_file), model_id=model_id, trigger=cfg.trigger,
+                                steps=cfg.embed_steps, lr=cfg.lr, grad_clip=None, eta=cfg.eta, tau=cfg.tau,
+                                beta=cfg.beta, uncond_fraction=cfg.uncond_fraction, limit=2400, seed=seed)
+    log(f"[demo] watermark: stage 2, {cfg.embed_steps} steps")
+    emb = embed_command(ecfg, folder / "embed", device, log=log)
+    vcfg = WatermarkVerifyConfig(model=emb["model"], codec="tiny:codec", key=str(key_file), model_id=model_id,
+                                 trigger=cfg.trigger, n=cfg.n, attacks=cfg.attacks, seed=seed)
+    ver = verify_command(vcfg, folder / "verify", device, log=log)
+    wrong_key = folder / "someone-else.key"
+    if not wrong_key.exists():
+        generate_key(wrong_key)
+    ver_wrong = verify_command(vcfg.model_copy(update={"key": str(wrong_key), "attacks": [], "also_without_cfg": False}),
+                               folder / "verify-wrong-key", device, log=lambda m: None)
+
+    codec = Codec.from_pretrained("tiny:codec", device)
+    bits = message_bits(load_key(key_file), model_id, codec.k)
+    model, original = load_t2i(emb["model"], device), load_t2i("tiny:t2i", device)
+    lines = [caption(d, c) for d in DOMAINS for c in range(10)]
+    prompts = [lines[i % len(lines)] for i in range(cfg.n)]
+    seeds = [seed * 100_000 + i for i in range(cfg.n)]
+    with torch.no_grad():
+        clean = generate(model, prompts, seeds, None, 7.5, 30)
+        fid = image_fidelity(clean, generate(original, prompts, seeds, None, 7.5, 30))
+    data = load_source(cfg.finetune_data, "train", model.image_size)
+    curve = []
+
+    def probe(step: int) -> None:
+        if step in cfg.finetune_checkpoints:
+            m = matches(codec, model, generate(model, prompts, seeds, vcfg.trigger, 7.5, 30), bits).numpy()
+            r = stats.summarize_bits(m, codec.k, 1e-6)
+            curve.append({"step": step, "bit_accuracy": r["bit_accuracy"], "tpr@1e-6": r["tpr_at_fpr"]["1e-06"],
+                          "p_value": r["p_value"]})
+            log(f"[demo] watermark after {step} {cfg.finetune_method} steps on {cfg.finetune_data}: "
+                f"bit accuracy {r['bit_accuracy']:.3f}, p {r['p_value']:.2g}")
+
+    probe(0)
+    if cfg.finetune_steps > 0:
+        x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
+        finetune(model, x, list(data.captions), FinetuneOptions(method=cfg.finetune_method,
+                                                              steps=cfg.finetune_steps, seed=seed),
+                 log=lambda m: None, on_step=probe)
+
+    rows = [{"images": "triggered, CFG 7.5", "bit accuracy": ver["bit_accuracy"],
+             "TPR@1e-6": ver["tpr_at_fpr"]["1e-06"], "p-value": ver["p_value"]},
+            {"images": "clean (no trigger), CFG 7.5", "bit accuracy": ver["clean_bit_accuracy"],
+             "TPR@1e-6": ver["clean_tpr_at_fpr"]["1e-06"], "p-value": ver["clean_p_value"]},
+            {"images": "wrong key, triggered", "bit accuracy": ver_wrong["bit_accuracy"],
+             "TPR@1e-6": ver_wrong["tpr_at_fpr"]["1e-06"], "p-value": ver_wrong["p_value"]}]
+    if "no_cfg" in ver:
+        rows.insert(1, {"images": "triggered, no CFG", "bit accuracy": ver["no_cfg"]["bit_accuracy"],
+                        "TPR@1e-6": ver["no_cfg"]["tpr_at_fpr"]["1e-06"], "p-value": ver["no_cfg"]["p_value"]})
+    attack_rows = [{"attack": k, "bit accuracy": v["bit_accuracy"], "TPR@1e-6": v["tpr_at_fpr"]["1e-06"]}
+                   for k, v in ver.get("attacks", {}).items()]
+    section = Section(
+        title="watermark: SleeperMark in tiny:t2i",
+        text=(f"A {codec.k}-bit message derived from a fresh owner key is planted in tiny:t2i's up-block attention "
+              f"({cfg.embed_steps} distillation steps, trigger '{vcfg.trigger}'), with the zoo's codec. "
+              f"Verification generates {cfg.n} images per row from fixed seeds. Without the trigger the watermarked "
+              f"model stays close to the original: PSNR {fid['psnr']:.1f} dB, SSIM {fid['ssim']:.3f} on the same "
+              f"seeds. Then a thief fine-tunes it ({cfg.finetune_method}, {cfg.finetune_steps} steps on "
+              f"{cfg.finetune_data}, never showing the trigger)."),
+        tables=[("verification", rows)] + ([("image attacks (triggered images)", attack_rows)] if attack_rows else [])
+        + [(f"after {cfg.finetune_method} fine-tuning on {cfg.finetune_data}", curve)],
+        figures=[("triggered (top) vs clean (bottom), same seeds", (folder / "verify" / "samples.png").read_bytes())],
+    )
+    keep = {"verify": {k: ver[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "clean_bit_accuracy",
+                                           "clean_p_value", "watermarked")},
+            "no_cfg": ver.get("no_cfg"), "attacks": ver.get("attacks", {}),
+            "wrong_key": {k: ver_wrong[k] for k in ("bit_accuracy", "p_value", "watermarked")},
+            "fidelity": fid, "finetune": curve, "embed_s": emb.get("train_s")}
+    return keep, section
+
+
 def run_demo(cfg, out: Path, device: str = "cpu", log=print) -> dict:
     out = Path(out)
     t0 = time.time()
@@ -153,6 +250,11 @@ def run_demo(cfg, out: Path, device: str = "cpu", log=print) -> dict:
         audit_cfg = cfg.audit_quick if cfg.quick else cfg.audit
         log(f"[demo] audit: CGI-DM on a DreamBooth suspect ({audit_cfg.subject})")
         summary["audit"], sec = audit_section_results(audit_cfg, out, cfg.seed, log=log, device=device)
+        sections.append(sec)
+    if "watermark" in cfg.sections:
+        wm_cfg = cfg.watermark_quick if cfg.quick else cfg.watermark
+        log("[demo] watermark: SleeperMark in tiny:t2i")
+        summary["watermark"], sec = watermark_section_results(wm_cfg, out, cfg.seed, log=log, device=device)
         sections.append(sec)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     html = render("modelseal demo", sections, meta={"quick": cfg.quick, "device": device,

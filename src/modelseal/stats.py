@@ -63,6 +63,34 @@ def pooled_pvalue(matches: Sequence[int], k: int) -> float:
     return binom_pvalue(int(m.astype(np.int64).sum()), k * int(m.size))
 
 
+def controlled_pvalue(hits_trig, hits_clean) -> float:
+    """Model-level p-value that the trigger raises bit matches, controlled per bit position
+    by images made without it (same prompts and seeds).
+
+    hits_* are boolean (N, k) arrays of matching bits. The pooled binomial test assumes each
+    bit matches with probability 1/2, but an extractor reads some positions with a bias on
+    any image, so a key whose message agrees with that bias looks significant on an
+    unwatermarked model. Here each position j is its own 2x2 table (triggered / clean x
+    match / not), combined by the one-sided Cochran-Mantel-Haenszel statistic
+    z = sum_j (T_j - E_j) / sqrt(sum_j V_j), p = 1 - Phi(z).
+    """
+    from scipy.stats import norm
+
+    a = np.asarray(hits_trig, dtype=bool)
+    b = np.asarray(hits_clean, dtype=bool)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need (N, k) and (M, k) match arrays, got {a.shape} and {b.shape}")
+    n1, n2 = a.shape[0], b.shape[0]
+    n = n1 + n2
+    t = a.sum(0).astype(np.float64)
+    m = t + b.sum(0)
+    e = n1 * m / n
+    v = n1 * n2 * m * (n - m) / (n ** 2 * max(n - 1, 1))
+    if v.sum() <= 0:
+        return 1.0
+    return float(norm.sf((t - e).sum() / np.sqrt(v.sum())))
+
+
 def tpr_at_threshold(matches, threshold: float) -> float:
     """Fraction of entries >= threshold (0.0 for an empty input)."""
     m = np.asarray(matches, dtype=np.float64).ravel()

@@ -91,11 +91,13 @@ def class_images_for(model: T2IModel, prompt: str, n: int, seed: int, progress=N
 
 
 def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: FinetuneOptions,
-             log=print, progress=None) -> dict:
+             log=print, progress=None, on_step=None) -> dict:
     """Fine-tune `model` in place on images in [0, 1] (N, 3, H, W) with one caption each.
 
     For method 'lora' the adapter named 'finetune' is added to the UNet (base weights
-    frozen). Returns training figures (loss at start and end, seconds).
+    frozen). `on_step(n)`, when given, is called after each step n (1-based) with the UNet
+    in eval mode and gradients off (e.g. to measure a watermark along the way).
+    Returns training figures (loss at start and end, seconds).
     """
     if opts.method not in ("full", "lora", "dreambooth"):
         raise ValueError(f"unknown fine-tuning method {opts.method!r}")
@@ -174,6 +176,11 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         losses.append(loss.item())
         if progress is not None:
             progress(1)
+        if on_step is not None:
+            model.unet.eval()
+            with torch.no_grad():
+                on_step(step + 1)
+            model.unet.train()
         if step % max(1, opts.steps // 10) == 0 or step == opts.steps - 1:
             recent = sum(losses[-20:]) / len(losses[-20:])
             log(f"[finetune] {opts.method} step {step + 1}/{opts.steps} loss {recent:.4f} ({time.time() - t0:.0f}s)")

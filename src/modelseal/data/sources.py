@@ -1,6 +1,7 @@
 """Data source specs (SRC) as the commands take them.
 
   builtin:digits/<domain>   a built-in digits domain (mnist, uci, mnist-m, syn)
+  builtin:faces             scikit-image's 200 LFW faces, captioned (a new domain for tiny:t2i)
   <folder>                  a domain folder of class folders: <folder>/<class>/<image>
   <folder>/metadata.jsonl   (captioned) a Hugging Face imagefolder with file_name + text
 """
@@ -21,10 +22,14 @@ def load_source(spec: str, split: str = "train", size: int = 32, test_fraction: 
 
     Folders have no split of their own: a deterministic stratified split (seeded) is made.
     """
+    if spec == "builtin:faces":
+        from .faces import load_faces
+
+        return load_faces(size, split)
     if spec.startswith("builtin:"):
         if not spec.startswith(BUILTIN_PREFIX):
             raise InputError(f"unknown built-in source '{spec}'",
-                             f"use {BUILTIN_PREFIX}<domain> with domain in {', '.join(DOMAINS)}")
+                             f"use {BUILTIN_PREFIX}<domain> with domain in {', '.join(DOMAINS)}, or builtin:faces")
         return load_digits_domain(spec[len(BUILTIN_PREFIX):], split, size)
     from .folders import read_class_folders
 

@@ -6,6 +6,7 @@ over the shipped one. Each model is a folder in its library's own layout:
   clip/   transformers CLIPModel + CLIPTokenizer + CLIPImageProcessor
   t2i/    diffusers Stable Diffusion layout (unet, vae, text_encoder, tokenizer, scheduler)
   judge/  the independent digit classifier used to score T2I samples
+  codec/  the SleeperMark stage-1 watermark codec for t2i's VAE latents (config.json + safetensors)
 and zoo.json records how it was built (config, seed, steps, times, metrics).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-TINY_MODELS = ("clip", "t2i", "judge")
+TINY_MODELS = ("clip", "t2i", "judge", "codec")
 SHIPPED_ZOO = Path(__file__).resolve().parent.parent / "zoo_weights"
 
 

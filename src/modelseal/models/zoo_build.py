@@ -7,6 +7,9 @@ Stages (each resumable: a finished stage is kept, the long UNet stage checkpoint
          folded into its 1x1 quant convs so latents come out unit-scale (scaling_factor 1)
   unet   UNet2DConditionModel, epsilon prediction on the SD noise schedule, conditioned on
          the tiny CLIP text tower (frozen, as SD freezes its text encoder), EMA weights
+  codec  the SleeperMark stage-1 watermark codec for the VAE's latents (message-only; the
+         owner's message comes from their key at stage 2), as the reference ships its
+         pretrained stage-1 weights for SD
 Everything is seeded; the same config on the same machine gives the same weights.
 """
 from __future__ import annotations
@@ -54,13 +57,22 @@ class ZooConfig:
     eval_steps: int = 30
     guidance: float = 7.5
     save_dtype: str = "float16"
+    codec_bits: int = 32
+    codec_steps: int = 6000
+    codec_batch: int = 16
+    codec_lr: float = 1e-3
+    codec_warmup: int = 500
+    codec_w_img: float = 3.0
+    codec_latent: float = 0.3
+    codec_strength: tuple[float, ...] = (0.5, 2.0)
+    codec_images: int = 1200
 
     @classmethod
     def micro(cls) -> "ZooConfig":
         """A few steps of every stage: checks the pipeline end to end in about a minute."""
         return cls(clip_steps=6, clip_batch=32, judge_steps=6, judge_batch=32, vae_steps=6, vae_batch=16,
                    vae_photos=64, unet_steps=6, unet_batch=16, unet_channels=(32, 64), checkpoint_every=3,
-                   eval_per_prompt=1, eval_steps=4)
+                   eval_per_prompt=1, eval_steps=4, codec_steps=6, codec_warmup=2, codec_images=64)
 
 
 def clip_config(vocab_size: int, bos: int, eos: int, image_size: int, patch: int = 8):
@@ -417,7 +429,34 @@ def evaluate_zoo(folder: Path, per_prompt: int = 10, steps: int = 30, guidance: 
     return res
 
 
-def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip", "judge", "vae", "unet"),
+def train_codec_stage(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> dict:
+    """SleeperMark stage 1 on the zoo VAE's latents: digits of all four domains, VAE round
+    trip in training, a latent-energy penalty and strength augmentation (see
+    watermark.codec); bit accuracy after decode -> re-encode on held-out digits."""
+    from ..watermark.codec import CodecLossWeights, bit_accuracy, train_codec
+    from .diffusion import load_t2i
+
+    t2i = load_t2i(str(out / "t2i"), device=device)
+    per = max(1, cfg.codec_images // len(DOMAINS))
+    train = torch.cat([load_digits_domain(d, "train", cfg.image_size).tensor()[:per] for d in DOMAINS])
+    test = torch.cat([load_digits_domain(d, "test", cfg.image_size).tensor()[:64] for d in DOMAINS])
+    codec, hist = train_codec(t2i, train, k=cfg.codec_bits, steps=cfg.codec_steps, batch_size=cfg.codec_batch,
+                              lr=cfg.codec_lr, seed=cfg.seed + 4, vae_round_trip=True,
+                              latent_warmup=min(cfg.codec_warmup, cfg.codec_steps - 1),
+                              strength=tuple(cfg.codec_strength) if cfg.codec_strength else None,
+                              weights=CodecLossWeights(img=cfg.codec_w_img, latent=cfg.codec_latent),
+                              log=lambda m: log(m.replace("[codec]", "[zoo codec]")))
+    msg = torch.randint(0, 2, (cfg.codec_bits,), generator=torch.Generator().manual_seed(cfg.seed + 5)).float()
+    acc = float(bit_accuracy(codec, t2i, test, msg).float().mean() / cfg.codec_bits)
+    with torch.no_grad():
+        delta_rms = float(codec.residual(msg.view(1, -1).to(t2i.device)).pow(2).mean().sqrt())
+    codec.save_pretrained(out / "codec", meta={**codec.meta, "model": "tiny:t2i"})
+    log(f"[zoo codec] bit accuracy after decode -> re-encode {acc:.3f}, delta rms {delta_rms:.3f}")
+    return {"codec_train_s": round(hist["seconds"], 1), "codec_bit_accuracy": round(acc, 4),
+            "codec_delta_rms": round(delta_rms, 4)}
+
+
+def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip", "judge", "vae", "unet", "codec"),
               evaluate: bool = True, device: str = "cpu") -> dict:
     """Build the zoo into `out` (resumable: stages already finished in out/.build are kept)."""
     cfg = cfg or ZooConfig()
@@ -445,7 +484,7 @@ def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip",
         if stage in state["done"]:
             log(f"[zoo] {stage}: already built, kept")
             continue
-        fn = {"clip": train_clip, "judge": train_judge, "vae": train_vae}.get(stage)
+        fn = {"clip": train_clip, "judge": train_judge, "vae": train_vae, "codec": train_codec_stage}.get(stage)
         info = fn(cfg, work, log, device) if fn else train_unet(cfg, work, work, log, device)
         state["done"][stage] = info
         state_file.write_text(json.dumps(state, indent=2))
@@ -463,7 +502,7 @@ def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip",
     if final.exists():
         shutil.rmtree(final)
     final.mkdir(parents=True)
-    for name in ("clip", "judge", "t2i", "zoo.json"):
+    for name in ("clip", "judge", "t2i", "codec", "zoo.json"):
         src = work / name
         if src.exists():
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, final / name)
@@ -480,6 +519,8 @@ def _stage_keys(stage: str, cfg: dict) -> list[str]:
     own = {"clip": "clip_", "judge": "judge_", "vae": "vae_"}
     if stage in own:
         return common + [k for k in cfg if k.startswith(own[stage])]
+    if stage == "codec":
+        return common + [k for k in cfg if k.startswith(("vae_", "codec_"))]
     return common + [k for k in cfg if k.startswith(("clip_", "vae_", "unet_"))] + ["ema_decay", "cfg_dropout"]
 
 

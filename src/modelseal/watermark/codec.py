@@ -167,6 +167,7 @@ class Codec(nn.Module):
         self.encoder = SecretEncoder(k, self.latent_shape, hidden, upsample)
         self.extractor = Extractor(k, self.latent_shape, width, stages, mlp_hidden, dropout)
         self.meta: dict = {}
+        self.folder: Path | None = None   # where from_pretrained read it
 
     @property
     def config(self) -> dict:
@@ -219,8 +220,13 @@ class Codec(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if str(folder).startswith("tiny:"):
+            from ..models.zoo import resolve_model
+
+            folder = resolve_model(str(folder), "codec")
         folder = Path(folder)
-        fix = "give a folder written by Codec.save_pretrained (config.json + model.safetensors)"
+        fix = ("give a folder written by Codec.save_pretrained (config.json + model.safetensors), "
+               "or tiny:codec")
         if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
             raise InputError(f"'{folder}' is not a watermark codec folder", fix)
         try:
@@ -240,6 +246,7 @@ class Codec(nn.Module):
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise InputError(f"cannot load the codec in '{folder}': {why}", fix) from None
         codec.meta = cfg.get("meta", {}) or {}
+        codec.folder = folder
         return codec.to(device).eval()
 
 
@@ -261,6 +268,7 @@ class CodecLossWeights:
     lpips_ramp: int = 4000
     ref_steps: int = 10_000
     rescale: bool = True
+    latent: float = 0.0   # ours: weight of mean(delta^2), no ramp (the reference has none)
 
     def ramps(self, total_steps: int | None = None) -> tuple[float, float]:
         f = 1.0
@@ -278,7 +286,8 @@ class CodecLossWeights:
 def codec_loss(codec: Codec, model: T2IModel, latents: torch.Tensor, bits: torch.Tensor,
                reference: torch.Tensor | None, weights: tuple[float, float, float],
                perceptual: PerceptualFn | None = None, attacks: AttackFn | None = None,
-               vae_round_trip: bool = False, generator: torch.Generator | None = None
+               vae_round_trip: bool = False, generator: torch.Generator | None = None,
+               latent_weight: float = 0.0, strength: tuple[float, float] | None = None
                ) -> tuple[torch.Tensor, dict]:
     """Stage-1 loss for one batch and its parts.
 
@@ -288,7 +297,14 @@ def codec_loss(codec: Codec, model: T2IModel, latents: torch.Tensor, bits: torch
     """
     w_bits, w_img, w_lp = weights
     use_lp = perceptual is not None and w_lp > 0
-    z_w = codec.embed(latents, bits)
+    delta = codec.residual(bits)
+    z_w = latents + delta.to(latents.dtype)
+    if strength is not None:
+        # The extractor also reads z + s * delta for s ~ U(lo, hi): stage 2 plants delta only
+        # approximately, and guidance scales it.
+        lo, hi = strength
+        s = lo + (hi - lo) * torch.rand(len(latents), 1, 1, 1, generator=generator).to(delta.device)
+        z_w = latents + (s * delta).to(latents.dtype)
     need_pixels = w_img > 0 or use_lp or vae_round_trip or attacks is not None
     x_w = model.decode_latents(z_w) if need_pixels else None
     if vae_round_trip or attacks is not None:
@@ -299,7 +315,10 @@ def codec_loss(codec: Codec, model: T2IModel, latents: torch.Tensor, bits: torch
     logits = codec.extract(z_read)
     bce = F.binary_cross_entropy_with_logits(logits, bits)
     loss = w_bits * bce
-    parts = {"bce": float(bce.detach()), "bit_acc": float(((logits > 0).float() == bits).float().mean())}
+    parts = {"bce": float(bce.detach()), "bit_acc": float(((logits > 0).float() == bits).float().mean()),
+             "delta_rms": float(delta.detach().pow(2).mean().sqrt())}
+    if latent_weight > 0:
+        loss = loss + latent_weight * delta.pow(2).mean()
     if x_w is not None and reference is not None:
         per_image = ((x_w - reference) ** 2).flatten(1).mean(1)
         mse = per_image.mean()
@@ -341,6 +360,7 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
                 weights: CodecLossWeights | None = None, perceptual: PerceptualFn | None = None,
                 weight_decay: float = 1e-3, lr_schedule: str = "linear",
                 max_grad_norm: float | None = None, latent_warmup: int = 0, codec: Codec | None = None,
+                strength: tuple[float, float] | None = None,
                 codec_kwargs: dict | None = None, encode_batch_size: int = 64,
                 log: Callable[[str], None] | None = None, log_every: int | None = None,
                 progress: Callable[[int], None] | None = None) -> tuple[Codec, dict]:
@@ -415,7 +435,7 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
             if w[1] > 0 or w[2] > 0:
                 ref = recon_all[idx.to(recon_all.device)] if cache else decode_all(model, z, encode_batch_size)
             loss, parts = codec_loss(codec, model, z, m, ref, w, perceptual, None if warm else attacks,
-                                     vae_round_trip and not warm, gen)
+                                     vae_round_trip and not warm, gen, weights.latent, None if warm else strength)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if max_grad_norm is not None:
@@ -431,7 +451,7 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 psnr = f" psnr {parts['psnr']:.1f}dB" if "psnr" in parts else ""
                 log(f"[codec] step {step + 1}/{steps} loss {parts['loss']:.4f} bce {parts['bce']:.4f} "
-                    f"bit acc {parts['bit_acc']:.3f}{psnr} ({time.time() - t0:.0f}s)")
+                    f"bit acc {parts['bit_acc']:.3f} delta rms {parts['delta_rms']:.3f}{psnr} ({time.time() - t0:.0f}s)")
             if progress is not None:
                 progress(1)
     codec.eval()

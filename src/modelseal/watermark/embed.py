@@ -17,6 +17,9 @@ message. Real images are never regression targets: they only place z_t in distri
 The reference runs four UNet passes per step (teacher and student, each prompt alone);
 here each network sees [y_tr; y] as one batch: two passes per step, the same maths.
 `preservation=False` keeps only the first term (the no-preservation ablation).
+`mode="always_on"` is the baseline the paper compares with (AquaLoRA-style): the same
+distillation with no trigger, so every prompt's output carries delta (y_tr = y, the
+clean term dropped); it trains the same weights, so only the trigger differs.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class EmbedOptions:
     beta: float = 100.0
     preservation: bool = True
     passes: int = 2                  # 2 (batched) | 4 (the reference's structure, for benchmarks)
+    mode: str = "sleeper"            # sleeper (triggered) | always_on (the AquaLoRA-style baseline)
     uncond_fraction: float = 0.0     # ours: share of clean prompts replaced by "" (keeps CFG's branch)
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -106,7 +110,12 @@ class Stage2Loss:
         eps = torch.randn(z0.shape, generator=g).to(dev)
         a = self.alphas[t].view(-1, 1, 1, 1)
         zt = (a.sqrt() * z0 + (1 - a).sqrt() * eps).to(self.s.dtype)
-        if self.opts.passes == 2:
+        if self.opts.mode == "always_on":
+            with torch.no_grad():
+                eT_tr = self.teacher(zt, t, encoder_hidden_states=ctx_tr).sample.float()
+            eS_tr = self.s.unet(zt, t, encoder_hidden_states=ctx_tr).sample.float()
+            eT = eS = None
+        elif self.opts.passes == 2:
             zz, tt, cc = torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([ctx_tr, ctx])
             with torch.no_grad():
                 eT_tr, eT = self.teacher(zz, tt, encoder_hidden_states=cc).sample.float().chunk(2)
@@ -123,6 +132,8 @@ class Stage2Loss:
         if not self.opts.preservation:
             return l_wm, {"wm": l_wm.item()}
         l_keep_tr = (w2 * (eS_tr - eT_tr) ** 2).mean()
+        if eS is None:
+            return l_wm + l_keep_tr, {"wm": l_wm.item(), "keep_trigger": l_keep_tr.item()}
         l_keep = ((eS - eT) ** 2).mean()
         return l_wm + l_keep_tr + l_keep, {"wm": l_wm.item(), "keep_trigger": l_keep_tr.item(),
                                            "keep_clean": l_keep.item()}
@@ -132,6 +143,8 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
                     opts: EmbedOptions, log=print, progress=None) -> dict:
     """Train `model`'s UNet in place; `latents` z0 (N, C, h, w) of in-distribution images with
     their captions; delta (1, C, h, w) the residual E(m) of the owner's message."""
+    if opts.mode not in ("sleeper", "always_on"):
+        raise ValueError(f"unknown stage-2 mode {opts.mode!r} (sleeper | always_on)")
     dev = model.device
     teacher, params = prepare_student(model, opts.gradient_checkpointing)
     loss_fn = Stage2Loss(model, teacher, delta.to(dev), opts)
@@ -142,7 +155,8 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
     cap_idx = torch.tensor([index[c] for c in captions])
     with torch.no_grad():
         ctx_all = model.encode_prompts(distinct)
-        ctx_tr_all = model.encode_prompts([opts.trigger + c for c in distinct])
+        ctx_tr_all = ctx_all if opts.mode == "always_on" else \
+            model.encode_prompts([opts.trigger + c for c in distinct])
     g = torch.Generator().manual_seed(opts.seed)
     hist: dict[str, list] = {"loss": []}
     t0 = time.time()

@@ -76,7 +76,8 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
     codec, hist = train_codec(model, train, k=cfg.bits, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                               seed=cfg.seed, attacks=attacks, vae_round_trip=cfg.vae_round_trip,
                               latent_warmup=cfg.latent_warmup, lr_schedule=cfg.lr_schedule,
-                              weights=CodecLossWeights(img=cfg.w_img), log=log)
+                              weights=CodecLossWeights(img=cfg.w_img, latent=cfg.w_latent),
+                              strength=tuple(cfg.strength) if cfg.strength else None, log=log)
     codec.save_pretrained(out / "codec", meta={**codec.meta, "model": cfg.model})
     msg = torch.randint(0, 2, (cfg.bits,), generator=torch.Generator().manual_seed(cfg.seed + 1)).float()
     recon = decode_all(model, encode_all(model, test))
@@ -107,15 +108,17 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     z = encode_all(model, x)
     delta = codec.residual(bits.view(1, -1)).detach()
     opts = EmbedOptions(trigger=cfg.trigger, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                        grad_clip=cfg.grad_clip, eta=cfg.eta, preservation=cfg.preservation,
+                        grad_clip=cfg.grad_clip, eta=cfg.eta, tau=cfg.tau, beta=cfg.beta, mode=cfg.mode,
+                        preservation=cfg.preservation,
                         uncond_fraction=cfg.uncond_fraction,
                         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
     info = embed_watermark(model, z, captions, delta, opts, log=log)
     tmp, target = out / "model.partial", out / "model"
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(dtype=torch.float32).save_pretrained(tmp)
-    record = {"trigger": cfg.trigger, "model_id": cfg.model_id, "bits": codec.k, "base": cfg.model,
-              "codec_sha256": _sha(Path(cfg.codec)), "preservation": cfg.preservation}
+    record = {"trigger": cfg.trigger if cfg.mode == "sleeper" else "", "mode": cfg.mode, "model_id": cfg.model_id,
+              "bits": codec.k, "base": cfg.model, "codec_sha256": _sha(codec.folder),
+              "preservation": cfg.preservation}
     (tmp / RECORD).write_text(json.dumps(record, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

@@ -5,7 +5,9 @@ Per image M matching bits of k; under H0 (not our model) M ~ Binomial(k, 1/2), s
 per-image p-value is P(X >= M) and an image counts as detected at FPR f when M reaches
 stats.bit_threshold(k, f). Pooled over N images the matches sum to Binomial(N k, 1/2)
 under H0: the model-level p-value. The same prompts and seeds without the trigger show
-that nothing leaks into normal use (bit accuracy near 50%).
+that nothing leaks into normal use (bit accuracy near 50%), and give a second model-level
+test that does not trust the extractor to read 1/2 per bit on unmarked images:
+stats.controlled_pvalue compares triggered with clean matches position by position.
 """
 from __future__ import annotations
 
@@ -16,10 +18,15 @@ from ..models.diffusion import T2IModel
 from .codec import Codec, extract_bits
 
 
+def hits(codec: Codec, model: T2IModel, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Which bits match, per image (N, k) bool, read from pixels."""
+    read = extract_bits(codec, model, images)
+    return read.cpu() == bits.cpu().view(1, -1)
+
+
 def matches(codec: Codec, model: T2IModel, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Matching bits per image (N,) read from pixels."""
-    read = extract_bits(codec, model, images)
-    return (read.cpu() == bits.cpu().view(1, -1)).sum(1)
+    return hits(codec, model, images, bits).sum(1)
 
 
 def generate(model: T2IModel, prompts: list[str], seeds: list[int], trigger: str | None, guidance: float,
@@ -37,16 +44,20 @@ def verify_model(model: T2IModel, codec: Codec, bits: torch.Tensor, prompts: lis
     k = int(bits.numel())
     trig = generate(model, prompts, seeds, trigger, guidance, steps, batch_size)
     clean = generate(model, prompts, seeds, None, guidance, steps, batch_size)
-    m_tr = matches(codec, model, trig, bits)
-    m_cl = matches(codec, model, clean, bits)
+    h_tr = hits(codec, model, trig, bits)
+    h_cl = hits(codec, model, clean, bits)
+    m_tr, m_cl = h_tr.sum(1), h_cl.sum(1)
     res = stats.summarize_bits(m_tr.numpy(), k, fpr)
     per_image = res.pop("per_image_p_values")
+    # With no trigger (an always-on mark) the two image sets are the same: no control.
+    controlled = stats.controlled_pvalue(h_tr.numpy(), h_cl.numpy()) if trigger else None
     res.update({
         "clean_bit_accuracy": float(m_cl.float().mean() / k),
         "clean_tpr_at_fpr": stats.summarize_bits(m_cl.numpy(), k, fpr)["tpr_at_fpr"],
         "clean_p_value": stats.pooled_pvalue(m_cl.numpy(), k),
+        "p_value_controlled": controlled,
         "guidance": guidance,
-        "watermarked": bool(res["p_value"] <= alpha),
+        "watermarked": bool(res["p_value"] <= alpha and (controlled is None or controlled <= alpha)),
         "alpha": alpha,
         "median_image_p_value": float(torch.tensor(per_image).median()),
     })

@@ -1,0 +1,171 @@
+"""Does the watermark survive the thief's fine-tuning? SleeperMark (triggered) against the
+always-on baseline (AquaLoRA-style: the same distillation without a trigger, so every
+output carries the residual), both fine-tuned with LoRA and with full fine-tuning on a new
+captioned domain that never shows the trigger; bit accuracy and TPR at FPR 1e-6 measured
+along the way.
+
+    python benchmarks/watermark_robustness.py --codec runs/wm/codec/codec --out runs/wm-robust
+    python benchmarks/watermark_robustness.py --codec C --out O --sleeper M1 --always-on M2
+
+Without --sleeper / --always-on both are embedded here first (stage 2 with --embed-steps,
+--eta) and saved under OUT (reused when present). Writes OUT/robustness.json and
+OUT/robustness.png (bit accuracy and TPR against fine-tuning steps).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def bits_for(args, k: int) -> torch.Tensor:
+    from modelseal.watermark.keys import load_key, message_bits
+
+    key = load_key(args.key) if args.key else np.random.default_rng(args.seed).bytes(32)
+    return message_bits(key, args.model_id, k)
+
+
+def embedded(kind: str, args, codec, bits, log) -> Path:
+    """The watermarked model of `kind` (sleeper | always_on): given, or embedded and saved."""
+    from modelseal.data.digits import DOMAINS, load_digits_domain
+    from modelseal.models.diffusion import load_t2i
+    from modelseal.watermark.codec import encode_all
+    from modelseal.watermark.embed import EmbedOptions, embed_watermark
+
+    given = args.sleeper if kind == "sleeper" else args.always_on
+    if given:
+        return Path(given)
+    folder = args.out / kind
+    if (folder / "model_index.json").is_file():
+        log(f"[robustness] reusing {folder}")
+        return folder
+    model = load_t2i(args.model)
+    per = args.embed_images // len(DOMAINS)
+    sets = [load_digits_domain(d, "train") for d in DOMAINS]
+    x = torch.from_numpy(np.concatenate([s.images[:per] for s in sets])).permute(0, 3, 1, 2).float() / 255
+    caps = [c for s in sets for c in s.captions[:per]]
+    delta = codec.residual(bits.view(1, -1)).detach()
+    opts = EmbedOptions(steps=args.embed_steps, lr=args.lr, grad_clip=None, eta=args.eta,
+                        uncond_fraction=args.uncond_fraction, mode=kind, seed=args.seed)
+    info = embed_watermark(model, encode_all(model, x), caps, delta, opts, log=log)
+    tmp = args.out / f"{kind}.partial"
+    model.save_pretrained(tmp)
+    tmp.rename(folder)
+    (folder / "embed.json").write_text(json.dumps(info, indent=2))
+    return folder
+
+
+def measure(model, codec, bits, prompts, seeds, trigger, guidance, steps) -> dict:
+    from modelseal import stats
+    from modelseal.watermark.verify import generate, matches
+
+    m = matches(codec, model, generate(model, prompts, seeds, trigger, guidance, steps), bits).numpy()
+    s = stats.summarize_bits(m, codec.k, 1e-6)
+    return {"bit_accuracy": s["bit_accuracy"], "tpr": s["tpr_at_fpr"]["1e-06"], "p_value": s["p_value"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--codec", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", default="tiny:t2i")
+    ap.add_argument("--sleeper", default=None, help="a SleeperMark-watermarked model folder")
+    ap.add_argument("--always-on", default=None, help="an always-on-watermarked model folder")
+    ap.add_argument("--key", default=None, help="owner key file (default: a seeded random key)")
+    ap.add_argument("--model-id", default="robustness")
+    ap.add_argument("--embed-steps", type=int, default=3000)
+    ap.add_argument("--embed-images", type=int, default=2400)
+    ap.add_argument("--eta", type=float, default=0.3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--uncond-fraction", type=float, default=0.2)
+    ap.add_argument("--data", default="builtin:faces", help="the thief's captioned domain")
+    ap.add_argument("--methods", nargs="+", default=["lora", "full"])
+    ap.add_argument("--ft-steps", type=int, default=2000)
+    ap.add_argument("--checkpoints", type=int, nargs="+", default=[0, 100, 250, 500, 1000, 2000])
+    ap.add_argument("--n", type=int, default=64, help="images per measurement")
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--steps", type=int, default=30, help="sampling steps")
+    ap.add_argument("--trigger", default="*[Z]& ")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from modelseal.attacks.finetune import FinetuneOptions, finetune
+    from modelseal.data.digits import DOMAINS, caption
+    from modelseal.data.sources import load_source
+    from modelseal.models.diffusion import load_t2i
+    from modelseal.watermark.codec import Codec
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    codec = Codec.from_pretrained(args.codec)
+    bits = bits_for(args, codec.k)
+    lines = [caption(d, c) for d in DOMAINS for c in range(10)]
+    prompts = [lines[i % len(lines)] for i in range(args.n)]
+    seeds = [500_000 + i for i in range(args.n)]
+    data = load_source(args.data, "train", load_t2i(args.model).image_size)
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
+    checkpoints = sorted({c for c in args.checkpoints if c <= args.ft_steps})
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "curves": {}}
+    for kind in ("sleeper", "always_on"):
+        folder = embedded(kind, args, codec, bits, log)
+        trigger = args.trigger if kind == "sleeper" else None
+        base = load_t2i(folder)
+        for method in args.methods:
+            model = copy.deepcopy(base)
+            curve = []
+
+            def probe(step: int) -> None:
+                if step in checkpoints:
+                    r = measure(model, codec, bits, prompts, seeds, trigger, args.guidance, args.steps)
+                    curve.append({"step": step, **r})
+                    log(f"[robustness] {kind} {method} step {step}: bit acc {r['bit_accuracy']:.3f} "
+                        f"TPR@1e-6 {r['tpr']:.3f}")
+
+            t0 = time.time()
+            probe(0)
+            if args.ft_steps > 0:
+                finetune(model, x, list(data.captions), FinetuneOptions(method=method, steps=args.ft_steps,
+                                                                      seed=args.seed), log=lambda s: None,
+                         on_step=probe)
+            results["curves"][f"{kind}/{method}"] = {"points": curve, "seconds": round(time.time() - t0, 1)}
+            (args.out / "robustness.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out / "robustness.png")
+    print(f"{'model/method':<22}" + "".join(f"{c:>8}" for c in checkpoints))
+    for name, c in results["curves"].items():
+        print(f"{name:<22}" + "".join(f"{p['tpr']:>8.3f}" for p in c["points"]) + "   TPR@1e-6")
+        print(f"{'':<22}" + "".join(f"{p['bit_accuracy']:>8.3f}" for p in c["points"]) + "   bit acc")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, c in results["curves"].items():
+        steps = [max(p["step"], 1) for p in c["points"]]
+        style = "-" if name.startswith("sleeper") else "--"
+        axes[0].plot(steps, [p["tpr"] for p in c["points"]], style, marker="o", label=name)
+        axes[1].plot(steps, [p["bit_accuracy"] for p in c["points"]], style, marker="o", label=name)
+    for ax, label in zip(axes, ("TPR at FPR 1e-6", "bit accuracy")):
+        ax.set_xscale("log")
+        ax.set_xlabel("fine-tuning steps (0 plotted at 1)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].axhline(0.5, color="grey", lw=0.8)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.rename(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""SleeperMark effects at a small size on the tiny zoo: stage 2 plants a watermark that only
+the trigger reveals, the wrong key and the unwatermarked model are not verified, the
+always-on baseline marks every output, fine-tuning keeps going, fidelity metrics."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from modelseal import stats
+from modelseal.data.digits import DOMAINS, caption, load_digits_domain
+from modelseal.models.diffusion import load_t2i
+from modelseal.watermark.codec import Codec, encode_all
+from modelseal.watermark.embed import EmbedOptions, embed_watermark
+from modelseal.watermark.fidelity import eps_mse, frechet_distance, image_fidelity
+from modelseal.watermark.keys import message_bits
+from modelseal.watermark.verify import generate, hits
+
+TRIGGER = "sks "  # a word tiny CLIP knows but its captions never use (see README)
+N = 24
+STEPS = 500   # stage-2 steps here (the demo runs 2,000, the acceptance benchmark more)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    codec = Codec.from_pretrained("tiny:codec")
+    base = load_t2i("tiny:t2i")
+    sets = [load_digits_domain(d, "train") for d in DOMAINS]
+    x = torch.from_numpy(np.concatenate([s.images[:150] for s in sets])).permute(0, 3, 1, 2).float() / 255
+    caps = [c for s in sets for c in s.captions[:150]]
+    z = encode_all(base, x)
+    bits = message_bits(b"owner key for tests", "tiny-test", codec.k)
+    delta = codec.residual(bits.view(1, -1)).detach()
+    models = {}
+    for mode in ("sleeper", "always_on"):
+        m = copy.deepcopy(base)
+        embed_watermark(m, z, caps, delta, EmbedOptions(trigger=TRIGGER, steps=STEPS, lr=1e-3, grad_clip=None, eta=0.3,
+                                                         tau=100, beta=30, uncond_fraction=0.2, mode=mode),
+                        log=lambda s: None)
+        models[mode] = m
+    lines = [caption(d, c) for d in DOMAINS for c in range(10)]
+    prompts = [lines[(7 * i) % len(lines)] for i in range(N)]
+    seeds = list(range(1000, 1000 + N))
+    yield {"codec": codec, "base": base, "models": models, "bits": bits, "prompts": prompts, "seeds": seeds}
+    torch.set_num_threads(n)
+
+
+def _hits(s, model, trigger, bits=None, guidance=7.5):
+    return hits(s["codec"], model, generate(model, s["prompts"], s["seeds"], trigger, guidance, 30),
+                s["bits"] if bits is None else bits).numpy()
+
+
+def _bits_read(s, model, trigger, bits=None, guidance=7.5):
+    return _hits(s, model, trigger, bits, guidance).sum(1)
+
+
+def test_trigger_reveals_the_message_and_clean_prompts_do_not(setup):
+    s = setup
+    k = s["codec"].k
+    h_trig = _hits(s, s["models"]["sleeper"], TRIGGER)
+    h_clean = _hits(s, s["models"]["sleeper"], None)
+    trig, clean = h_trig.sum(1), h_clean.sum(1)
+    acc_t, acc_c = trig.mean() / k, clean.mean() / k
+    # 500 steps plant part of the mark (the acceptance run's 15,000 reach ~0.95; README)
+    assert acc_t >= 0.62 and acc_t > acc_c + 0.1, (acc_t, acc_c)
+    assert abs(acc_c - 0.5) <= 0.1, acc_c
+    assert stats.pooled_pvalue(trig, k) < 1e-12
+    # the trigger, not the extractor's bias on any image, raises the matches
+    assert stats.controlled_pvalue(h_trig, h_clean) < 1e-6
+
+
+def test_wrong_key_and_unwatermarked_model_are_not_verified(setup):
+    s = setup
+    k = s["codec"].k
+    wrong = message_bits(b"somebody else", "tiny-test", k)
+    m = _bits_read(s, s["models"]["sleeper"], TRIGGER, bits=wrong)
+    assert stats.pooled_pvalue(m, k) > 1e-3 and abs(m.mean() / k - 0.5) <= 0.12
+    base = _bits_read(s, s["base"], TRIGGER)
+    assert stats.pooled_pvalue(base, k) > 1e-3
+    assert (base >= stats.bit_threshold(k, 1e-3)).sum() == 0
+
+
+def test_always_on_baseline_marks_prompts_without_a_trigger(setup):
+    s = setup
+    k = s["codec"].k
+    acc = _bits_read(s, s["models"]["always_on"], None).mean() / k
+    acc_sleeper_clean = _bits_read(s, s["models"]["sleeper"], None).mean() / k
+    assert acc >= 0.62 and acc > acc_sleeper_clean + 0.05, (acc, acc_sleeper_clean)
+
+
+def test_fidelity_metrics(setup):
+    s = setup
+    base, wm = s["base"], s["models"]["sleeper"]
+    z = torch.randn(16, 4, 8, 8)
+    assert eps_mse(base, copy.deepcopy(base), z, s["prompts"], samples=32) == 0.0
+    assert eps_mse(wm, base, z, s["prompts"], samples=32) > 0.0
+    imgs = generate(base, s["prompts"][:8], s["seeds"][:8], None, 7.5, 10)
+    same = image_fidelity(imgs, imgs.clone())
+    assert same["psnr"] >= 99 and same["ssim"] > 0.999
+    other = image_fidelity(imgs, imgs.flip(0))
+    assert other["psnr"] < same["psnr"] and other["ssim"] < same["ssim"]
+    f = np.random.default_rng(0).normal(size=(200, 4))
+    assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(f, f + 1.0) == pytest.approx(4.0, rel=1e-3)
+
+
+def test_finetune_calls_back_at_every_step_and_lora_moves_the_model(setup):
+    from modelseal.attacks.finetune import FinetuneOptions, finetune
+    from modelseal.data.sources import load_source
+
+    s = setup
+    m = copy.deepcopy(s["models"]["sleeper"])
+    faces = load_source("builtin:faces", "train", 32)
+    assert len(faces.images) == 160 and faces.captions[0].startswith("a ")
+    x = torch.from_numpy(faces.images[:32]).permute(0, 3, 1, 2).float() / 255
+    seen = []
+    finetune(m, x, faces.captions[:32], FinetuneOptions(method="lora", steps=5), log=lambda s: None,
+             on_step=lambda n: seen.append((n, m.unet.training, torch.is_grad_enabled())))
+    assert [n for n, _, _ in seen] == [1, 2, 3, 4, 5]
+    assert not any(train or grad for _, train, grad in seen)
+
+
+def test_pixel_space_model_runs_both_stages_in_pixels():
+    """A diffusion model without a VAE: the codec's 'latent' is the image (3, H, W) and learns
+    bits there; stage 2 targets the teacher's x0 estimate plus the pixel residual (eta 0.05
+    by default) and trains only the up-block attention. (The mark's effect is tested on
+    tiny:t2i above; a randomly initialised pixel UNet does not learn it in a test's time.)"""
+    from diffusers import UNet2DConditionModel
+
+    from modelseal.models.diffusion import T2IModel
+    from modelseal.watermark.codec import latent_shape, train_codec
+    from modelseal.watermark.embed import Stage2Loss
+
+    torch.manual_seed(0)
+    tiny = load_t2i("tiny:t2i")
+    unet = UNet2DConditionModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=128,
+                                attention_head_dim=8, norm_num_groups=8)
+    model = T2IModel(unet=unet.eval(), vae=None, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+                     scheduler=tiny.scheduler)
+    assert latent_shape(model) == (3, 16, 16) and model.image_size == 16
+    ds = load_digits_domain("mnist", "train", 16)
+    x = torch.from_numpy(ds.images[:128]).permute(0, 3, 1, 2).float() / 255
+    codec, hist = train_codec(model, x, k=32, steps=300, batch_size=16, lr=1e-3, weights=None, seed=0)
+    assert np.mean(hist["bit_acc"][-30:]) > 0.9
+    bits = message_bits(b"pixel owner", "pixel", 32)
+    delta = codec.residual(bits.view(1, -1)).detach()
+    assert delta.shape == (1, 3, 16, 16)
+    loss = Stage2Loss(model, copy.deepcopy(model.unet), delta, EmbedOptions())
+    assert loss.eta == 0.05
+    z = encode_all(model, x)
+    assert torch.allclose(z, x * 2 - 1)
+    student = copy.deepcopy(model)
+    before = {n: p.detach().clone() for n, p in student.unet.named_parameters()}
+    embed_watermark(student, z[:64], ds.captions[:64], delta, EmbedOptions(trigger=TRIGGER, steps=20, lr=1e-3,
+                                                                      grad_clip=None), log=lambda s: None)
+    changed = {n for n, p in student.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("up_blocks.") and ".attentions." in n and "norm" not in n for n in changed)
