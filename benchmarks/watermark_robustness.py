@@ -60,13 +60,19 @@ def embedded(kind: str, args, codec, bits, log) -> Path:
     return folder
 
 
-def measure(model, codec, bits, prompts, seeds, trigger, guidance, steps) -> dict:
+def measure(model, codec, bits, prompts, seeds, trigger, guidance, steps, reference=None) -> dict:
+    """Bits under the trigger; with `reference` (clean images of the model before fine-tuning),
+    how far fine-tuning moved the clean outputs (PSNR on the same seeds)."""
     from modelseal import stats
+    from modelseal.watermark.codec import psnr
     from modelseal.watermark.verify import generate, matches
 
     m = matches(codec, model, generate(model, prompts, seeds, trigger, guidance, steps), bits).numpy()
     s = stats.summarize_bits(m, codec.k, 1e-6)
-    return {"bit_accuracy": s["bit_accuracy"], "tpr": s["tpr_at_fpr"]["1e-06"], "p_value": s["p_value"]}
+    out = {"bit_accuracy": s["bit_accuracy"], "tpr": s["tpr_at_fpr"]["1e-06"], "p_value": s["p_value"]}
+    if reference is not None:
+        out["clean_psnr_vs_before"] = float(psnr(generate(model, prompts, seeds, None, guidance, steps), reference).mean())
+    return out
 
 
 def main() -> None:
@@ -86,6 +92,7 @@ def main() -> None:
     ap.add_argument("--data", default="builtin:faces", help="the thief's captioned domain")
     ap.add_argument("--methods", nargs="+", default=["lora", "full"])
     ap.add_argument("--ft-steps", type=int, default=2000)
+    ap.add_argument("--ft-lr", type=float, default=None, help="fine-tuning lr (default: finetune.default_lr)")
     ap.add_argument("--checkpoints", type=int, nargs="+", default=[0, 100, 250, 500, 1000, 2000])
     ap.add_argument("--n", type=int, default=64, help="images per measurement")
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -99,6 +106,7 @@ def main() -> None:
     from modelseal.data.sources import load_source
     from modelseal.models.diffusion import load_t2i
     from modelseal.watermark.codec import Codec
+    from modelseal.watermark.verify import generate
 
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -118,20 +126,22 @@ def main() -> None:
         for method in args.methods:
             model = copy.deepcopy(base)
             curve = []
+            with torch.no_grad():
+                reference = generate(base, prompts, seeds, None, args.guidance, args.steps)
 
             def probe(step: int) -> None:
                 if step in checkpoints:
-                    r = measure(model, codec, bits, prompts, seeds, trigger, args.guidance, args.steps)
+                    r = measure(model, codec, bits, prompts, seeds, trigger, args.guidance, args.steps, reference)
                     curve.append({"step": step, **r})
                     log(f"[robustness] {kind} {method} step {step}: bit acc {r['bit_accuracy']:.3f} "
-                        f"TPR@1e-6 {r['tpr']:.3f}")
+                        f"TPR@1e-6 {r['tpr']:.3f}; clean outputs vs before {r['clean_psnr_vs_before']:.1f} dB")
 
             t0 = time.time()
             probe(0)
             if args.ft_steps > 0:
                 finetune(model, x, list(data.captions), FinetuneOptions(method=method, steps=args.ft_steps,
-                                                                      seed=args.seed), log=lambda s: None,
-                         on_step=probe)
+                                                                      lr=args.ft_lr, seed=args.seed),
+                         log=lambda s: None, on_step=probe)
             results["curves"][f"{kind}/{method}"] = {"points": curve, "seconds": round(time.time() - t0, 1)}
             (args.out / "robustness.json").write_text(json.dumps(results, indent=2))
     plot(results, args.out / "robustness.png")

@@ -58,7 +58,7 @@ def test_absent_device_exits_2(tmp_path, capsys):
 def test_zoo_list_shows_the_shipped_zoo(capsys):
     code, out, _ = run_cli(["zoo", "list", "--json"], capsys)
     rows = {r["model"]: r for r in json.loads(out)}
-    assert code == 0 and set(rows) == {"tiny:clip", "tiny:t2i", "tiny:judge"}
+    assert code == 0 and set(rows) == {"tiny:clip", "tiny:t2i", "tiny:judge", "tiny:codec"}
     assert all(r["origin"] == "shipped" and len(r["sha256"]) == 64 for r in rows.values())
     assert sum(r["size_mb"] for r in rows.values()) <= 20.0
 
