@@ -79,7 +79,7 @@ def main() -> None:
         total = args.n * args.keys
         fp = sum(flagged)
         upper = float(beta.ppf(0.975, fp + 1, total - fp)) if fp < total else 1.0
-        out["per_fpr"][f"{fpr:g}"] = {"threshold_bits": thr, "false_positives_per_key": flagged,
+        out["per_fpr"][stats.fpr_key(fpr)] = {"threshold_bits": thr, "false_positives_per_key": flagged,
                                      "empirical_fpr": fp / total, "upper_95": upper,
                                      "max_key_fpr": max(flagged) / args.n,
                                      "model_level_false_positives": group_fp,

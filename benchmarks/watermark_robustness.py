@@ -69,7 +69,7 @@ def measure(model, codec, bits, prompts, seeds, trigger, guidance, steps, refere
 
     m = matches(codec, model, generate(model, prompts, seeds, trigger, guidance, steps), bits).numpy()
     s = stats.summarize_bits(m, codec.k, 1e-6)
-    out = {"bit_accuracy": s["bit_accuracy"], "tpr": s["tpr_at_fpr"]["1e-06"], "p_value": s["p_value"]}
+    out = {"bit_accuracy": s["bit_accuracy"], "tpr": s["tpr_at_fpr"]["1e-6"], "p_value": s["p_value"]}
     if reference is not None:
         out["clean_psnr_vs_before"] = float(psnr(generate(model, prompts, seeds, None, guidance, steps), reference).mean())
     return out

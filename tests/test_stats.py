@@ -205,7 +205,8 @@ def test_summarize_bits_contract():
     assert set(b) == {"bits", "threshold_bits", "bit_accuracy", "tpr_at_fpr", "p_value",
                       "per_image_p_values", "n_images"}
     assert b["bits"] == 48 and b["threshold_bits"] == 41
-    assert b["tpr_at_fpr"] == {"1e-06": pytest.approx(2 / 3)}
+    assert b["tpr_at_fpr"] == {"1e-6": pytest.approx(2 / 3)}
+    assert stats.fpr_key(0.01) == "0.01" and stats.fpr_key(1e-3) == "0.001" and stats.fpr_key(2.5e-7) == "2.5e-7"
     assert b["bit_accuracy"] == pytest.approx(115 / 144)
     assert b["p_value"] == pytest.approx(binom.sf(114, 144, 0.5))
     assert b["per_image_p_values"][0] == pytest.approx(0.5 ** 48)

@@ -188,7 +188,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
         if step in cfg.finetune_checkpoints:
             m = matches(codec, model, generate(model, prompts, seeds, vcfg.trigger, 7.5, 30), bits).numpy()
             r = stats.summarize_bits(m, codec.k, 1e-6)
-            curve.append({"step": step, "bit_accuracy": r["bit_accuracy"], "tpr@1e-6": r["tpr_at_fpr"]["1e-06"],
+            curve.append({"step": step, "bit_accuracy": r["bit_accuracy"], "tpr@1e-6": r["tpr_at_fpr"]["1e-6"],
                           "p_value": r["p_value"]})
             log(f"[demo] watermark after {step} {cfg.finetune_method} steps on {cfg.finetune_data}: "
                 f"bit accuracy {r['bit_accuracy']:.3f}, p {r['p_value']:.2g}")
@@ -201,15 +201,15 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
                  log=lambda m: None, on_step=probe)
 
     rows = [{"images": "triggered, CFG 7.5", "bit accuracy": ver["bit_accuracy"],
-             "TPR@1e-6": ver["tpr_at_fpr"]["1e-06"], "p-value": ver["p_value"]},
+             "TPR@1e-6": ver["tpr_at_fpr"]["1e-6"], "p-value": ver["p_value"]},
             {"images": "clean (no trigger), CFG 7.5", "bit accuracy": ver["clean_bit_accuracy"],
-             "TPR@1e-6": ver["clean_tpr_at_fpr"]["1e-06"], "p-value": ver["clean_p_value"]},
+             "TPR@1e-6": ver["clean_tpr_at_fpr"]["1e-6"], "p-value": ver["clean_p_value"]},
             {"images": "wrong key, triggered", "bit accuracy": ver_wrong["bit_accuracy"],
-             "TPR@1e-6": ver_wrong["tpr_at_fpr"]["1e-06"], "p-value": ver_wrong["p_value"]}]
+             "TPR@1e-6": ver_wrong["tpr_at_fpr"]["1e-6"], "p-value": ver_wrong["p_value"]}]
     if "no_cfg" in ver:
         rows.insert(1, {"images": "triggered, no CFG", "bit accuracy": ver["no_cfg"]["bit_accuracy"],
-                        "TPR@1e-6": ver["no_cfg"]["tpr_at_fpr"]["1e-06"], "p-value": ver["no_cfg"]["p_value"]})
-    attack_rows = [{"attack": k, "bit accuracy": v["bit_accuracy"], "TPR@1e-6": v["tpr_at_fpr"]["1e-06"]}
+                        "TPR@1e-6": ver["no_cfg"]["tpr_at_fpr"]["1e-6"], "p-value": ver["no_cfg"]["p_value"]})
+    attack_rows = [{"attack": k, "bit accuracy": v["bit_accuracy"], "TPR@1e-6": v["tpr_at_fpr"]["1e-6"]}
                    for k, v in ver.get("attacks", {}).items()]
     section = Section(
         title="watermark: SleeperMark in tiny:t2i",

@@ -226,8 +226,13 @@ def accuracy_at_threshold(scores, labels, threshold: float) -> float:
 
 # --------------------------------------------------------------------------- summaries
 
-def _key(x: float) -> str:
-    return f"{x:g}"
+def fpr_key(x: float) -> str:
+    """The results-JSON key of a rate: 0.01 -> "0.01", 1e-6 -> "1e-6" (no zero-padded exponent)."""
+    s = f"{x:g}"
+    if "e" in s:
+        mantissa, exp = s.split("e")
+        s = f"{mantissa}e{int(exp)}"
+    return s
 
 
 def summarize_audit(scores, labels, fprs=(0.01, 0.05), n_boot: int = 1000, seed: int = 0) -> dict:
@@ -237,7 +242,7 @@ def summarize_audit(scores, labels, fprs=(0.01, 0.05), n_boot: int = 1000, seed:
     return {
         "auroc": auroc(s, y),
         "auroc_ci": [lo, hi],
-        "tpr_at_fpr": {_key(f): tpr_at_fpr(s, y, f) for f in fprs},
+        "tpr_at_fpr": {fpr_key(f): tpr_at_fpr(s, y, f) for f in fprs},
         "n_members": int(y.sum()),
         "n_nonmembers": int((~y).sum()),
     }
@@ -254,7 +259,7 @@ def summarize_bits(matches, k: int, fpr: float = 1e-6) -> dict:
         "bits": int(k),
         "threshold_bits": t,
         "bit_accuracy": float(m.mean() / k) if m.size else 0.0,
-        "tpr_at_fpr": {_key(fpr): tpr_at_threshold(m, t)},
+        "tpr_at_fpr": {fpr_key(fpr): tpr_at_threshold(m, t)},
         "p_value": pooled_pvalue(m, k),
         "per_image_p_values": per_image,
         "n_images": int(m.size),

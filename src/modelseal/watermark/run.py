@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import stats
 from ..errors import InputError
 from ..models.diffusion import load_t2i
 from .codec import Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all, psnr, train_codec
@@ -152,6 +153,6 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     atomic_write_bytes(out / "samples.png", sample_grid(torch.cat([trig[:8], clean[:8]]),
                                                         ["triggered", "clean"], ncols=8))
     log(f"[verify] bit accuracy {res['bit_accuracy']:.3f} (clean {res['clean_bit_accuracy']:.3f}), "
-        f"TPR@{cfg.fpr:g} {res['tpr_at_fpr'][f'{cfg.fpr:g}']:.3f}, p {res['p_value']:.3g}: "
+        f"TPR@{cfg.fpr:g} {res['tpr_at_fpr'][stats.fpr_key(cfg.fpr)]:.3f}, p {res['p_value']:.3g}: "
         f"{'watermarked' if res['watermarked'] else 'not shown to be watermarked'}")
     return res
