@@ -17,6 +17,10 @@ message. Real images are never regression targets: they only place z_t in distri
 The reference runs four UNet passes per step (teacher and student, each prompt alone);
 here each network sees [y_tr; y] as one batch: two passes per step, the same maths.
 `preservation=False` keeps only the first term (the no-preservation ablation).
+Where both terms apply, the pointwise optimum is eps_S(y_tr) = eps_T(y_tr) - f sqrt(a/(1-a))
+delta with f = w1/(w1+w2): the x0 estimate moves by f * delta, about 15% at low t with the
+paper's eta (guidance then amplifies the conditional branch's shift). The tiny zoo needs
+eta 0.3, tau 100, beta 30 (configs/watermark-embed.tiny.yaml; figures in the README).
 `mode="always_on"` is the baseline the paper compares with (AquaLoRA-style): the same
 distillation with no trigger, so every prompt's output carries delta (y_tr = y, the
 clean term dropped); it trains the same weights, so only the trigger differs.
