@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from measure import peak_memory, run_variant
+from measure import peak_memory, run_variant, seconds_per_step
 
 
 def build_clip(name: str, device: str):
@@ -72,18 +71,8 @@ def worker(args) -> dict:
         loss.backward()
         opt.step()
 
-    step()  # warm-up
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    return {"variant": args.variant, "steps_per_s": args.steps / dt, "s_per_step": dt / args.steps,
-            **peak_memory(dev)}
+    sec = seconds_per_step(step, args.steps, dev, warmup=1)
+    return {"variant": args.variant, "steps_per_s": 1 / sec, "s_per_step": sec, **peak_memory(dev)}
 
 
 def main():

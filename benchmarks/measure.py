@@ -1,11 +1,13 @@
-"""What the speed benchmarks share: one process per variant (so each peak memory is its own)
-and the peak-memory reading of the current process."""
+"""What the speed benchmarks share: one process per variant (so each peak memory is its own),
+the peak-memory reading of the current process, and the timing of a training step."""
 from __future__ import annotations
 
 import json
 import resource
 import subprocess
 import sys
+import time
+from typing import Callable
 
 import torch
 
@@ -22,3 +24,20 @@ def run_variant(script: str, variant: str, argv: list[str]) -> dict:
     cmd = [sys.executable, script, "--variant", variant, *argv]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
+
+
+def seconds_per_step(step: Callable[[], None], steps: int, device: str, warmup: int = 1) -> float:
+    """Mean wall time of `step()` over `steps` calls after `warmup` untimed ones; on CUDA the
+    queue is drained around the timed calls and the peak-memory counter restarts after the
+    warm-up."""
+    for _ in range(warmup):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps

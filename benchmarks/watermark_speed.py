@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-from measure import peak_memory, run_variant
+from measure import peak_memory, run_variant, seconds_per_step
 
 
 def worker(args) -> dict:
@@ -50,17 +49,7 @@ def worker(args) -> dict:
         loss.backward()
         opt.step()
 
-    for _ in range(args.warmup):
-        step()
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.time()
-    for _ in range(args.steps):
-        step()
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-    ms = (time.time() - t0) / args.steps * 1000
+    ms = seconds_per_step(step, args.steps, dev, args.warmup) * 1000
     return {"variant": args.variant, "ms_per_step": ms, **peak_memory(dev)}
 
 
