@@ -32,10 +32,10 @@ def bits_for(args, k: int) -> torch.Tensor:
 
 def embedded(kind: str, args, codec, bits, log) -> Path:
     """The watermarked model of `kind` (sleeper | always_on): given, or embedded and saved."""
-    from modelseal.data.digits import DOMAINS, load_digits_domain
     from modelseal.models.diffusion import load_t2i
     from modelseal.watermark.codec import encode_all
     from modelseal.watermark.embed import EmbedOptions, embed_watermark
+    from modelseal.watermark.run import images_and_captions
 
     given = args.sleeper if kind == "sleeper" else args.always_on
     if given:
@@ -45,10 +45,7 @@ def embedded(kind: str, args, codec, bits, log) -> Path:
         log(f"[robustness] reusing {folder}")
         return folder
     model = load_t2i(args.model)
-    per = args.embed_images // len(DOMAINS)
-    sets = [load_digits_domain(d, "train") for d in DOMAINS]
-    x = torch.from_numpy(np.concatenate([s.images[:per] for s in sets])).permute(0, 3, 1, 2).float() / 255
-    caps = [c for s in sets for c in s.captions[:per]]
+    x, caps = images_and_captions("builtin:digits/all", model.image_size, args.embed_images, need_captions=True)
     delta = codec.residual(bits.view(1, -1)).detach()
     opts = EmbedOptions(steps=args.embed_steps, lr=args.lr, grad_clip=None, eta=args.eta,
                         uncond_fraction=args.uncond_fraction, mode=kind, seed=args.seed)
@@ -123,11 +120,11 @@ def main() -> None:
         folder = embedded(kind, args, codec, bits, log)
         trigger = args.trigger if kind == "sleeper" else None
         base = load_t2i(folder)
+        with torch.no_grad():
+            reference = generate(base, prompts, seeds, None, args.guidance, args.steps)
         for method in args.methods:
             model = copy.deepcopy(base)
             curve = []
-            with torch.no_grad():
-                reference = generate(base, prompts, seeds, None, args.guidance, args.steps)
 
             def probe(step: int) -> None:
                 if step in checkpoints:

@@ -468,6 +468,8 @@ def wm_verify(
     codec: Optional[str] = CodecOpt, key: Optional[str] = KeyOpt, model_id: Optional[str] = ModelIdOpt,
     trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger prefix (default '*[Z]& ')."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Text file, one prompt per line."),
+    original: Optional[str] = typer.Option(None, "--original", help="The unwatermarked model: also report "
+                                           "PSNR / SSIM of clean outputs against it."),
     n: Optional[int] = typer.Option(None, "--n", help="Images (default 64)."),
     guidance: Optional[float] = typer.Option(None, help="CFG scale (default 7.5); also checked without CFG."),
     fpr: Optional[float] = typer.Option(None, help="Per-image false-positive rate for TPR (default 1e-6)."),
@@ -483,7 +485,8 @@ def wm_verify(
         return verify_command(cfg, run.path, dev, log=_log)
 
     _run("watermark verify", WatermarkVerifyConfig, config,
-         dict(model=model, codec=codec, key=key, model_id=model_id, trigger=trigger, prompts=prompts, n=n,
+         dict(model=model, codec=codec, key=key, model_id=model_id, trigger=trigger, prompts=prompts, original=original,
+              n=n,
               guidance=guidance, fpr=fpr, seed=seed), out, device, as_json, body)
 
 

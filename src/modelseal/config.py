@@ -225,6 +225,8 @@ class WatermarkVerifyConfig(Strict):
     model_id: str = Field(..., min_length=1)
     trigger: str = "*[Z]& "
     prompts: str | None = Field(None, description="text file, one prompt per line (default: digit captions)")
+    original: str | None = Field(None, description="the unwatermarked model: adds the fidelity of clean outputs "
+                                 "(PSNR, SSIM) against it on the same seeds")
     n: int = Field(64, ge=1)
     guidance: float = Field(7.5, ge=0)
     also_without_cfg: bool = True

@@ -147,9 +147,8 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     from .data.sources import load_source
     from .models.diffusion import load_t2i
     from .watermark.codec import Codec
-    from .watermark.fidelity import image_fidelity
     from .watermark.keys import generate_key, load_key, message_bits
-    from .watermark.run import embed_command, verify_command
+    from .watermark.run import embed_command, verify_command, verify_prompts
     from .watermark.verify import generate, matches
 
     folder = out / "watermark"
@@ -164,36 +163,35 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     log(f"[demo] watermark: stage 2, {cfg.embed_steps} steps")
     emb = embed_command(ecfg, folder / "embed", device, log=log)
     vcfg = WatermarkVerifyConfig(model=emb["model"], codec="tiny:codec", key=str(key_file), model_id=model_id,
-                                 trigger=cfg.trigger, n=cfg.n, attacks=cfg.attacks, seed=seed)
+                                 trigger=cfg.trigger, n=cfg.n, attacks=cfg.attacks, original="tiny:t2i", seed=seed)
     ver = verify_command(vcfg, folder / "verify", device, log=log)
+    fid = ver["fidelity"]
     wrong_key = folder / "someone-else.key"
     if not wrong_key.exists():
         generate_key(wrong_key)
-    ver_wrong = verify_command(vcfg.model_copy(update={"key": str(wrong_key), "attacks": [], "also_without_cfg": False}),
+    ver_wrong = verify_command(vcfg.model_copy(update={"key": str(wrong_key), "attacks": [], "also_without_cfg": False,
+                                                       "original": None}),
                                folder / "verify-wrong-key", device, log=lambda m: None)
 
     codec = Codec.from_pretrained("tiny:codec", device)
     bits = message_bits(load_key(key_file), model_id, codec.k)
-    model, original = load_t2i(emb["model"], device), load_t2i("tiny:t2i", device)
-    lines = [caption(d, c) for d in DOMAINS for c in range(10)]
-    prompts = [lines[i % len(lines)] for i in range(cfg.n)]
-    seeds = [seed * 100_000 + i for i in range(cfg.n)]
-    with torch.no_grad():
-        clean = generate(model, prompts, seeds, None, 7.5, 30)
-        fid = image_fidelity(clean, generate(original, prompts, seeds, None, 7.5, 30))
+    model = load_t2i(emb["model"], device)
+    prompts, seeds = verify_prompts(vcfg)
     data = load_source(cfg.finetune_data, "train", model.image_size)
     curve = []
 
-    def probe(step: int) -> None:
+    def probe(step: int, r: dict | None = None) -> None:
         if step in cfg.finetune_checkpoints:
-            m = matches(codec, model, generate(model, prompts, seeds, vcfg.trigger, 7.5, 30), bits).numpy()
-            r = stats.summarize_bits(m, codec.k, 1e-6)
+            if r is None:
+                m = matches(codec, model, generate(model, prompts, seeds, vcfg.trigger, vcfg.guidance, vcfg.steps),
+                            bits).numpy()
+                r = stats.summarize_bits(m, codec.k, 1e-6)
             curve.append({"step": step, "bit_accuracy": r["bit_accuracy"], "tpr@1e-6": r["tpr_at_fpr"]["1e-6"],
                           "p_value": r["p_value"]})
             log(f"[demo] watermark after {step} {cfg.finetune_method} steps on {cfg.finetune_data}: "
                 f"bit accuracy {r['bit_accuracy']:.3f}, p {r['p_value']:.2g}")
 
-    probe(0)
+    probe(0, ver)  # before fine-tuning: the verification above (same prompts, seeds, trigger, guidance)
     if cfg.finetune_steps > 0:
         x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
         finetune(model, x, list(data.captions), FinetuneOptions(method=cfg.finetune_method,

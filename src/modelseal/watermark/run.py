@@ -27,7 +27,10 @@ RECORD = "modelseal_watermark.json"
 EVAL_ATTACKS = ("jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop")
 
 
-def _images_and_captions(spec: str, size: int, limit: int | None, need_captions: bool):
+def images_and_captions(spec: str, size: int, limit: int | None, need_captions: bool):
+    """Images (N, 3, size, size) in [0, 1] and their captions (None for an uncaptioned folder)
+    from builtin:digits/<domain|all> (all: limit split evenly over the domains), a captioned
+    folder (metadata.jsonl / .csv) or an image folder."""
     from ..data.folders import read_captioned_folder, read_image_folder
     from ..data.sources import load_source
 
@@ -66,7 +69,7 @@ def keygen_command(path: Path, overwrite: bool = False) -> dict:
 
 def codec_command(cfg, out: Path, device: str, log=print) -> dict:
     model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
-    x, _ = _images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
+    x, _ = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
     n_test = max(16, len(x) // 10)
     train, test = x[:-n_test], x[-n_test:]
     attacks = None
@@ -105,7 +108,7 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
                          f"{(model.unet.config.in_channels, model.latent_size, model.latent_size)}",
                          "train a codec on this model's VAE with `modelseal watermark codec`")
     bits = message_bits(key, cfg.model_id, codec.k).to(device)
-    x, captions = _images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=True)
+    x, captions = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=True)
     z = encode_all(model, x)
     delta = codec.residual(bits.view(1, -1)).detach()
     opts = EmbedOptions(trigger=cfg.trigger, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -126,30 +129,42 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     return {"model": str(target), **record, **info}
 
 
-def verify_command(cfg, out: Path, device: str, log=print) -> dict:
+def verify_prompts(cfg) -> tuple[list[str], list[int]]:
+    """The N prompts (cfg.prompts' lines, else the digit captions, cycled) and their seeds."""
     from ..data.digits import DOMAINS, caption
-    from ..report.figures import sample_grid
-    from ..runs import atomic_write_bytes
-    from .verify import verify_model
 
-    key = load_key(cfg.key)
-    codec = Codec.from_pretrained(cfg.codec, device)
-    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
-    bits = message_bits(key, cfg.model_id, codec.k)
     if cfg.prompts:
         lines = [ln.strip() for ln in Path(cfg.prompts).read_text().splitlines() if ln.strip()]
         if not lines:
             raise InputError(f"'{cfg.prompts}' holds no prompts", "write one prompt per line")
     else:
         lines = [caption(d, c) for d in DOMAINS for c in range(10)]
-    prompts = [lines[i % len(lines)] for i in range(cfg.n)]
-    seeds = [cfg.seed * 100_000 + i for i in range(cfg.n)]
+    return [lines[i % len(lines)] for i in range(cfg.n)], [cfg.seed * 100_000 + i for i in range(cfg.n)]
+
+
+def verify_command(cfg, out: Path, device: str, log=print) -> dict:
+    from ..report.figures import sample_grid
+    from ..runs import atomic_write_bytes
+    from .verify import generate, verify_model
+
+    key = load_key(cfg.key)
+    codec = Codec.from_pretrained(cfg.codec, device)
+    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    bits = message_bits(key, cfg.model_id, codec.k)
+    prompts, seeds = verify_prompts(cfg)
     log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
     res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
                                     cfg.fpr, tuple(cfg.attacks), cfg.alpha)
     if cfg.also_without_cfg and cfg.guidance > 1:
         res_nc, _, _ = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, 1.0, cfg.steps, cfg.fpr)
         res["no_cfg"] = {k: res_nc[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "clean_bit_accuracy")}
+    if cfg.original:
+        from .fidelity import image_fidelity
+
+        original = load_t2i(cfg.original, device, local_files_only=cfg.local_files_only)
+        res["fidelity"] = image_fidelity(clean, generate(original, prompts, seeds, None, cfg.guidance, cfg.steps))
+        log(f"[verify] clean outputs against {cfg.original}: PSNR {res['fidelity']['psnr']:.1f} dB, "
+            f"SSIM {res['fidelity']['ssim']:.3f}")
     atomic_write_bytes(out / "samples.png", sample_grid(torch.cat([trig[:8], clean[:8]]),
                                                         ["triggered", "clean"], ncols=8))
     log(f"[verify] bit accuracy {res['bit_accuracy']:.3f} (clean {res['clean_bit_accuracy']:.3f}), "
