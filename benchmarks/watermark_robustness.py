@@ -47,8 +47,9 @@ def embedded(kind: str, args, codec, bits, log) -> Path:
     model = load_t2i(args.model)
     x, caps = images_and_captions("builtin:digits/all", model.image_size, args.embed_images, need_captions=True)
     delta = codec.residual(bits.view(1, -1)).detach()
-    opts = EmbedOptions(steps=args.embed_steps, lr=args.lr, grad_clip=None, eta=args.eta,
-                        uncond_fraction=args.uncond_fraction, mode=kind, seed=args.seed)
+    opts = EmbedOptions(trigger=args.trigger, steps=args.embed_steps, lr=args.lr, grad_clip=None, eta=args.eta,
+                        tau=args.tau, beta=args.beta, uncond_fraction=args.uncond_fraction, mode=kind,
+                        seed=args.seed)
     info = embed_watermark(model, encode_all(model, x), caps, delta, opts, log=log)
     tmp = args.out / f"{kind}.partial"
     model.save_pretrained(tmp)
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--embed-steps", type=int, default=3000)
     ap.add_argument("--embed-images", type=int, default=2400)
     ap.add_argument("--eta", type=float, default=0.3)
+    ap.add_argument("--tau", type=float, default=100.0)
+    ap.add_argument("--beta", type=float, default=30.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--uncond-fraction", type=float, default=0.2)
     ap.add_argument("--data", default="builtin:faces", help="the thief's captioned domain")
@@ -94,7 +97,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="images per measurement")
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--steps", type=int, default=30, help="sampling steps")
-    ap.add_argument("--trigger", default="*[Z]& ")
+    ap.add_argument("--trigger", default="sks ", help="as in configs/watermark-embed.tiny.yaml")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
