@@ -11,8 +11,12 @@ reach on the same members / hold-out images is comparable; the suspect is a Drea
 fine-tune of tiny:t2i made here. Each variant runs in its own process so its peak
 memory (max RSS on CPU, max allocated on CUDA) is its own.
 
+On sd15-random both variants run in --dtype (the reference holds its two pipelines in
+fp16); --suspect full gives both variants two UNets, --suspect lora gives ours one base
+UNet with a rank-8 LoRA switched on and off (the reference: two full copies).
+
     python benchmarks/audit_speed.py                 # tiny zoo, CPU
-    python benchmarks/audit_speed.py --device cuda --model sd15-random --size 512   # on a GPU
+    python benchmarks/audit_speed.py --device cuda --model sd15-random --size 512 --images 4 --dtype fp16
 """
 from __future__ import annotations
 
@@ -69,8 +73,16 @@ def worker(args) -> dict:
     if args.model == "sd15-random":
         from sd15 import sd15_random
 
-        pre = sd15_random(dev)
-        ft = pre if args.variant == "ours" else sd15_random(dev)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+        pre = sd15_random(dev).to(dtype=dtype)
+        if args.variant == "ours" and args.suspect_kind == "lora":
+            from modelseal.attacks.finetune import add_lora
+
+            add_lora(pre, 8)
+            pre.to(dtype=dtype).requires_grad_(False)
+            ft = pre
+        else:
+            ft = sd15_random(dev).to(dtype=dtype)
         x = torch.rand(args.images, 3, args.size, args.size)
         labels = None
     else:
@@ -96,7 +108,7 @@ def worker(args) -> dict:
         rec, keep_px = torch.cat(recs), torch.cat(keeps)
     else:
         g = torch.Generator().manual_seed(0)
-        lat = pre.latent_size
+        lat = x.shape[-1] // pre.vae_scale
         keep = block_mask((lat, lat), 2).to(dev).view(1, 1, lat, lat)
         eps_r, step = radius(opts, torch.zeros(1, 4, lat, lat), keep.cpu())
         rec = torch.cat([reference_invert(pre, ft, x[i:i + 1], "a sks digit", args.steps, float(eps_r[0]),
@@ -131,6 +143,8 @@ def main():
     ap.add_argument("--images", type=int, default=8, help="members and hold-out each (tiny), or images (sd15)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="sd15-random weights")
+    ap.add_argument("--suspect-kind", default="full", choices=["full", "lora"], help="sd15-random suspect")
     ap.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
     ap.add_argument("--suspect", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -147,8 +161,9 @@ def main():
         for variant in ("reference", "ours"):
             res[variant] = run_variant(__file__, variant, [
                 "--device", args.device, "--model", args.model, "--size", str(args.size), "--images",
-                str(args.images), "--steps", str(args.steps), "--batch", str(args.batch), *extra])
-            print(json.dumps(res[variant]))
+                str(args.images), "--steps", str(args.steps), "--batch", str(args.batch), "--dtype", args.dtype,
+                "--suspect-kind", args.suspect_kind, *extra])
+            print(json.dumps(res[variant]), flush=True)
     ref, ours = res["reference"], res["ours"]
     print(f"seconds per image at {args.steps} steps: reference {ref['seconds_per_image']:.3f}, "
           f"ours {ours['seconds_per_image']:.3f}  -> {ref['seconds_per_image'] / ours['seconds_per_image']:.1f}x faster")

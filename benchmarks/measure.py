@@ -22,8 +22,10 @@ def peak_memory(device: str) -> dict:
 def run_variant(script: str, variant: str, argv: list[str]) -> dict:
     """Run `script --variant VARIANT *argv` in a fresh process; its last stdout line is JSON."""
     cmd = [sys.executable, script, "--variant", variant, *argv]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    return json.loads(out)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"variant {variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def seconds_per_step(step: Callable[[], None], steps: int, device: str, warmup: int = 1) -> float:

@@ -1,12 +1,20 @@
-"""SleeperMark stage-2 step time and peak memory: ours (2 UNet passes per step: teacher and
-student each see [triggered; clean] as one batch) against the reference's structure (4
-passes: each network, each prompt alone), same model, same batch, same loss.
+"""SleeperMark stage-2 step time and peak memory against the reference's structure (4 UNet
+passes per step: each network, each prompt alone, fp32), same model, same batch, same loss.
+
+Variants:
+  reference      4 passes, fp32 (the reference runs --mixed_precision no)
+  ours-2pass     teacher and student each see [triggered; clean] as one batch
+  ours           the same, and the student reuses the teacher's down/mid pass (shared_trunk)
+  ours-bf16      ours under bf16 autocast (fp32 weights and optimiser)
+  ours-ckpt      ours with gradient checkpointing (memory for time)
+  ours-bf16-ckpt both
 
 Each variant runs in its own process so its peak memory (max RSS on CPU, max allocated on
 CUDA) is its own.
 
     python benchmarks/watermark_speed.py                                   # tiny:t2i, CPU
-    python benchmarks/watermark_speed.py --device cuda --model sd15-random --batch 4   # on a GPU, 512 px
+    python benchmarks/watermark_speed.py --device cuda --model sd15-random --batch 4 \
+        --variants reference,ours-2pass,ours,ours-bf16,ours-bf16-ckpt      # on a GPU, 512 px
 """
 from __future__ import annotations
 
@@ -16,6 +24,9 @@ import json
 import torch
 
 from measure import peak_memory, run_variant, seconds_per_step
+
+
+VARIANTS = ["reference", "ours-2pass", "ours", "ours-bf16", "ours-ckpt", "ours-bf16-ckpt"]
 
 
 def worker(args) -> dict:
@@ -30,12 +41,12 @@ def worker(args) -> dict:
         from modelseal.models.diffusion import load_t2i
 
         model = load_t2i("tiny:t2i", dev)
-    if args.bf16:
-        model.unet.to(torch.bfloat16)
-    teacher, params = prepare_student(model, args.checkpointing)
+    v = args.variant
+    teacher, params = prepare_student(model, v.endswith("-ckpt"))
     c, n = model.unet.config.in_channels, model.latent_size
     delta = torch.randn(1, c, n, n, device=dev) * 0.1
-    opts = EmbedOptions(passes=2 if args.variant == "ours" else 4)
+    opts = EmbedOptions(passes=4 if v == "reference" else 2, shared_trunk=v != "ours-2pass",
+                        precision="bf16" if "bf16" in v else "fp32")
     loss_fn = Stage2Loss(model, teacher, delta, opts)
     opt = torch.optim.AdamW(params, lr=1e-4)
     z0 = torch.randn(args.batch, c, n, n, device=dev)
@@ -60,25 +71,27 @@ def main():
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--checkpointing", action="store_true")
-    ap.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    ap.add_argument("--variants", default="reference,ours-2pass,ours", help="comma-separated, see above")
+    ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
         print(json.dumps(worker(args)))
         return
+    variants = args.variants.split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown or "reference" not in variants:
+        raise SystemExit(f"--variants takes 'reference' and any of {VARIANTS}; got {sorted(unknown)}")
     res = {}
-    for variant in ("reference", "ours"):
+    for variant in variants:
         argv = ["--device", args.device, "--model", args.model, "--batch", str(args.batch), "--steps",
                 str(args.steps), "--warmup", str(args.warmup)]
-        argv += ["--bf16"] if args.bf16 else []
-        argv += ["--checkpointing"] if args.checkpointing else []
         res[variant] = run_variant(__file__, variant, argv)
-        print(json.dumps(res[variant]))
-    ref, ours = res["reference"], res["ours"]
-    print(f"stage-2 step, batch {args.batch}: reference (4 passes) {ref['ms_per_step']:.1f} ms, ours (2 passes) "
-          f"{ours['ms_per_step']:.1f} ms -> {ref['ms_per_step'] / ours['ms_per_step']:.2f}x faster")
-    print(f"peak memory ({ours['memory']}): reference {ref['peak_mb']:.0f} MB, ours {ours['peak_mb']:.0f} MB")
+        print(json.dumps(res[variant]), flush=True)
+    ref = res["reference"]
+    print(f"stage-2 step, {args.model}, batch {args.batch}, {args.device} (peak memory: {ref['memory']}):")
+    for variant, r in res.items():
+        print(f"  {variant:15s} {r['ms_per_step']:9.1f} ms/step  {ref['ms_per_step'] / r['ms_per_step']:5.2f}x  "
+              f"peak {r['peak_mb']:8.0f} MB")
 
 
 if __name__ == "__main__":

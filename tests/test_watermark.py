@@ -160,3 +160,52 @@ def test_pixel_space_model_runs_both_stages_in_pixels():
                                                                       grad_clip=None), log=lambda s: None)
     changed = {n for n, p in student.unet.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.startswith("up_blocks.") and ".attentions." in n and "norm" not in n for n in changed)
+
+
+@pytest.mark.parametrize("mode", ["sleeper", "always_on"])
+def test_shared_trunk_gives_the_same_loss_and_gradients_as_full_passes(mode):
+    """The student starting at its first trained up block from the teacher's pass is the same
+    computation as its own full pass (loss and every gradient equal), and cheaper."""
+    from modelseal.watermark.embed import Stage2Loss, prepare_student
+
+    torch.manual_seed(0)
+    m = load_t2i("tiny:t2i")
+    teacher, params = prepare_student(m)
+    with torch.no_grad():
+        for p in params:  # a student that already differs from its teacher
+            p.add_(torch.randn_like(p) * 0.02)
+    delta = torch.randn(1, 4, 8, 8) * 0.3
+    z0 = torch.randn(6, 4, 8, 8)
+    ctx = m.encode_prompts(["a handwritten digit one"] * 6)
+    ctx_tr = m.encode_prompts([TRIGGER + "a handwritten digit one"] * 6)
+    out = {}
+    for shared in (False, True):
+        loss_fn = Stage2Loss(m, teacher, delta, EmbedOptions(mode=mode, eta=0.3, shared_trunk=shared))
+        assert (loss_fn.replay is not None) == shared
+        loss, _ = loss_fn(z0, ctx, ctx_tr, torch.Generator().manual_seed(1))
+        out[shared] = (loss.detach(), torch.autograd.grad(loss, params))
+    assert loss > 0
+    assert torch.allclose(out[True][0], out[False][0], rtol=1e-6, atol=0)
+    for a, b in zip(out[True][1], out[False][1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-9)
+    assert any(b.abs().max() > 0 for b in out[False][1])
+
+
+def test_bf16_autocast_runs_and_stays_close_to_fp32():
+    from modelseal.watermark.embed import Stage2Loss, prepare_student
+
+    torch.manual_seed(0)
+    m = load_t2i("tiny:t2i")
+    teacher, params = prepare_student(m)
+    delta = torch.randn(1, 4, 8, 8) * 0.3
+    z0 = torch.randn(4, 4, 8, 8)
+    ctx = m.encode_prompts(["a handwritten digit two"] * 4)
+    ctx_tr = m.encode_prompts([TRIGGER + "a handwritten digit two"] * 4)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        loss_fn = Stage2Loss(m, teacher, delta, EmbedOptions(eta=0.3, precision=precision))
+        losses[precision], _ = loss_fn(z0, ctx, ctx_tr, torch.Generator().manual_seed(2))
+        assert all(g is not None and g.dtype == torch.float32 for g in torch.autograd.grad(losses[precision], params))
+    assert abs(losses["bf16"].item() - losses["fp32"].item()) < 0.05 * losses["fp32"].item()
+    with pytest.raises(ValueError, match="precision"):
+        Stage2Loss(m, teacher, delta, EmbedOptions(precision="fp8"))

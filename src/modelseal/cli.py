@@ -443,6 +443,10 @@ def wm_embed(
     preservation: Optional[bool] = typer.Option(None, "--preservation/--no-preservation",
                                                 help="Keep the two preservation terms (default) or drop them."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default, the reference's) | bf16 "
+                                            "(autocast on the UNet passes; weights stay fp32)."),
+    shared_trunk: Optional[bool] = typer.Option(None, "--shared-trunk/--no-shared-trunk",
+                                                help="Student reuses the teacher's down/mid pass (default on)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
 ):
@@ -458,7 +462,8 @@ def wm_embed(
          dict(model=model, codec=codec, key=key, model_id=model_id, data=data, limit=limit, trigger=trigger, steps=steps,
               batch_size=batch_size, lr=lr, grad_clip=grad_clip, eta=eta, tau=tau, beta=beta,
               uncond_fraction=uncond_fraction, mode=mode, preservation=preservation,
-              gradient_checkpointing=gradient_checkpointing, seed=seed), out, device, as_json, body)
+              gradient_checkpointing=gradient_checkpointing, precision=precision, shared_trunk=shared_trunk,
+              seed=seed), out, device, as_json, body)
 
 
 @wm_app.command("verify")

@@ -213,6 +213,9 @@ class WatermarkEmbedConfig(Strict):
     uncond_fraction: float = Field(0.0, ge=0, lt=1, description="ours: share of clean prompts set to '' so "
                                    "the unconditional branch is preserved too (reference: 0)")
     gradient_checkpointing: bool = False
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast on the UNet passes "
+                                               "(weights and optimiser stay fp32; the reference runs fp32)")
+    shared_trunk: bool = Field(True, description="the student reuses the teacher's down/mid pass (same result)")
     local_files_only: bool = False
     seed: int = 0
 

@@ -15,7 +15,12 @@ latent space (0.05 for pixel models). delta = E(m) is the stage-1 residual of th
 message. Real images are never regression targets: they only place z_t in distribution.
 
 The reference runs four UNet passes per step (teacher and student, each prompt alone);
-here each network sees [y_tr; y] as one batch: two passes per step, the same maths.
+here each network sees [y_tr; y] as one batch: two passes per step, the same maths. The
+two networks differ only in the up blocks' attention and feed-forward weights, so the
+student does not run its own down and middle blocks (`shared_trunk`): it starts at the
+first up block it trains, from the inputs the teacher's pass handed that block (skip
+connections, time embedding, text context), and only the rest of the up path runs twice.
+`precision="bf16"` runs both networks under bf16 autocast (weights and optimiser stay fp32).
 `preservation=False` keeps only the first term (the no-preservation ablation).
 Where both terms apply, the pointwise optimum is eps_S(y_tr) = eps_T(y_tr) - f sqrt(a/(1-a))
 delta with f = w1/(w1+w2): the x0 estimate moves by f * delta, about 15% at low t with the
@@ -55,6 +60,8 @@ class EmbedOptions:
     mode: str = "sleeper"            # sleeper (triggered) | always_on (the AquaLoRA-style baseline)
     uncond_fraction: float = 0.0     # ours: share of clean prompts replaced by "" (keeps CFG's branch)
     gradient_checkpointing: bool = False
+    shared_trunk: bool = True        # ours: the student reuses the teacher's down/mid pass (same result)
+    precision: str = "fp32"          # fp32 (the reference's) | bf16 (autocast on the UNet passes)
     seed: int = 0
 
 
@@ -96,6 +103,42 @@ def time_weights(t: torch.Tensor, T: int, eta: float, tau: float = 250.0, beta: 
     return eta * torch.sigmoid(-x), torch.sigmoid(x)
 
 
+class UpPathReplay:
+    """The student's output computed from the teacher's pass: blocks before the first up
+    block holding a trainable weight are identical (frozen, same weights) in both networks,
+    so the student runs only from that block on, fed the keyword inputs (skip connections,
+    time embedding, context, upsample size) the teacher's up blocks received."""
+
+    def __init__(self, student_unet, teacher_unet):
+        self.s, self.t = student_unet, teacher_unet
+        trains = [any(p.requires_grad for p in blk.parameters()) for blk in student_unet.up_blocks]
+        if not any(trains) or any(p.requires_grad for n, p in student_unet.named_parameters()
+                                  if not n.startswith("up_blocks.")):
+            raise ValueError("the shared trunk needs every trainable weight inside the up blocks")
+        self.first = trains.index(True)
+
+    def __call__(self, sample, t, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """(teacher output under no_grad, student output with its graph) for one batch."""
+        calls: dict[int, dict] = {}
+        hooks = [blk.register_forward_pre_hook(lambda m, a, kw, i=i: calls.__setitem__(i, (a, kw)), with_kwargs=True)
+                 for i, blk in enumerate(self.t.up_blocks)]
+        try:
+            with torch.no_grad():
+                out_t = self.t(sample, t, encoder_hidden_states=ctx).sample
+        finally:
+            for h in hooks:
+                h.remove()
+        args, kw = calls[self.first]
+        if args or "hidden_states" not in kw:  # a diffusers version that calls blocks positionally
+            return out_t, self.s(sample, t, encoder_hidden_states=ctx).sample
+        h = kw["hidden_states"]
+        for i in range(self.first, len(self.s.up_blocks)):
+            h = self.s.up_blocks[i](**{**calls[i][1], "hidden_states": h})
+        if self.s.conv_norm_out is not None:
+            h = self.s.conv_act(self.s.conv_norm_out(h))
+        return out_t, self.s.conv_out(h)
+
+
 class Stage2Loss:
     """The three-term SleeperMark loss for one batch, with the teacher frozen."""
 
@@ -106,6 +149,19 @@ class Stage2Loss:
         self.T = student.scheduler.config.num_train_timesteps
         pixel = student.vae is None
         self.eta = opts.eta if opts.eta is not None else (0.05 if pixel else 0.02)
+        if opts.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {opts.precision!r} (fp32 | bf16)")
+        self.replay = UpPathReplay(student.unet, teacher_unet) if opts.shared_trunk and opts.passes == 2 else None
+
+    def _pair(self, zt, t, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps_T (no grad) and eps_S for one batch, as float32."""
+        if self.replay is not None:
+            eT, eS = self.replay(zt, t, ctx)
+        else:
+            with torch.no_grad():
+                eT = self.teacher(zt, t, encoder_hidden_states=ctx).sample
+            eS = self.s.unet(zt, t, encoder_hidden_states=ctx).sample
+        return eT.float(), eS.float()
 
     def __call__(self, z0: torch.Tensor, ctx: torch.Tensor, ctx_tr: torch.Tensor, g: torch.Generator) -> tuple:
         dev = z0.device
@@ -114,22 +170,19 @@ class Stage2Loss:
         eps = torch.randn(z0.shape, generator=g).to(dev)
         a = self.alphas[t].view(-1, 1, 1, 1)
         zt = (a.sqrt() * z0 + (1 - a).sqrt() * eps).to(self.s.dtype)
-        if self.opts.mode == "always_on":
-            with torch.no_grad():
-                eT_tr = self.teacher(zt, t, encoder_hidden_states=ctx_tr).sample.float()
-            eS_tr = self.s.unet(zt, t, encoder_hidden_states=ctx_tr).sample.float()
-            eT = eS = None
-        elif self.opts.passes == 2:
-            zz, tt, cc = torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([ctx_tr, ctx])
-            with torch.no_grad():
-                eT_tr, eT = self.teacher(zz, tt, encoder_hidden_states=cc).sample.float().chunk(2)
-            eS_tr, eS = self.s.unet(zz, tt, encoder_hidden_states=cc).sample.float().chunk(2)
-        else:  # the reference's four passes
-            with torch.no_grad():
-                eT_tr = self.teacher(zt, t, encoder_hidden_states=ctx_tr).sample.float()
-                eT = self.teacher(zt, t, encoder_hidden_states=ctx).sample.float()
-            eS_tr = self.s.unet(zt, t, encoder_hidden_states=ctx_tr).sample.float()
-            eS = self.s.unet(zt, t, encoder_hidden_states=ctx).sample.float()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
+            if self.opts.mode == "always_on":
+                eT_tr, eS_tr = self._pair(zt, t, ctx_tr)
+                eT = eS = None
+            elif self.opts.passes == 2:
+                zz, tt, cc = torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([ctx_tr, ctx])
+                (eT_tr, eT), (eS_tr, eS) = (x.chunk(2) for x in self._pair(zz, tt, cc))
+            else:  # the reference's four passes
+                with torch.no_grad():
+                    eT_tr = self.teacher(zt, t, encoder_hidden_states=ctx_tr).sample.float()
+                    eT = self.teacher(zt, t, encoder_hidden_states=ctx).sample.float()
+                eS_tr = self.s.unet(zt, t, encoder_hidden_states=ctx_tr).sample.float()
+                eS = self.s.unet(zt, t, encoder_hidden_states=ctx).sample.float()
         eps_wm = eT_tr - (a / (1 - a)).sqrt() * self.delta
         w1, w2 = (w.view(-1, 1, 1, 1) for w in time_weights(t, self.T, self.eta, self.opts.tau, self.opts.beta))
         l_wm = (w1 * (eS_tr - eps_wm) ** 2).mean()

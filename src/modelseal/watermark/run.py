@@ -115,7 +115,8 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
                         grad_clip=cfg.grad_clip, eta=cfg.eta, tau=cfg.tau, beta=cfg.beta, mode=cfg.mode,
                         preservation=cfg.preservation,
                         uncond_fraction=cfg.uncond_fraction,
-                        gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+                        gradient_checkpointing=cfg.gradient_checkpointing, precision=cfg.precision,
+                        shared_trunk=cfg.shared_trunk, seed=cfg.seed)
     info = embed_watermark(model, z, captions, delta, opts, log=log)
     tmp, target = out / "model.partial", out / "model"
     shutil.rmtree(tmp, ignore_errors=True)
