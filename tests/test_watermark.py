@@ -209,3 +209,23 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32():
     assert abs(losses["bf16"].item() - losses["fp32"].item()) < 0.05 * losses["fp32"].item()
     with pytest.raises(ValueError, match="precision"):
         Stage2Loss(m, teacher, delta, EmbedOptions(precision="fp8"))
+
+
+def test_delta_scale_moves_the_target_by_s_delta():
+    """With a student equal to its teacher the watermark term is w1 * (sqrt(a/(1-a)) s delta)^2:
+    s = 2 gives four times the s = 1 value, the preservation terms stay zero."""
+    from modelseal.watermark.embed import Stage2Loss, prepare_student
+
+    m = load_t2i("tiny:t2i")
+    teacher, _ = prepare_student(m)
+    delta = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3
+    z0 = torch.randn(4, 4, 8, 8)
+    ctx = m.encode_prompts(["a handwritten digit two"] * 4)
+    ctx_tr = m.encode_prompts([TRIGGER + "a handwritten digit two"] * 4)
+    parts = {}
+    for s in (1.0, 2.0):
+        with torch.no_grad():
+            _, parts[s] = Stage2Loss(m, teacher, delta, EmbedOptions(eta=0.3, delta_scale=s))(
+                z0, ctx, ctx_tr, torch.Generator().manual_seed(3))
+    assert parts[1.0]["wm"] > 0 and parts[2.0]["wm"] == pytest.approx(4 * parts[1.0]["wm"], rel=1e-4)
+    assert parts[2.0]["keep_trigger"] == parts[2.0]["keep_clean"] == 0

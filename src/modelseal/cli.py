@@ -447,6 +447,7 @@ def wm_embed(
                                             "(autocast on the UNet passes; weights stay fp32)."),
     shared_trunk: Optional[bool] = typer.Option(None, "--shared-trunk/--no-shared-trunk",
                                                 help="Student reuses the teacher's down/mid pass (default on)."),
+    delta_scale: Optional[float] = typer.Option(None, help="Ours: aim at x0_hat + s * delta (default 1, the paper's)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
 ):
@@ -463,7 +464,7 @@ def wm_embed(
               batch_size=batch_size, lr=lr, grad_clip=grad_clip, eta=eta, tau=tau, beta=beta,
               uncond_fraction=uncond_fraction, mode=mode, preservation=preservation,
               gradient_checkpointing=gradient_checkpointing, precision=precision, shared_trunk=shared_trunk,
-              seed=seed), out, device, as_json, body)
+              delta_scale=delta_scale, seed=seed), out, device, as_json, body)
 
 
 @wm_app.command("verify")

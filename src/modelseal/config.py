@@ -216,6 +216,7 @@ class WatermarkEmbedConfig(Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast on the UNet passes "
                                                "(weights and optimiser stay fp32; the reference runs fp32)")
     shared_trunk: bool = Field(True, description="the student reuses the teacher's down/mid pass (same result)")
+    delta_scale: float = Field(1.0, gt=0, description="ours: stage 2 aims at x0_hat + s * delta (paper: 1)")
     local_files_only: bool = False
     seed: int = 0
 

@@ -21,6 +21,8 @@ student does not run its own down and middle blocks (`shared_trunk`): it starts 
 first up block it trains, from the inputs the teacher's pass handed that block (skip
 connections, time embedding, text context), and only the rest of the up path runs twice.
 `precision="bf16"` runs both networks under bf16 autocast (weights and optimiser stay fp32).
+`delta_scale` s (ours; the paper's is 1) aims at x0_hat + s * delta: with s = 1 / f the
+optimum reaches the full residual at low t instead of the fraction f.
 `preservation=False` keeps only the first term (the no-preservation ablation).
 Where both terms apply, the pointwise optimum is eps_S(y_tr) = eps_T(y_tr) - f sqrt(a/(1-a))
 delta with f = w1/(w1+w2): the x0 estimate moves by f * delta, about 15% at low t with the
@@ -62,6 +64,7 @@ class EmbedOptions:
     gradient_checkpointing: bool = False
     shared_trunk: bool = True        # ours: the student reuses the teacher's down/mid pass (same result)
     precision: str = "fp32"          # fp32 (the reference's) | bf16 (autocast on the UNet passes)
+    delta_scale: float = 1.0         # ours: the target is x0_hat + s * delta (the paper's s = 1)
     seed: int = 0
 
 
@@ -144,7 +147,7 @@ class Stage2Loss:
 
     def __init__(self, student: T2IModel, teacher_unet, delta: torch.Tensor, opts: EmbedOptions):
         self.s, self.teacher, self.opts = student, teacher_unet, opts
-        self.delta = delta.detach()
+        self.delta = delta.detach() * opts.delta_scale
         self.alphas = student.scheduler.alphas_cumprod.to(student.device)
         self.T = student.scheduler.config.num_train_timesteps
         pixel = student.vae is None
