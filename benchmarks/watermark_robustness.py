@@ -33,7 +33,7 @@ def bits_for(args, k: int) -> torch.Tensor:
 def embedded(kind: str, args, codec, bits, log) -> Path:
     """The watermarked model of `kind` (sleeper | always_on): given, or embedded and saved."""
     from modelseal.models.diffusion import load_t2i
-    from modelseal.watermark.codec import encode_all
+    from modelseal.models.diffusion import latent_posterior
     from modelseal.watermark.embed import EmbedOptions, embed_watermark
     from modelseal.watermark.run import images_and_captions
 
@@ -50,7 +50,8 @@ def embedded(kind: str, args, codec, bits, log) -> Path:
     opts = EmbedOptions(trigger=args.trigger, steps=args.embed_steps, lr=args.lr, grad_clip=None, eta=args.eta,
                         tau=args.tau, beta=args.beta, uncond_fraction=args.uncond_fraction, mode=kind,
                         seed=args.seed)
-    info = embed_watermark(model, encode_all(model, x), caps, delta, opts, log=log)
+    z, z_std = latent_posterior(model, x)
+    info = embed_watermark(model, z, caps, delta, opts, log=log, latent_std=z_std)
     tmp = args.out / f"{kind}.partial"
     model.save_pretrained(tmp)
     tmp.rename(folder)

@@ -2,7 +2,9 @@
 passes per step: each network, each prompt alone, fp32), same model, same batch, same loss.
 
 Variants:
-  reference      4 passes, fp32 (the reference runs --mixed_precision no)
+  reference      4 passes, fp32 (the reference runs --mixed_precision no), and, as in its
+                 training loop, the batch's VAE encoding (a posterior sample) and both
+                 prompt sets' text encoding every step (--no-encode leaves these out)
   ours-2pass     teacher and student each see [triggered; clean] as one batch
   ours           the same, and the student reuses the teacher's down/mid pass (shared_trunk)
   ours-bf16      ours under bf16 autocast (fp32 weights and optimiser)
@@ -49,13 +51,26 @@ def worker(args) -> dict:
                         precision="bf16" if "bf16" in v else "fp32")
     loss_fn = Stage2Loss(model, teacher, delta, opts)
     opt = torch.optim.AdamW(params, lr=1e-4)
-    z0 = torch.randn(args.batch, c, n, n, device=dev)
-    ctx = model.encode_prompts(["a photo"] * args.batch)
-    ctx_tr = model.encode_prompts(["*[Z]& a photo"] * args.batch)
+    pixels = torch.rand(args.batch, 3, n * model.vae_scale, n * model.vae_scale)
+    prompts = ["a photo"] * args.batch
+    from modelseal.models.diffusion import latent_posterior
+
+    z_mean, z_std = latent_posterior(model, pixels)
+    ctx = model.encode_prompts(prompts)
+    ctx_tr = model.encode_prompts(["*[Z]& " + p for p in prompts])
     g = torch.Generator().manual_seed(0)
 
     def step():
-        loss, _ = loss_fn(z0, ctx, ctx_tr, g)
+        if v == "reference" and not args.no_encode:
+            # The reference encodes every batch with the VAE (a posterior sample) and both prompt
+            # sets with the text encoder inside its training step; stage 2 here does it once.
+            with torch.no_grad():
+                zb = model.encode_images(pixels, sample=True).float()
+                cb, cb_tr = model.encode_prompts(prompts), model.encode_prompts(["*[Z]& " + p for p in prompts])
+            loss, _ = loss_fn(zb, cb, cb_tr, g)
+        else:  # ours: a posterior sample from the mean and std computed once (embed_watermark's way)
+            zb = z_mean + z_std * torch.randn(z_mean.shape, generator=g).to(dev)
+            loss, _ = loss_fn(zb, ctx, ctx_tr, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -72,6 +87,8 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--variants", default="reference,ours-2pass,ours", help="comma-separated, see above")
+    ap.add_argument("--no-encode", action="store_true", help="leave the reference's per-step VAE and text "
+                    "encoding out (UNet passes alone)")
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
@@ -84,7 +101,7 @@ def main():
     res = {}
     for variant in variants:
         argv = ["--device", args.device, "--model", args.model, "--batch", str(args.batch), "--steps",
-                str(args.steps), "--warmup", str(args.warmup)]
+                str(args.steps), "--warmup", str(args.warmup)] + (["--no-encode"] if args.no_encode else [])
         res[variant] = run_variant(__file__, variant, argv)
         print(json.dumps(res[variant]), flush=True)
     ref = res["reference"]

@@ -448,6 +448,9 @@ def wm_embed(
     shared_trunk: Optional[bool] = typer.Option(None, "--shared-trunk/--no-shared-trunk",
                                                 help="Student reuses the teacher's down/mid pass (default on)."),
     delta_scale: Optional[float] = typer.Option(None, help="Ours: aim at x0_hat + s * delta (default 1, the paper's)."),
+    posterior_sample: Optional[bool] = typer.Option(None, "--posterior-sample/--posterior-mean",
+                                                    help="z0 a VAE posterior sample each step (default, the "
+                                                    "reference's) or its mean."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
 ):
@@ -464,7 +467,7 @@ def wm_embed(
               batch_size=batch_size, lr=lr, grad_clip=grad_clip, eta=eta, tau=tau, beta=beta,
               uncond_fraction=uncond_fraction, mode=mode, preservation=preservation,
               gradient_checkpointing=gradient_checkpointing, precision=precision, shared_trunk=shared_trunk,
-              delta_scale=delta_scale, seed=seed), out, device, as_json, body)
+              delta_scale=delta_scale, posterior_sample=posterior_sample, seed=seed), out, device, as_json, body)
 
 
 @wm_app.command("verify")

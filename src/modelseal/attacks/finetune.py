@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import parallel
-from ..models.diffusion import ADAPTER_NAME, T2IModel
+from ..models.diffusion import ADAPTER_NAME, T2IModel, latent_posterior
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -69,21 +69,6 @@ def add_lora(model: T2IModel, rank: int, alpha: float | None = None, seed: int =
 
 
 @torch.no_grad()
-def _encode(model: T2IModel, images: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the VAE posterior, in diffusion-latent units."""
-    if model.vae is None:
-        z = model.encode_images(images)
-        return z, torch.zeros_like(z)
-    means, stds = [], []
-    shift, scale = model._shift_scale()
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch].to(model.device, model.vae.dtype) * 2 - 1
-        d = model.vae.encode(x).latent_dist
-        means.append((d.mean.float() - shift) * scale)
-        stds.append(d.std.float() * scale)
-    return torch.cat(means), torch.cat(stds)
-
-
 def class_images_for(model: T2IModel, prompt: str, n: int, seed: int, progress=None) -> torch.Tensor:
     """Prior-preservation images: the pretrained model's own samples of the class prompt."""
     seeds = [10_000 + seed * 1000 + i for i in range(n)]
@@ -108,14 +93,14 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
     lr = opts.lr if opts.lr is not None else default_lr(opts.method, tiny)
     g = torch.Generator().manual_seed(opts.seed + 7919 * parallel.rank())
 
-    mean, std = _encode(model, images)
+    mean, std = latent_posterior(model, images)
     caps = list(captions)
     prior_mean = prior_std = None
     prior_caps: list[str] = []
     if opts.method == "dreambooth" and opts.class_prompt:
         log(f"[finetune] generating {opts.class_images} prior-preservation images for '{opts.class_prompt}'")
         prior = class_images_for(model, opts.class_prompt, opts.class_images, opts.seed)
-        prior_mean, prior_std = _encode(model, prior)
+        prior_mean, prior_std = latent_posterior(model, prior)
         prior_caps = [opts.class_prompt] * len(prior)
 
     train_te = opts.method == "dreambooth" and opts.train_text_encoder

@@ -209,6 +209,23 @@ class T2IModel:
         return torch.cat(outs)
 
 
+@torch.no_grad()
+def latent_posterior(model: T2IModel, images: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE posterior of images in [0, 1], in diffusion-latent units, float32
+    (std 0 for a pixel-space model); z0 = mean + std * N(0, I) is a posterior sample."""
+    if model.vae is None:
+        z = model.encode_images(images).float()
+        return z, torch.zeros_like(z)
+    means, stds = [], []
+    shift, scale = model._shift_scale()
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch].to(model.device, model.vae.dtype) * 2 - 1
+        d = model.vae.encode(x).latent_dist
+        means.append((d.mean.float() - shift) * scale)
+        stds.append(d.std.float() * scale)
+    return torch.cat(means), torch.cat(stds)
+
+
 def _diffusers_version() -> str:
     import diffusers
 

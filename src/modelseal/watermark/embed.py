@@ -65,6 +65,7 @@ class EmbedOptions:
     shared_trunk: bool = True        # ours: the student reuses the teacher's down/mid pass (same result)
     precision: str = "fp32"          # fp32 (the reference's) | bf16 (autocast on the UNet passes)
     delta_scale: float = 1.0         # ours: the target is x0_hat + s * delta (the paper's s = 1)
+    posterior_sample: bool = True    # z0 drawn from the VAE posterior every step, as the reference (else its mean)
     seed: int = 0
 
 
@@ -113,12 +114,17 @@ class UpPathReplay:
     time embedding, context, upsample size) the teacher's up blocks received."""
 
     def __init__(self, student_unet, teacher_unet):
-        self.s, self.t = student_unet, teacher_unet
-        trains = [any(p.requires_grad for p in blk.parameters()) for blk in student_unet.up_blocks]
-        if not any(trains) or any(p.requires_grad for n, p in student_unet.named_parameters()
-                                  if not n.startswith("up_blocks.")):
+        if not self.applies(student_unet):
             raise ValueError("the shared trunk needs every trainable weight inside the up blocks")
-        self.first = trains.index(True)
+        self.s, self.t = student_unet, teacher_unet
+        self.first = [any(p.requires_grad for p in blk.parameters()) for blk in student_unet.up_blocks].index(True)
+
+    @staticmethod
+    def applies(student_unet) -> bool:
+        """True when the student trains some up-block weights and nothing outside the up blocks."""
+        named = list(student_unet.named_parameters())
+        return any(p.requires_grad for n, p in named if n.startswith("up_blocks.")) and \
+            not any(p.requires_grad for n, p in named if not n.startswith("up_blocks."))
 
     def __call__(self, sample, t, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher output under no_grad, student output with its graph) for one batch."""
@@ -154,7 +160,9 @@ class Stage2Loss:
         self.eta = opts.eta if opts.eta is not None else (0.05 if pixel else 0.02)
         if opts.precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {opts.precision!r} (fp32 | bf16)")
-        self.replay = UpPathReplay(student.unet, teacher_unet) if opts.shared_trunk and opts.passes == 2 else None
+        # Full passes where the trunk cannot be shared (e.g. a student training weights outside the up blocks).
+        self.replay = UpPathReplay(student.unet, teacher_unet) \
+            if opts.shared_trunk and opts.passes == 2 and UpPathReplay.applies(student.unet) else None
 
     def _pair(self, zt, t, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         """eps_T (no grad) and eps_S for one batch, as float32."""
@@ -200,9 +208,11 @@ class Stage2Loss:
 
 
 def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str], delta: torch.Tensor,
-                    opts: EmbedOptions, log=print, progress=None) -> dict:
+                    opts: EmbedOptions, log=print, progress=None, latent_std: torch.Tensor | None = None) -> dict:
     """Train `model`'s UNet in place; `latents` z0 (N, C, h, w) of in-distribution images with
-    their captions; delta (1, C, h, w) the residual E(m) of the owner's message."""
+    their captions (the VAE posterior mean, with `latent_std` its std: each step then draws
+    z0 from the posterior, as the reference's per-step VAE encoding does, unless
+    opts.posterior_sample is off); delta (1, C, h, w) the residual E(m) of the owner's message."""
     if opts.mode not in ("sleeper", "always_on"):
         raise ValueError(f"unknown stage-2 mode {opts.mode!r} (sleeper | always_on)")
     dev = model.device
@@ -229,7 +239,10 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
             # branch that classifier-free guidance subtracts keeps the teacher's output.
             drop = (torch.rand(len(idx), generator=g) < opts.uncond_fraction).to(dev)
             ci_clean = torch.where(drop, torch.full_like(ci, index[""]), ci)
-        loss, parts = loss_fn(latents[idx.to(latents.device)].to(dev), ctx_all[ci_clean], ctx_tr_all[ci], g)
+        z0 = latents[idx.to(latents.device)].to(dev)
+        if latent_std is not None and opts.posterior_sample:
+            z0 = z0 + latent_std[idx.to(latent_std.device)].to(dev) * torch.randn(z0.shape, generator=g).to(dev)
+        loss, parts = loss_fn(z0, ctx_all[ci_clean], ctx_tr_all[ci], g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip is not None:

@@ -19,7 +19,7 @@ import torch
 
 from .. import stats
 from ..errors import InputError
-from ..models.diffusion import load_t2i
+from ..models.diffusion import latent_posterior, load_t2i
 from .codec import Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all, psnr, train_codec
 from .keys import load_key, message_bits
 
@@ -109,15 +109,16 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
                          "train a codec on this model's VAE with `modelseal watermark codec`")
     bits = message_bits(key, cfg.model_id, codec.k).to(device)
     x, captions = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=True)
-    z = encode_all(model, x)
+    z, z_std = latent_posterior(model, x)
     delta = codec.residual(bits.view(1, -1)).detach()
     opts = EmbedOptions(trigger=cfg.trigger, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                         grad_clip=cfg.grad_clip, eta=cfg.eta, tau=cfg.tau, beta=cfg.beta, mode=cfg.mode,
                         preservation=cfg.preservation,
                         uncond_fraction=cfg.uncond_fraction,
                         gradient_checkpointing=cfg.gradient_checkpointing, precision=cfg.precision,
-                        shared_trunk=cfg.shared_trunk, delta_scale=cfg.delta_scale, seed=cfg.seed)
-    info = embed_watermark(model, z, captions, delta, opts, log=log)
+                        shared_trunk=cfg.shared_trunk, delta_scale=cfg.delta_scale,
+                        posterior_sample=cfg.posterior_sample, seed=cfg.seed)
+    info = embed_watermark(model, z, captions, delta, opts, log=log, latent_std=z_std)
     tmp, target = out / "model.partial", out / "model"
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(dtype=torch.float32).save_pretrained(tmp)
