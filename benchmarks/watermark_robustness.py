@@ -49,7 +49,7 @@ def embedded(kind: str, args, codec, bits, log) -> Path:
     delta = codec.residual(bits.view(1, -1)).detach()
     opts = EmbedOptions(trigger=args.trigger, steps=args.embed_steps, lr=args.lr, grad_clip=None, eta=args.eta,
                         tau=args.tau, beta=args.beta, uncond_fraction=args.uncond_fraction, mode=kind,
-                        seed=args.seed)
+                        posterior_sample=not args.posterior_mean, seed=args.seed)
     z, z_std = latent_posterior(model, x)
     info = embed_watermark(model, z, caps, delta, opts, log=log, latent_std=z_std)
     tmp = args.out / f"{kind}.partial"
@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=30.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--uncond-fraction", type=float, default=0.2)
+    ap.add_argument("--posterior-mean", action="store_true", help="stage 2 on the VAE posterior mean, as "
+                    "configs/watermark-embed.tiny.yaml (default: a posterior sample per step)")
     ap.add_argument("--data", default="builtin:faces", help="the thief's captioned domain")
     ap.add_argument("--methods", nargs="+", default=["lora", "full"])
     ap.add_argument("--ft-steps", type=int, default=2000)
