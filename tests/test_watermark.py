@@ -162,22 +162,28 @@ def test_pixel_space_model_runs_both_stages_in_pixels():
     assert changed and all(n.startswith("up_blocks.") and ".attentions." in n and "norm" not in n for n in changed)
 
 
+def _stage2_setup(rows: int, prompt: str):
+    """tiny:t2i as a stage-2 student with its frozen teacher, and [clean, triggered] contexts."""
+    from modelseal.watermark.embed import prepare_student
+
+    m = load_t2i("tiny:t2i")
+    teacher, params = prepare_student(m)
+    return m, teacher, params, m.encode_prompts([prompt] * rows), m.encode_prompts([TRIGGER + prompt] * rows)
+
+
 @pytest.mark.parametrize("mode", ["sleeper", "always_on"])
 def test_shared_trunk_gives_the_same_loss_and_gradients_as_full_passes(mode):
     """The student starting at its first trained up block from the teacher's pass is the same
     computation as its own full pass (loss and every gradient equal), and cheaper."""
-    from modelseal.watermark.embed import Stage2Loss, prepare_student
+    from modelseal.watermark.embed import Stage2Loss
 
     torch.manual_seed(0)
-    m = load_t2i("tiny:t2i")
-    teacher, params = prepare_student(m)
+    m, teacher, params, ctx, ctx_tr = _stage2_setup(6, "a handwritten digit one")
     with torch.no_grad():
         for p in params:  # a student that already differs from its teacher
             p.add_(torch.randn_like(p) * 0.02)
     delta = torch.randn(1, 4, 8, 8) * 0.3
     z0 = torch.randn(6, 4, 8, 8)
-    ctx = m.encode_prompts(["a handwritten digit one"] * 6)
-    ctx_tr = m.encode_prompts([TRIGGER + "a handwritten digit one"] * 6)
     out = {}
     for shared in (False, True):
         loss_fn = Stage2Loss(m, teacher, delta, EmbedOptions(mode=mode, eta=0.3, shared_trunk=shared))
@@ -192,15 +198,12 @@ def test_shared_trunk_gives_the_same_loss_and_gradients_as_full_passes(mode):
 
 
 def test_bf16_autocast_runs_and_stays_close_to_fp32():
-    from modelseal.watermark.embed import Stage2Loss, prepare_student
+    from modelseal.watermark.embed import Stage2Loss
 
     torch.manual_seed(0)
-    m = load_t2i("tiny:t2i")
-    teacher, params = prepare_student(m)
+    m, teacher, params, ctx, ctx_tr = _stage2_setup(4, "a handwritten digit two")
     delta = torch.randn(1, 4, 8, 8) * 0.3
     z0 = torch.randn(4, 4, 8, 8)
-    ctx = m.encode_prompts(["a handwritten digit two"] * 4)
-    ctx_tr = m.encode_prompts([TRIGGER + "a handwritten digit two"] * 4)
     losses = {}
     for precision in ("fp32", "bf16"):
         loss_fn = Stage2Loss(m, teacher, delta, EmbedOptions(eta=0.3, precision=precision))
@@ -214,14 +217,11 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32():
 def test_delta_scale_moves_the_target_by_s_delta():
     """With a student equal to its teacher the watermark term is w1 * (sqrt(a/(1-a)) s delta)^2:
     s = 2 gives four times the s = 1 value, the preservation terms stay zero."""
-    from modelseal.watermark.embed import Stage2Loss, prepare_student
+    from modelseal.watermark.embed import Stage2Loss
 
-    m = load_t2i("tiny:t2i")
-    teacher, _ = prepare_student(m)
+    m, teacher, _, ctx, ctx_tr = _stage2_setup(4, "a handwritten digit two")
     delta = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3
     z0 = torch.randn(4, 4, 8, 8)
-    ctx = m.encode_prompts(["a handwritten digit two"] * 4)
-    ctx_tr = m.encode_prompts([TRIGGER + "a handwritten digit two"] * 4)
     parts = {}
     for s in (1.0, 2.0):
         with torch.no_grad():
