@@ -32,6 +32,7 @@ VARIANTS = ["reference", "ours-2pass", "ours", "ours-bf16", "ours-ckpt", "ours-b
 
 
 def worker(args) -> dict:
+    from modelseal.models.diffusion import latent_posterior
     from modelseal.watermark.embed import EmbedOptions, Stage2Loss, prepare_student
 
     dev = args.device
@@ -53,11 +54,9 @@ def worker(args) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-4)
     pixels = torch.rand(args.batch, 3, n * model.vae_scale, n * model.vae_scale)
     prompts = ["a photo"] * args.batch
-    from modelseal.models.diffusion import latent_posterior
-
+    prompts_tr = ["*[Z]& " + p for p in prompts]
     z_mean, z_std = latent_posterior(model, pixels)
-    ctx = model.encode_prompts(prompts)
-    ctx_tr = model.encode_prompts(["*[Z]& " + p for p in prompts])
+    ctx, ctx_tr = model.encode_prompts(prompts), model.encode_prompts(prompts_tr)
     g = torch.Generator().manual_seed(0)
 
     def step():
@@ -66,7 +65,7 @@ def worker(args) -> dict:
             # sets with the text encoder inside its training step; stage 2 here does it once.
             with torch.no_grad():
                 zb = model.encode_images(pixels, sample=True).float()
-                cb, cb_tr = model.encode_prompts(prompts), model.encode_prompts(["*[Z]& " + p for p in prompts])
+                cb, cb_tr = model.encode_prompts(prompts), model.encode_prompts(prompts_tr)
             loss, _ = loss_fn(zb, cb, cb_tr, g)
         else:  # ours: a posterior sample from the mean and std computed once (embed_watermark's way)
             zb = z_mean + z_std * torch.randn(z_mean.shape, generator=g).to(dev)

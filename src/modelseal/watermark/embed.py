@@ -164,9 +164,9 @@ class Stage2Loss:
         self.replay = UpPathReplay(student.unet, teacher_unet) \
             if opts.shared_trunk and opts.passes == 2 and UpPathReplay.applies(student.unet) else None
 
-    def _pair(self, zt, t, ctx) -> tuple[torch.Tensor, torch.Tensor]:
-        """eps_T (no grad) and eps_S for one batch, as float32."""
-        if self.replay is not None:
+    def _pair(self, zt, t, ctx, shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps_T (no grad) and eps_S for one batch, as float32; full passes unless the trunk is shared."""
+        if shared and self.replay is not None:
             eT, eS = self.replay(zt, t, ctx)
         else:
             with torch.no_grad():
@@ -188,12 +188,9 @@ class Stage2Loss:
             elif self.opts.passes == 2:
                 zz, tt, cc = torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([ctx_tr, ctx])
                 (eT_tr, eT), (eS_tr, eS) = (x.chunk(2) for x in self._pair(zz, tt, cc))
-            else:  # the reference's four passes
-                with torch.no_grad():
-                    eT_tr = self.teacher(zt, t, encoder_hidden_states=ctx_tr).sample.float()
-                    eT = self.teacher(zt, t, encoder_hidden_states=ctx).sample.float()
-                eS_tr = self.s.unet(zt, t, encoder_hidden_states=ctx_tr).sample.float()
-                eS = self.s.unet(zt, t, encoder_hidden_states=ctx).sample.float()
+            else:  # the reference's four passes: each network, each prompt alone
+                eT_tr, eS_tr = self._pair(zt, t, ctx_tr, shared=False)
+                eT, eS = self._pair(zt, t, ctx, shared=False)
         eps_wm = eT_tr - (a / (1 - a)).sqrt() * self.delta
         w1, w2 = (w.view(-1, 1, 1, 1) for w in time_weights(t, self.T, self.eta, self.opts.tau, self.opts.beta))
         l_wm = (w1 * (eS_tr - eps_wm) ** 2).mean()
