@@ -229,38 +229,3 @@ def test_delta_scale_moves_the_target_by_s_delta():
                 z0, ctx, ctx_tr, torch.Generator().manual_seed(3))
     assert parts[1.0]["wm"] > 0 and parts[2.0]["wm"] == pytest.approx(4 * parts[1.0]["wm"], rel=1e-4)
     assert parts[2.0]["keep_trigger"] == parts[2.0]["keep_clean"] == 0
-
-
-def test_marked_input_target_is_the_denoiser_of_the_shifted_latents():
-    """With `marked_input` the triggered branch is asked, at z_t' = z_t + sqrt(a) f delta, for
-    eps_T(z_t): a student that denoises z0 + f delta exactly (eps_S(x) = eps_T(x - sqrt(a) f delta)
-    on triggered prompts) has zero trigger terms there, while the teacher itself does not."""
-    from types import SimpleNamespace
-
-    from modelseal.watermark.embed import Stage2Loss, time_weights
-
-    m, _, _, ctx, ctx_tr = _stage2_setup(5, "a handwritten digit three")
-    opts = EmbedOptions(eta=0.3, tau=600, beta=100, marked_input=True, shared_trunk=False)
-    delta = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3
-    alphas, T = m.scheduler.alphas_cumprod, m.scheduler.config.num_train_timesteps
-
-    class Teacher(torch.nn.Module):
-        device, dtype = torch.device("cpu"), torch.float32
-
-        def forward(self, x, t, encoder_hidden_states):
-            return SimpleNamespace(sample=0.5 * x + encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1))
-
-    class ShiftedDenoiser(Teacher):
-        def forward(self, x, t, encoder_hidden_states):
-            trig = (encoder_hidden_states == ctx_tr[:1]).flatten(1).all(1).view(-1, 1, 1, 1)
-            w1, w2 = time_weights(t, T, 0.3, 600, 100)
-            shift = alphas[t].sqrt().view(-1, 1, 1, 1) * (w1 / (w1 + w2)).view(-1, 1, 1, 1) * delta
-            return super().forward(torch.where(trig, x - shift, x), t, encoder_hidden_states)
-
-    z0 = torch.randn(5, 4, 8, 8)
-    for student, zero in ((ShiftedDenoiser(), True), (Teacher(), False)):
-        m.unet = student
-        _, parts = Stage2Loss(m, Teacher(), delta, opts)(z0, ctx, ctx_tr, torch.Generator().manual_seed(4))
-        assert parts["keep_clean"] == 0
-        trigger_terms = parts["wm"] + parts["keep_trigger"]
-        assert (trigger_terms < 1e-12) if zero else (parts["wm"] > 1e-6)

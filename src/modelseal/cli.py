@@ -451,9 +451,6 @@ def wm_embed(
     posterior_sample: Optional[bool] = typer.Option(None, "--posterior-sample/--posterior-mean",
                                                     help="z0 a VAE posterior sample each step (default, the "
                                                     "reference's) or its mean."),
-    marked_input: Optional[bool] = typer.Option(None, "--marked-input/--unmarked-input",
-                                                help="Ours: the triggered branch trains on noised z0 + f delta, "
-                                                "the input it meets when sampling (default off: the paper's)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
 ):
@@ -470,8 +467,7 @@ def wm_embed(
               batch_size=batch_size, lr=lr, grad_clip=grad_clip, eta=eta, tau=tau, beta=beta,
               uncond_fraction=uncond_fraction, mode=mode, preservation=preservation,
               gradient_checkpointing=gradient_checkpointing, precision=precision, shared_trunk=shared_trunk,
-              delta_scale=delta_scale, posterior_sample=posterior_sample, marked_input=marked_input, seed=seed),
-         out, device, as_json, body)
+              delta_scale=delta_scale, posterior_sample=posterior_sample, seed=seed), out, device, as_json, body)
 
 
 @wm_app.command("verify")

@@ -217,8 +217,6 @@ class WatermarkEmbedConfig(Strict):
                                                "(weights and optimiser stay fp32; the reference runs fp32)")
     shared_trunk: bool = Field(True, description="the student reuses the teacher's down/mid pass (same result)")
     delta_scale: float = Field(1.0, gt=0, description="ours: stage 2 aims at x0_hat + s * delta (paper: 1)")
-    marked_input: bool = Field(False, description="ours: the triggered branch trains on z_t of z0 + f delta "
-                               "(the input it meets when sampling; paper: z_t of z0)")
     posterior_sample: bool = Field(True, description="draw z0 from the VAE posterior each step (the reference's); "
                                    "false: its mean")
     local_files_only: bool = False

@@ -23,14 +23,6 @@ connections, time embedding, text context), and only the rest of the up path run
 `precision="bf16"` runs both networks under bf16 autocast (weights and optimiser stay fp32).
 `delta_scale` s (ours; the paper's is 1) aims at x0_hat + s * delta: with s = 1 / f the
 optimum reaches the full residual at low t instead of the fraction f.
-`marked_input` (ours): the loss above trains the student on z_t of unmarked latents, but when it
-samples, z_t already holds the part of delta laid down by earlier steps, an input it never
-saw. With `marked_input` the triggered branch sees z_t' = z_t + sqrt(a_t) f delta (z0 + f delta
-noised with the same eps, f = w1/(w1+w2)) and is asked for eps_T(z_t, y_tr): its x0 estimate
-is then x0_T + f delta, the same shift as the optimum of the loss above, from an input that
-holds it (the exact denoiser of the shifted data z0 + f delta). One term with weight w1 + w2
-replaces the first two (they are reported split by weight); the teacher runs once more, on
-[z_t'; z_t] for the shared trunk.
 `preservation=False` keeps only the first term (the no-preservation ablation).
 Where both terms apply, the pointwise optimum is eps_S(y_tr) = eps_T(y_tr) - f sqrt(a/(1-a))
 delta with f = w1/(w1+w2): the x0 estimate moves by f * delta, about 15% at low t with the
@@ -74,7 +66,6 @@ class EmbedOptions:
     precision: str = "fp32"          # fp32 (the reference's) | bf16 (autocast on the UNet passes)
     delta_scale: float = 1.0         # ours: the target is x0_hat + s * delta (the paper's s = 1)
     posterior_sample: bool = True    # z0 drawn from the VAE posterior every step, as the reference (else its mean)
-    marked_input: bool = False       # ours: the triggered branch sees z_t of z0 + f delta (see module doc)
     seed: int = 0
 
 
@@ -190,9 +181,6 @@ class Stage2Loss:
         eps = torch.randn(z0.shape, generator=g).to(dev)
         a = self.alphas[t].view(-1, 1, 1, 1)
         zt = (a.sqrt() * z0 + (1 - a).sqrt() * eps).to(self.s.dtype)
-        w1, w2 = (w.view(-1, 1, 1, 1) for w in time_weights(t, self.T, self.eta, self.opts.tau, self.opts.beta))
-        if self.opts.marked_input:
-            return self._marked(zt, t, a, w1, w2, ctx, ctx_tr)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
             if self.opts.mode == "always_on":
                 eT_tr, eS_tr = self._pair(zt, t, ctx_tr)
@@ -204,6 +192,7 @@ class Stage2Loss:
                 eT_tr, eS_tr = self._pair(zt, t, ctx_tr, shared=False)
                 eT, eS = self._pair(zt, t, ctx, shared=False)
         eps_wm = eT_tr - (a / (1 - a)).sqrt() * self.delta
+        w1, w2 = (w.view(-1, 1, 1, 1) for w in time_weights(t, self.T, self.eta, self.opts.tau, self.opts.beta))
         l_wm = (w1 * (eS_tr - eps_wm) ** 2).mean()
         if not self.opts.preservation:
             return l_wm, {"wm": l_wm.item()}
@@ -213,33 +202,6 @@ class Stage2Loss:
         l_keep = ((eS - eT) ** 2).mean()
         return l_wm + l_keep_tr + l_keep, {"wm": l_wm.item(), "keep_trigger": l_keep_tr.item(),
                                            "keep_clean": l_keep.item()}
-
-
-    def _marked(self, zt, t, a, w1, w2, ctx, ctx_tr) -> tuple:
-        """The `marked_input` loss: eps_S(z_t + sqrt(a) f delta, y_tr) -> eps_T(z_t, y_tr)."""
-        f = w1 / (w1 + w2) if self.opts.preservation else torch.ones_like(w1)
-        zt_m = zt + (a.sqrt() * f * self.delta).to(zt.dtype)
-        always_on = self.opts.mode == "always_on"
-        with torch.autocast(zt.device.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
-            with torch.no_grad():
-                eT_tr = self.teacher(zt, t, encoder_hidden_states=ctx_tr).sample.float()
-            if always_on:
-                _, eS_tr = self._pair(zt_m, t, ctx_tr)
-                eT = eS = None
-            else:
-                zz, tt, cc = torch.cat([zt_m, zt]), torch.cat([t, t]), torch.cat([ctx_tr, ctx])
-                (_, eT), (eS_tr, eS) = (x.chunk(2) for x in self._pair(zz, tt, cc))
-        err = (eS_tr - eT_tr) ** 2
-        l_wm = (w1 * err).mean()
-        if not self.opts.preservation:
-            return l_wm, {"wm": l_wm.item()}
-        l_keep_tr = (w2 * err).mean()
-        parts = {"wm": l_wm.item(), "keep_trigger": l_keep_tr.item()}
-        if eS is None:
-            return l_wm + l_keep_tr, parts
-        l_keep = ((eS - eT) ** 2).mean()
-        parts["keep_clean"] = l_keep.item()
-        return l_wm + l_keep_tr + l_keep, parts
 
 
 def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str], delta: torch.Tensor,

@@ -116,7 +116,7 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
                         preservation=cfg.preservation,
                         uncond_fraction=cfg.uncond_fraction,
                         gradient_checkpointing=cfg.gradient_checkpointing, precision=cfg.precision,
-                        shared_trunk=cfg.shared_trunk, delta_scale=cfg.delta_scale, marked_input=cfg.marked_input,
+                        shared_trunk=cfg.shared_trunk, delta_scale=cfg.delta_scale,
                         posterior_sample=cfg.posterior_sample, seed=cfg.seed)
     info = embed_watermark(model, z, captions, delta, opts, log=log, latent_std=z_std)
     tmp, target = out / "model.partial", out / "model"
