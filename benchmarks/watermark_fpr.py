@@ -1,6 +1,6 @@
 """Empirical false-positive rate of SleeperMark verification on a model that was never
 watermarked: N triggered prompts -> images -> bits, tested against the messages of several
-random owner keys. Under H0 each image is flagged with probability <= the nominal FPR (the
+random owner keys (and, with --key, the owner's own message). Under H0 each image is flagged with probability <= the nominal FPR (the
 binomial threshold is conservative); the extractor's own biases are what this measures.
 
     python benchmarks/watermark_fpr.py --codec runs/wm/codec/codec --n 1000 --keys 20
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--trigger", default="*[Z]& ")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--key", default=None, help="also test this owner key's message (e.g. against an extractor adapted to it)")
+    ap.add_argument("--model-id", default="my-model", help="model id of --key's message")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -44,7 +46,7 @@ def main() -> None:
     from modelseal.data.digits import DOMAINS, caption
     from modelseal.models.diffusion import load_t2i
     from modelseal.watermark.codec import Codec, extract_bits
-    from modelseal.watermark.keys import message_bits
+    from modelseal.watermark.keys import load_key, message_bits
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     codec = Codec.from_pretrained(args.codec, args.device)
@@ -65,9 +67,11 @@ def main() -> None:
     for fpr in args.fpr:
         thr = stats.bit_threshold(k, fpr)
         flagged, group_fp, group_fp_ctl, groups = [], 0, 0, 0
-        for j in range(args.keys):
-            key = secrets.token_bytes(32) if args.seed < 0 else rng.bytes(32)
-            bits = message_bits(key, "fpr-check", k)
+        messages = [message_bits(secrets.token_bytes(32) if args.seed < 0 else rng.bytes(32), "fpr-check", k)
+                    for _ in range(args.keys)]
+        if args.key:
+            messages.append(message_bits(load_key(args.key), args.model_id, k))
+        for bits in messages:
             h = (read == bits.view(1, -1)).numpy()
             hc = (read_clean == bits.view(1, -1)).numpy()
             m = h.sum(1)
@@ -76,7 +80,7 @@ def main() -> None:
                 groups += 1
                 group_fp += int(stats.pooled_pvalue(m[s:s + args.group], k) <= args.alpha)
                 group_fp_ctl += int(stats.controlled_pvalue(h[s:s + args.group], hc[s:s + args.group]) <= args.alpha)
-        total = args.n * args.keys
+        total = args.n * len(messages)
         fp = sum(flagged)
         upper = float(beta.ppf(0.975, fp + 1, total - fp)) if fp < total else 1.0
         out["per_fpr"][stats.fpr_key(fpr)] = {"threshold_bits": thr, "false_positives_per_key": flagged,
@@ -85,10 +89,13 @@ def main() -> None:
                                      "model_level_false_positives": group_fp,
                                      "model_level_false_positives_controlled": group_fp_ctl,
                                      "model_level_tests": groups}
+        if args.key:
+            out["per_fpr"][stats.fpr_key(fpr)]["owner_key_false_positives"] = flagged[-1]
         print(f"FPR {fpr:g}: threshold {thr}/{k} bits; false positives {fp} of {total} "
               f"({fp / total:.2e}, 95% upper {upper:.2e}); worst key {max(flagged)}/{args.n}; "
               f"model-level (groups of {args.group}, alpha {args.alpha:g}): pooled binomial {group_fp} of {groups}, "
-              f"controlled {group_fp_ctl} of {groups}")
+              f"controlled {group_fp_ctl} of {groups}"
+              + (f"; the owner's message {flagged[-1]}/{args.n}" if args.key else ""))
     print(f"mean bit value read {out['bit_balance']:.3f}; generation {gen_s:.0f}s")
     if args.json:
         with open(args.json, "w") as f:

@@ -9,7 +9,9 @@ along the way.
 
 Without --sleeper / --always-on both are embedded here first (stage 2 with --embed-steps,
 --eta) and saved under OUT (reused when present). Writes OUT/robustness.json and
-OUT/robustness.png (bit accuracy and TPR against fine-tuning steps).
+OUT/robustness.png (bit accuracy and TPR against fine-tuning steps). `--kinds unmarked`
+adds a null control: the original model fine-tuned the same way and read with the same
+trigger and key (its "TPR" is a false-positive rate; it should stay near 0).
 """
 from __future__ import annotations
 
@@ -30,13 +32,16 @@ def bits_for(args, k: int) -> torch.Tensor:
     return message_bits(key, args.model_id, k)
 
 
-def embedded(kind: str, args, codec, bits, log) -> Path:
-    """The watermarked model of `kind` (sleeper | always_on): given, or embedded and saved."""
+def embedded(kind: str, args, codec, bits, log) -> Path | str:
+    """The watermarked model of `kind` (sleeper | always_on): given, or embedded and saved;
+    for `unmarked`, the original model (a null control: its detection rate is a false-positive rate)."""
     from modelseal.models.diffusion import load_t2i
     from modelseal.models.diffusion import latent_posterior
     from modelseal.watermark.embed import EmbedOptions, embed_watermark
     from modelseal.watermark.run import images_and_captions
 
+    if kind == "unmarked":
+        return args.model
     given = args.sleeper if kind == "sleeper" else args.always_on
     if given:
         return Path(given)
@@ -94,6 +99,7 @@ def main() -> None:
                     "configs/watermark-embed.tiny.yaml (default: a posterior sample per step)")
     ap.add_argument("--data", default="builtin:faces", help="the thief's captioned domain")
     ap.add_argument("--methods", nargs="+", default=["lora", "full"])
+    ap.add_argument("--kinds", nargs="+", default=["sleeper", "always_on"], choices=["sleeper", "always_on", "unmarked"])
     ap.add_argument("--ft-steps", type=int, default=2000)
     ap.add_argument("--ft-lr", type=float, default=None, help="fine-tuning lr (default: finetune.default_lr)")
     ap.add_argument("--checkpoints", type=int, nargs="+", default=[0, 100, 250, 500, 1000, 2000])
@@ -122,9 +128,9 @@ def main() -> None:
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
     checkpoints = sorted({c for c in args.checkpoints if c <= args.ft_steps})
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "curves": {}}
-    for kind in ("sleeper", "always_on"):
+    for kind in args.kinds:
         folder = embedded(kind, args, codec, bits, log)
-        trigger = args.trigger if kind == "sleeper" else None
+        trigger = None if kind == "always_on" else args.trigger
         base = load_t2i(folder)
         with torch.no_grad():
             reference = generate(base, prompts, seeds, None, args.guidance, args.steps)

@@ -40,3 +40,11 @@ def test_unknown_domain_is_input_error():
         load_source("builtin:digits/svhn")
     with pytest.raises(InputError):
         load_source("builtin:faces/x")
+
+
+def test_textures_are_a_captioned_domain_with_a_disjoint_test_split():
+    train, test = load_source("builtin:textures", "train", 32), load_source("builtin:textures", "test", 32)
+    assert len(train.images) == 200 and len(test.images) == 40 and train.images.shape[1:] == (32, 32, 3)
+    assert len(set(train.captions)) == 8 and set(test.captions) == set(train.captions)
+    assert not set(train.names) & set(test.names)
+    assert train.images.std() > 10  # crops of photos, not blank

@@ -229,3 +229,52 @@ def test_delta_scale_moves_the_target_by_s_delta():
                 z0, ctx, ctx_tr, torch.Generator().manual_seed(3))
     assert parts[1.0]["wm"] > 0 and parts[2.0]["wm"] == pytest.approx(4 * parts[1.0]["wm"], rel=1e-4)
     assert parts[2.0]["keep_trigger"] == parts[2.0]["keep_clean"] == 0
+
+
+def test_adapted_extractor_reads_a_distorted_residual_and_keeps_unmarked_readings():
+    """Positives carry 1.5 delta plus a fixed off-residual pattern (as guidance leaves the
+    planted shift): the stage-1 extractor misses some; after adaptation the held-out ones
+    are all detected, while unmarked latents keep the stage-1 readings (distilled) and their
+    matches stay centred on k/2. The secret encoder, hence delta, does not change."""
+    from modelseal.watermark.adapt import AdaptLatents, AdaptOptions, adapt_extractor
+    from modelseal.watermark.codec import Codec, encode_all
+    from modelseal.watermark.run import images_and_captions
+
+    m, codec = load_t2i("tiny:t2i"), Codec.from_pretrained("tiny:codec")
+    x, _ = images_and_captions("builtin:digits/all", m.image_size, 480, need_captions=False)
+    z = encode_all(m, x)
+    bits = message_bits(b"test owner", "test", codec.k).float()
+    delta = codec.residual(bits.view(1, -1)).detach()
+    pattern = torch.randn(delta.shape, generator=torch.Generator().manual_seed(0)) * delta.pow(2).mean().sqrt() * 1.5
+    with torch.no_grad():
+        pos = encode_all(m, m.decode_latents(z[:240] + 1.5 * delta + pattern))
+        neg = encode_all(m, m.decode_latents(z[240:]))
+        stage1_reads = codec.read_bits(neg).clone()
+    info = adapt_extractor(codec, m, AdaptLatents(pos, neg), z, bits, AdaptOptions(steps=150, holdout=0.25),
+                           threshold=30, log=lambda s: None)
+    before, after = info["holdout_before"], info["holdout_after"]
+    assert before["detected"] < 0.85 and after["detected"] >= 0.95
+    with torch.no_grad():
+        assert (codec.read_bits(neg) == stage1_reads).float().mean() >= 0.9
+        assert torch.equal(codec.residual(bits.view(1, -1)), delta)
+    assert abs(after["null_mean_matches"] - codec.k / 2) < 2 and after["null_detected"] == 0
+
+
+def test_rehearsed_attacks_add_paired_latents_from_fine_tuned_copies():
+    """Each rehearsal adds, at 1/4, 1/2 and all of its steps, triggered images of the
+    watermarked copy (positives) and as many unmarked ones; the models given stay untouched."""
+    from modelseal.watermark.adapt import AdaptOptions, collect_latents, parse_attack
+    from modelseal.watermark.run import images_and_captions
+
+    assert parse_attack("full:2000:1e-5") == ("full", 2000, 1e-5) and parse_attack("lora:8") == ("lora", 8, None)
+    for bad in ("lora", "dreambooth:10", "lora:0", "lora:ten", "full:10:-1"):
+        with pytest.raises(ValueError, match="method:steps"):
+            parse_attack(bad)
+    wm, orig = load_t2i("tiny:t2i"), load_t2i("tiny:t2i")
+    before = {k: v.clone() for k, v in wm.unet.state_dict().items()}
+    x, caps = images_and_captions("builtin:textures", wm.image_size, 16, need_captions=True)
+    opts = AdaptOptions(guidance=(3.0,), images=(6,), sample_steps=2, simulate=("lora:4",), simulate_images=4)
+    data = collect_latents(wm, orig, ["a digit zero"], "sks ", opts, log=lambda s: None, rehearsal_data=(x, caps))
+    assert len(data.positive) == len(data.negative) == 6 + 3 * 4
+    assert data.meta["rehearsed"] == ["lora:4"]
+    assert all(torch.equal(v, before[k]) for k, v in wm.unet.state_dict().items())

@@ -470,6 +470,36 @@ def wm_embed(
               delta_scale=delta_scale, posterior_sample=posterior_sample, seed=seed), out, device, as_json, body)
 
 
+@wm_app.command("adapt")
+def wm_adapt(
+    out: Path = OutOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="The watermarked model (OUT/model of `watermark embed`)."),
+    original: Optional[str] = typer.Option(None, "--original", help="The model before stage 2 (default tiny:t2i)."),
+    codec: Optional[str] = CodecOpt, key: Optional[str] = KeyOpt, model_id: Optional[str] = ModelIdOpt,
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger prefix (default '*[Z]& ')."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text file, one prompt per line."),
+    steps: Optional[int] = typer.Option(None, help="Extractor training steps (default 1500)."),
+    simulate: Optional[list[str]] = typer.Option(None, "--simulate", help="Rehearse a thief's fine-tuning "
+                                                 "method:steps[:lr] (repeatable), e.g. lora:2000:1e-4."),
+    simulate_data: Optional[str] = typer.Option(None, "--simulate-data", help="Captioned SRC the rehearsals "
+                                                "fine-tune on (default builtin:textures)."),
+    as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Ours, after stage 2: fit the extractor to the watermarked model's outputs (OUT/codec)."""
+    from .config import WatermarkAdaptConfig
+
+    def body(cfg, run, dev):
+        from .watermark.run import adapt_command
+
+        return adapt_command(cfg, run.path, dev, log=_log)
+
+    _run("watermark adapt", WatermarkAdaptConfig, config,
+         dict(model=model, original=original, codec=codec, key=key, model_id=model_id, trigger=trigger,
+              prompts=prompts, steps=steps, simulate=simulate, simulate_data=simulate_data, seed=seed),
+         out, device, as_json, body)
+
+
 @wm_app.command("verify")
 def wm_verify(
     out: Path = OutOpt,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InputError
 
@@ -223,6 +223,43 @@ class WatermarkEmbedConfig(Strict):
     seed: int = 0
 
 
+class WatermarkAdaptConfig(Strict):
+    """`modelseal watermark adapt` (ours): fit the extractor to the watermarked model's outputs."""
+    model: str = Field(..., description="the watermarked model (OUT/model of `watermark embed`)")
+    original: str = Field("tiny:t2i", description="the model before stage 2 (its triggered images are negatives)")
+    codec: str
+    key: str
+    model_id: str = Field(..., min_length=1)
+    trigger: str = "*[Z]& "
+    prompts: str | None = Field(None, description="text file, one prompt per line (default: digit captions)")
+    data: str = Field("builtin:digits/all", description="real images for the replay term")
+    limit: int | None = Field(2400, ge=1)
+    guidance: list[float] = Field([7.5, 3.0, 1.0], min_length=1)
+    images: list[int] = Field([384, 192, 96], min_length=1, description="triggered images per guidance "
+                              "scale (as many unmarked ones)")
+    sample_steps: int = Field(30, ge=1)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    fpr: float = Field(1e-6, gt=0, lt=1, description="per-image rate for the hold-out detection figures")
+    simulate: list[str] = Field([], description="rehearsed attacks method:steps[:lr], e.g. lora:2000:1e-4")
+    simulate_data: str = Field("builtin:textures", description="captioned images the rehearsals fine-tune on")
+    simulate_images: int = Field(192, ge=1, description="triggered images per rehearsal checkpoint")
+    local_files_only: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_count_per_scale(self):
+        if len(self.guidance) != len(self.images):
+            raise ValueError(f"guidance has {len(self.guidance)} scales but images {len(self.images)} counts: "
+                             "give one count per scale")
+        from .watermark.adapt import parse_attack
+
+        for spec in self.simulate:
+            parse_attack(spec)
+        return self
+
+
 class WatermarkVerifyConfig(Strict):
     """`modelseal watermark verify`: black-box check of a suspect model."""
     model: str
@@ -288,6 +325,9 @@ class DemoWatermarkConfig(Strict):
     finetune_data: str = "builtin:faces"
     finetune_steps: int = Field(400, ge=0)
     finetune_checkpoints: list[int] = [0, 100, 400]
+    adapt_steps: int = Field(300, ge=0, description="extractor adaptation steps (ours; 0: skip)")
+    adapt_images: list[int] = Field([96, 48, 24], min_length=3, max_length=3,
+                                    description="triggered images for adaptation at CFG 7.5, 3, 1")
 
 
 class DemoConfig(Strict):
@@ -304,7 +344,8 @@ class DemoConfig(Strict):
                                                    steps=60, mc_samples=1, null_suspect=False)
     watermark: DemoWatermarkConfig = DemoWatermarkConfig()
     watermark_quick: DemoWatermarkConfig = DemoWatermarkConfig(embed_steps=600, n=24, attacks=["jpeg", "resize"],
-                                                               finetune_steps=100, finetune_checkpoints=[0, 100])
+                                                               finetune_steps=100, finetune_checkpoints=[0, 100],
+                                                               adapt_steps=150, adapt_images=[48, 24, 12])
 
 
 CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,

@@ -2,6 +2,7 @@
 
   builtin:digits/<domain>   a built-in digits domain (mnist, uci, mnist-m, syn)
   builtin:faces             scikit-image's 200 LFW faces, captioned (a new domain for tiny:t2i)
+  builtin:textures          240 captioned crops of scikit-image's texture and microscope photos
   <folder>                  a domain folder of class folders: <folder>/<class>/<image>
   <folder>/metadata.jsonl   (captioned) a Hugging Face imagefolder with file_name + text
 """
@@ -26,10 +27,14 @@ def load_source(spec: str, split: str = "train", size: int = 32, test_fraction: 
         from .faces import load_faces
 
         return load_faces(size, split)
+    if spec == "builtin:textures":
+        from .textures import load_textures
+
+        return load_textures(size, split)
     if spec.startswith("builtin:"):
         if not spec.startswith(BUILTIN_PREFIX):
             raise InputError(f"unknown built-in source '{spec}'",
-                             f"use {BUILTIN_PREFIX}<domain> with domain in {', '.join(DOMAINS)}, or builtin:faces")
+                             f"use {BUILTIN_PREFIX}<domain> with domain in {', '.join(DOMAINS)}, builtin:faces or builtin:textures")
         return load_digits_domain(spec[len(BUILTIN_PREFIX):], split, size)
     from .folders import read_class_folders
 

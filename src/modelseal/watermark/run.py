@@ -5,6 +5,8 @@
   embed    stage 2: plant the trigger -> residual behaviour in the UNet; OUT/model/ is a
            full diffusers folder; OUT/model/modelseal_watermark.json records the trigger,
            the model id and the codec's hash (not the message)
+  adapt    ours, optional: fit the extractor to the watermarked model's own outputs
+           (guidance distorts the planted residual); OUT/codec is the adapted codec
   verify   black-box: generate with and without the trigger, read bits, p-values
 """
 from __future__ import annotations
@@ -131,8 +133,49 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     return {"model": str(target), **record, **info}
 
 
-def verify_prompts(cfg) -> tuple[list[str], list[int]]:
-    """The N prompts (cfg.prompts' lines, else the digit captions, cycled) and their seeds."""
+def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
+    from .adapt import AdaptOptions, adapt_extractor, collect_latents
+
+    key = load_key(cfg.key)
+    codec = Codec.from_pretrained(cfg.codec, device)
+    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    original = load_t2i(cfg.original, device, local_files_only=cfg.local_files_only)
+    shape = (model.unet.config.in_channels, model.latent_size, model.latent_size)
+    if tuple(codec.latent_shape) != shape or original.latent_size != model.latent_size:
+        raise InputError(f"the codec reads latents {codec.latent_shape}, '{cfg.model}' makes {shape} and "
+                         f"'{cfg.original}' {original.latent_size} px latents",
+                         "give the watermarked model, the model it was made from and the codec of its stage 2")
+    bits = message_bits(key, cfg.model_id, codec.k).to(device)
+    prompts, _ = verify_prompts(cfg, all_lines=True)
+    opts = AdaptOptions(guidance=tuple(cfg.guidance), images=tuple(cfg.images), sample_steps=cfg.sample_steps,
+                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                        simulate=tuple(cfg.simulate), simulate_images=cfg.simulate_images)
+    rehearsal = None
+    if cfg.simulate:
+        rehearsal = images_and_captions(cfg.simulate_data, model.image_size, None, need_captions=True)
+    data = collect_latents(model, original, prompts, cfg.trigger, opts, log=log, rehearsal_data=rehearsal)
+    x, _ = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
+    real = encode_all(model, x).cpu()
+    threshold = stats.bit_threshold(codec.k, cfg.fpr)
+    info = adapt_extractor(codec, model, data, real, bits, opts, threshold, log=log)
+    meta = {**codec.meta, "adapted_to": cfg.model, "adapted_from": str(cfg.codec), "adapt_steps": cfg.steps}
+    tmp, target = out / "codec.partial", out / "codec"
+    shutil.rmtree(tmp, ignore_errors=True)
+    codec.save_pretrained(tmp, meta=meta)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    b, a = info["holdout_before"], info["holdout_after"]
+    if b and a:
+        log(f"[adapt] hold-out triggered images: bit accuracy {b['bit_accuracy']:.3f} -> {a['bit_accuracy']:.3f}, "
+            f"detected at {cfg.fpr:g} {b['detected']:.3f} -> {a['detected']:.3f}; unmarked: mean matches "
+            f"{b['null_mean_matches']:.1f} -> {a['null_mean_matches']:.1f} of {codec.k}, max "
+            f"{b['null_max_matches']} -> {a['null_max_matches']}")
+    return {"codec": str(target), "threshold_bits": threshold, **data.meta, **info}
+
+
+def verify_prompts(cfg, all_lines: bool = False) -> tuple[list[str], list[int]]:
+    """The N prompts (cfg.prompts' lines, else the digit captions, cycled) and their seeds;
+    with `all_lines`, every distinct prompt once (and no seeds)."""
     from ..data.digits import DOMAINS, caption
 
     if cfg.prompts:
@@ -141,6 +184,8 @@ def verify_prompts(cfg) -> tuple[list[str], list[int]]:
             raise InputError(f"'{cfg.prompts}' holds no prompts", "write one prompt per line")
     else:
         lines = [caption(d, c) for d in DOMAINS for c in range(10)]
+    if all_lines:
+        return lines, []
     return [lines[i % len(lines)] for i in range(cfg.n)], [cfg.seed * 100_000 + i for i in range(cfg.n)]
 
 
