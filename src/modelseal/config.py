@@ -242,6 +242,7 @@ class WatermarkAdaptConfig(Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-4, gt=0)
     fpr: float = Field(1e-6, gt=0, lt=1, description="per-image rate for the hold-out detection figures")
+    anchor_noise: float = Field(0.5, ge=0, description="noise std of the anchor negatives (0: no anchors)")
     simulate: list[str] = Field([], description="rehearsed attacks method:steps[:lr], e.g. lora:2000:1e-4")
     simulate_data: str = Field("builtin:textures", description="captioned images the rehearsals fine-tune on")
     simulate_images: int = Field(192, ge=1, description="triggered images per rehearsal checkpoint")

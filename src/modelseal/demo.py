@@ -195,19 +195,20 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     data = load_source(cfg.finetune_data, "train", model.image_size)
     curve = []
 
+    def col(name: str) -> str:
+        return "" if name == "stage 1" else f" ({name})"
+
     def probe(step: int, given: dict | None = None) -> None:
         if step in cfg.finetune_checkpoints:
             row = {"step": step}
             images = None if given else generate(model, prompts, seeds, vcfg.trigger, vcfg.guidance, vcfg.steps)
             for name, c in codecs.items():
                 r = given[name] if given else stats.summarize_bits(matches(c, model, images, bits).numpy(), c.k, 1e-6)
-                suffix = "" if name == "stage 1" else f" ({name})"
-                row.update({f"bit_accuracy{suffix}": r["bit_accuracy"], f"tpr@1e-6{suffix}": r["tpr_at_fpr"]["1e-6"],
-                            f"p_value{suffix}": r["p_value"]})
+                row.update({f"bit_accuracy{col(name)}": r["bit_accuracy"],
+                            f"tpr@1e-6{col(name)}": r["tpr_at_fpr"]["1e-6"], f"p_value{col(name)}": r["p_value"]})
             curve.append(row)
             log(f"[demo] watermark after {step} {cfg.finetune_method} steps on {cfg.finetune_data}: " +
-                ", ".join(f"bit accuracy {row['bit_accuracy' + ('' if n == 'stage 1' else f' ({n})')]:.3f}"
-                          + ("" if n == "stage 1" else f" ({n})") for n in codecs))
+                ", ".join(f"bit accuracy{col(n)} {row['bit_accuracy' + col(n)]:.3f}" for n in codecs))
 
     # before fine-tuning: the verifications above (same prompts, seeds, trigger, guidance)
     probe(0, {"stage 1": ver, **({"adapted": ver_adapted} if ver_adapted else {})})
