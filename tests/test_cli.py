@@ -88,4 +88,6 @@ def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
     assert "data:image/png;base64," in html and "<img" in html and "src='http" not in html
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["zoo"]["t2i_prompt_accuracy"] >= 0 and summary["quick"] is True
-    assert 0.3 <= summary["watermark"]["adapted"]["clean_bit_accuracy"] <= 0.7
+    wm = summary["watermark"]  # the adapted extractor reads the short demo mark far better than stage 1
+    assert wm["adapted"]["bit_accuracy"] >= wm["verify"]["bit_accuracy"] + 0.1
+    assert wm["adapted"]["bit_accuracy"] >= wm["adapted"]["clean_bit_accuracy"] + 0.15

@@ -247,7 +247,10 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
               f"{cfg.finetune_data}, never showing the trigger)."
               + (" The adapted extractor (ours) is the stage-1 extractor fitted to the watermarked model's own "
                  f"outputs ({cfg.adapt_steps} steps on images from seeds verification never uses): guidance "
-                 "distorts the planted residual, and the stage-1 extractor misreads a few bits."
+                 "distorts the planted residual, and the stage-1 extractor misreads a few bits. Clean prompts "
+                 f"read {ver['clean_bit_accuracy']:.3f} (stage 1) and {ver_adapted['clean_bit_accuracy']:.3f} "
+                 "(adapted): a stage 2 this short leaves part of the mark in clean outputs, which longer runs "
+                 "remove (README: 0.48-0.49 after 30,000 steps)."
                  if ver_adapted is not None else "")),
         tables=[("verification", rows)] + ([("image attacks (triggered images)", attack_rows)] if attack_rows else [])
         + [(f"after {cfg.finetune_method} fine-tuning on {cfg.finetune_data}", curve)],
