@@ -91,3 +91,13 @@ def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
     wm = summary["watermark"]  # the adapted extractor reads the short demo mark far better than stage 1
     assert wm["adapted"]["bit_accuracy"] >= wm["verify"]["bit_accuracy"] + 0.1
     assert wm["adapted"]["bit_accuracy"] >= wm["adapted"]["clean_bit_accuracy"] + 0.15
+
+
+def test_a_failed_run_is_marked_failed_with_its_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["watermark", "adapt", "--model", str(tmp_path / "no-such-model"), "--codec", "tiny:codec",
+                            "--key", str(tmp_path / "k"), "--model-id", "x", "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "InputError" in manifest["error"]
+    assert not (out / "results.json").exists()

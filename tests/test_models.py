@@ -68,13 +68,17 @@ def test_t2i_loads_by_path_round_trips_and_samples_reproducibly(t2i_dir):
     assert not torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
 
 
-def test_missing_checkpoint_is_one_clear_input_error(tmp_path):
+def test_missing_checkpoint_is_one_clear_input_error(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="does not exist"):
         load_clip(str(tmp_path / "nope" / "clip"))
     with pytest.raises(InputError, match="cannot load a text-to-image model"):
         load_t2i(str(tmp_path))  # an empty folder is not a checkpoint
     with pytest.raises(InputError, match="not a clip model"):
         load_clip("tiny:t2i")
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)  # 'runs/wm' under an existing local runs/: a missing folder, no hub look-up
+    with pytest.raises(InputError, match="does not exist"):
+        load_t2i("runs/wm")
 
 
 def test_latent_normalisation_folding_is_exact():

@@ -66,7 +66,11 @@ def _run(command: str, model, config: Optional[Path], overrides: dict, out: Path
         parallel.barrier()
         return {}
     run = RunFolder(out, command, cfg.model_dump(mode="json"), seed, dev)
-    results = body(cfg, run, dev)
+    try:
+        results = body(cfg, run, dev)
+    except BaseException as e:
+        run.fail(e)
+        raise
     path = run.finish(results)
     parallel.barrier()
     if as_json:

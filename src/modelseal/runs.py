@@ -156,6 +156,12 @@ class RunFolder:
         manifest.update(extra)
         write_json(self.path / "manifest.json", manifest)
 
+    def fail(self, error: BaseException) -> None:
+        """Mark the run failed (status and the error) so a stopped run is not mistaken for one
+        still going; results.json is never written for it."""
+        self._manifest(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
+                       error=f"{type(error).__name__}: {error}"[:2000])
+
     def finish(self, results: dict) -> Path:
         path = self.path / "results.json"
         write_json(path, results)

@@ -65,7 +65,10 @@ def resolve_model(name: str, kind: str) -> str:
         if not p.is_dir():
             raise InputError(f"model path '{name}' is a file", "give the checkpoint folder (save_pretrained layout)")
         return str(p)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    # 'runs/wm' where runs/ is a local folder is a missing folder, not a hub id (a hub look-up
+    # would retry over the network before failing)
+    local_parent = name.count("/") == 1 and Path(name).parent.is_dir()
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or local_parent:
         raise InputError(f"model folder '{name}' does not exist", "check the path, or give a hub id such as openai/clip-vit-base-patch16")
     return name
 
