@@ -37,3 +37,21 @@ def test_out_that_is_a_file_and_unknown_device_are_input_errors(tmp_path):
         RunFolder(f, "test", {}, 0, "cpu")
     with pytest.raises(InputError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_atomic_folder_replaces_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from modelseal.runs import atomic_folder
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            tmp.mkdir()
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("stopped while saving")
+    assert (target / "old.txt").read_text() == "old" and not (tmp_path / "model.partial").exists()
+    with atomic_folder(target) as tmp:
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and not (tmp_path / "model.partial").exists()

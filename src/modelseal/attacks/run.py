@@ -8,7 +8,6 @@ default prompt. The folder is built under a temporary name and renamed when comp
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 from ..errors import InputError
 from ..models.diffusion import load_t2i
+from ..runs import atomic_folder
 from .compress import prune_, quantize_
 from .finetune import FinetuneOptions, finetune
 
@@ -72,15 +72,12 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
 
     target = out / "model"
     if parallel.is_main():
-        tmp = out / "model.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if cfg.method == "lora":
-            model.save_lora(tmp, base=cfg.model)
-        else:
-            model.to(dtype=torch.float32).save_pretrained(tmp)
-        (tmp / RECORD).write_text(json.dumps({**record, **_jsonable(info)}, indent=2))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        with atomic_folder(target) as tmp:
+            if cfg.method == "lora":
+                model.save_lora(tmp, base=cfg.model)
+            else:
+                model.to(dtype=torch.float32).save_pretrained(tmp)
+            (tmp / RECORD).write_text(json.dumps({**record, **_jsonable(info)}, indent=2))
         log(f"[finetune] model: {target}")
     return {"model": str(target), **record, **_jsonable(info)}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from .. import stats
 from ..errors import InputError
 from ..models.diffusion import latent_posterior, load_t2i
+from ..runs import atomic_folder
 from .codec import Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all, psnr, train_codec
 from .keys import load_key, message_bits
 
@@ -121,15 +121,13 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
                         shared_trunk=cfg.shared_trunk, delta_scale=cfg.delta_scale,
                         posterior_sample=cfg.posterior_sample, seed=cfg.seed)
     info = embed_watermark(model, z, captions, delta, opts, log=log, latent_std=z_std)
-    tmp, target = out / "model.partial", out / "model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(dtype=torch.float32).save_pretrained(tmp)
+    target = out / "model"
     record = {"trigger": cfg.trigger if cfg.mode == "sleeper" else "", "mode": cfg.mode, "model_id": cfg.model_id,
               "bits": codec.k, "base": cfg.model, "codec_sha256": _sha(codec.folder),
               "preservation": cfg.preservation}
-    (tmp / RECORD).write_text(json.dumps(record, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with atomic_folder(target) as tmp:
+        model.to(dtype=torch.float32).save_pretrained(tmp)
+        (tmp / RECORD).write_text(json.dumps(record, indent=2))
     return {"model": str(target), **record, **info}
 
 
@@ -161,11 +159,9 @@ def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
     info = adapt_extractor(codec, model, data, real, bits, opts, threshold, log=log)
     meta = {**codec.meta, "adapted_to": cfg.model, "adapted_from": str(cfg.codec), "adapt_steps": cfg.steps,
             "rehearsed": list(cfg.simulate)}
-    tmp, target = out / "codec.partial", out / "codec"
-    shutil.rmtree(tmp, ignore_errors=True)
-    codec.save_pretrained(tmp, meta=meta)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    target = out / "codec"
+    with atomic_folder(target) as tmp:
+        codec.save_pretrained(tmp, meta=meta)
     b, a = info["holdout_before"], info["holdout_after"]
     if b and a:
         log(f"[adapt] hold-out triggered images: bit accuracy {b['bit_accuracy']:.3f} -> {a['bit_accuracy']:.3f}, "
