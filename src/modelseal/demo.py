@@ -174,7 +174,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
                                                        "original": None}),
                                folder / "verify-wrong-key", device, log=lambda m: None)
 
-    ver_adapted = None
+    ver_adapted = adapted = None
     if cfg.adapt_steps > 0:
         log(f"[demo] watermark: adapting the extractor to the watermarked model ({cfg.adapt_steps} steps)")
         acfg = WatermarkAdaptConfig(model=emb["model"], original="tiny:t2i", codec="tiny:codec", key=str(key_file),
@@ -187,7 +187,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
 
     codecs = {"stage 1": Codec.from_pretrained("tiny:codec", device)}
     if ver_adapted is not None:
-        codecs["adapted"] = Codec.from_pretrained(folder / "adapt" / "codec", device)
+        codecs["adapted"] = Codec.from_pretrained(adapted["codec"], device)
     codec = codecs["stage 1"]
     bits = message_bits(load_key(key_file), model_id, codec.k)
     model = load_t2i(emb["model"], device)

@@ -98,22 +98,26 @@ def parse_attack(spec: str) -> tuple[str, int, float | None]:
     return parts[0], steps, lr
 
 
-def _pairs(watermarked: T2IModel, original: T2IModel, prompts: list[str], trigger: str, counts: list[int],
-           guidance: tuple[float, ...], steps: int, seed_base: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _pairs(watermarked: T2IModel | None, original: T2IModel | None, prompts: list[str], trigger: str,
+           counts: list[int], guidance: tuple[float, ...], steps: int, seed_base: int
+           ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per guidance scale, n triggered images of `watermarked` (positives) and n unmarked:
     half its clean images, half `original`'s triggered ones (all the original's when the
-    trigger is empty: an always-on mark has no unmarked outputs of its own)."""
+    trigger is empty: an always-on mark has no unmarked outputs of its own). Either model may
+    be None, and its side is left out (the rehearsal fine-tunes the two copies one at a time)."""
     pos, neg = [], []
     for j, (g, n) in enumerate(zip(guidance, counts)):
         if n < 1:
             continue
         p = [prompts[i % len(prompts)] for i in range(n)]
         seeds = [seed_base + j * 100_000 + i for i in range(n)]
-        pos.append(_generated_latents(watermarked, [trigger + q for q in p], seeds, g, steps))
         half = n // 2 if trigger else 0
-        if half:
-            neg.append(_generated_latents(watermarked, p[:half], seeds[:half], g, steps))
-        neg.append(_generated_latents(original, [trigger + q for q in p[half:]], seeds[half:], g, steps))
+        if watermarked is not None:
+            pos.append(_generated_latents(watermarked, [trigger + q for q in p], seeds, g, steps))
+            if half:
+                neg.append(_generated_latents(watermarked, p[:half], seeds[:half], g, steps))
+        if original is not None:
+            neg.append(_generated_latents(original, [trigger + q for q in p[half:]], seeds[half:], g, steps))
     return pos, neg
 
 
@@ -149,17 +153,10 @@ def collect_latents(watermarked: T2IModel, original: T2IModel, prompts: list[str
                     if step not in marks:
                         return
                     seed_base = SEED_BASE + opts.seed * 1_000_000 + (a * 3 + marks.index(step) + 1) * 10_000_000
-                    for j, (g, n) in enumerate(zip(opts.guidance, counts)):
-                        p = [prompts[i % len(prompts)] for i in range(n)]
-                        seeds = [seed_base + j * 100_000 + i for i in range(n)]
-                        half = n // 2 if trigger else 0
-                        if c == 0:  # the watermarked copy: triggered -> positives, clean -> negatives
-                            pos.append(_generated_latents(model, [trigger + q for q in p], seeds, g, opts.sample_steps))
-                            if half:
-                                neg.append(_generated_latents(model, p[:half], seeds[:half], g, opts.sample_steps))
-                        else:       # the original's copy: triggered -> negatives
-                            neg.append(_generated_latents(model, [trigger + q for q in p[half:]], seeds[half:], g,
-                                                          opts.sample_steps))
+                    p, n = _pairs(model if c == 0 else None, model if c == 1 else None, prompts, trigger, counts,
+                                  opts.guidance, opts.sample_steps, seed_base)
+                    pos.extend(p)
+                    neg.extend(n)
                     log(f"[adapt] rehearsal {spec}, {('watermarked', 'original')[c]} copy at step {step}: "
                         f"{sum(counts)} images ({time.time() - t0:.0f}s)")
 
