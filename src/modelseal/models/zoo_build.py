@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.digits import CLASS_NAMES, DOMAINS, caption, load_digits_domain, photo_crops
+from ..runs import atomic_folder
 from .clip import OPENAI_MEAN, OPENAI_STD, ZERO_SHOT_TEMPLATES, CLIPBundle
 from .judge import DigitJudge
 from .tokenizer import build_tokenizer
@@ -498,17 +499,12 @@ def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip",
         info["eval"] = {k: v for k, v in res.items() if not k.startswith("_")}
         (work / "zoo.json").write_text(json.dumps(info, indent=2))
     # Publish atomically: the finished folders replace `out` in one rename.
-    final = out.parent / (out.name + ".new")
-    if final.exists():
-        shutil.rmtree(final)
-    final.mkdir(parents=True)
-    for name in ("clip", "judge", "t2i", "codec", "zoo.json"):
-        src = work / name
-        if src.exists():
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, final / name)
-    if out.exists():
-        shutil.rmtree(out)
-    final.rename(out)
+    with atomic_folder(out) as final:
+        final.mkdir(parents=True)
+        for name in ("clip", "judge", "t2i", "codec", "zoo.json"):
+            src = work / name
+            if src.exists():
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, final / name)
     log(f"[zoo] built into {out} in {time.time() - t0:.0f}s (this run)")
     return info
 

@@ -84,7 +84,8 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
                               latent_warmup=cfg.latent_warmup, lr_schedule=cfg.lr_schedule,
                               weights=CodecLossWeights(img=cfg.w_img, latent=cfg.w_latent),
                               strength=tuple(cfg.strength) if cfg.strength else None, log=log)
-    codec.save_pretrained(out / "codec", meta={**codec.meta, "model": cfg.model})
+    with atomic_folder(out / "codec") as tmp:
+        codec.save_pretrained(tmp, meta={**codec.meta, "model": cfg.model})
     msg = torch.randint(0, 2, (cfg.bits,), generator=torch.Generator().manual_seed(cfg.seed + 1)).float()
     recon = decode_all(model, encode_all(model, test))
     marked = embed_images(codec, model, test, msg)
