@@ -109,6 +109,32 @@ def test_audit_mode_gives_p_values_and_verdicts(subject, capsys):
     assert len(tested) == 8 and all(0 < r["p_value"] <= 1 for r in tested)
     # members score above most never-seen images of the same subject
     assert np.median([r["p_value"] for r in tested]) <= 0.25
+    # the collection first, then the images under the default control (Benjamini-Hochberg)
+    from modelseal import stats
+
+    p = [r["p_value"] for r in tested]
+    assert res["control"] == "bh" and res["set_verdict"] in ("used", "not shown to be used")
+    assert res["set_p_value"] == pytest.approx(stats.rank_set_pvalue([r["score"] for r in tested], [
+        r["score"] for r in res["scores"] if r["role"] == "calibration"]))
+    assert res["set_verdict"] == "used" and res["set_p_value"] <= 0.05  # 8 members vs 8 never seen
+    bh = stats.benjamini_hochberg(p, res["alpha"])
+    assert [r["verdict"] == "member" for r in tested] == bh.tolist() and res["members_found"] == bh.sum()
+    assert res["members_uncontrolled"] == sum(x <= res["alpha"] for x in p) >= res["members_found"]
+    assert err.index("[audit] collection: used") < err.index("[audit] images:") and "0.00 " not in err
+    page = (root / "real" / "report.html").read_text()
+    assert page.index("Was this collection used? used") < page.index("evidence per image")
+    assert f"<td>{res['set_p_value']:.1e}</td>" in page and f"<td>{p[0]:.1e}</td>" in page
+
+    # --control none: the same scores (from the cache), the old per-image verdicts, labelled uncontrolled
+    code, stdout, err = run_cli(["audit", "--finetuned", str(root / "suspect" / "model"), "--images",
+                                 str(folders["members"]), "--calibration", str(folders["others"]),
+                                 "--steps", "200", "--control", "none", "--out", str(root / "real"), "--json"], capsys)
+    assert code == 0, err
+    none = json.loads(stdout)
+    assert none["control"] == "none" and "uncontrolled" in none["control_note"] and "uncontrolled" in err
+    assert [r["p_value"] for r in none["scores"]] == [r["p_value"] for r in res["scores"]]
+    assert [r["verdict"] == "member" for r in none["scores"] if r["role"] == "test"] == [x <= 0.05 for x in p]
+    assert none["members_found"] == res["members_uncontrolled"] and none["set_p_value"] == res["set_p_value"]
 
 
 def test_lora_suspect_runs_as_one_model(tmp_path, capsys):
@@ -127,7 +153,8 @@ def test_lora_suspect_runs_as_one_model(tmp_path, capsys):
     code, stdout, err = run_cli(["audit", "--finetuned", str(tmp_path / "lora" / "model"), "--members",
                                  str(f["members"]), "--holdout", str(f["holdout"]), "--steps", "3",
                                  "--out", str(tmp_path / "a"), "--json"], capsys)
-    assert code == 0, err and json.loads(stdout)["suspect_kind"] == "lora"
+    assert code == 0, err
+    assert json.loads(stdout)["suspect_kind"] == "lora"
 
 
 def test_audit_resumes_from_its_cache(subject, capsys, tmp_path):

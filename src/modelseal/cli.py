@@ -358,7 +358,9 @@ def audit_cmd(
     features: Optional[str] = typer.Option(None, help="DINO or CLIP checkpoint for the features metric (default tiny:clip)."),
     ablations: Optional[bool] = typer.Option(None, "--ablations/--no-ablations", help="Also run the one-model ablations."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default 16)."),
-    alpha: Optional[float] = typer.Option(None, help="Audit mode: significance level for the verdict (default 0.05)."),
+    alpha: Optional[float] = typer.Option(None, help="Audit mode: significance level for the verdicts (default 0.05)."),
+    control: Optional[str] = typer.Option(None, "--control", help="Audit mode, per-image verdicts: bh (default; "
+                                          "false-discovery rate <= alpha) | holm (family-wise) | none (uncontrolled)."),
     dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16"),
     local_files_only: Optional[bool] = typer.Option(None, "--local-files-only/--allow-download"),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
@@ -376,8 +378,8 @@ def audit_cmd(
          dict(pretrained=pretrained, finetuned=finetuned, prompt=prompt, members=members, holdout=holdout,
               images=images, calibration=calibration, null_finetuned=null_finetuned, steps=steps,
               mc_samples=mc_samples, eps=eps, step_size=step_size, mask=mask, block=block, noise=noise, metric=metric,
-              features=features, ablations=ablations, batch_size=batch_size, alpha=alpha, dtype=dtype,
-              local_files_only=local_files_only, seed=seed), out, device, as_json, body)
+              features=features, ablations=ablations, batch_size=batch_size, alpha=alpha, control=control,
+              dtype=dtype, local_files_only=local_files_only, seed=seed), out, device, as_json, body)
 
 
 # ---- watermark -----------------------------------------------------------------------

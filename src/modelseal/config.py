@@ -164,6 +164,9 @@ class AuditConfig(Strict):
     loss_samples: int = Field(32, ge=1)
     ablations: bool = False
     alpha: float = Field(0.05, gt=0, lt=1)
+    control: Literal["bh", "holm", "none"] = Field(
+        "bh", description="audit mode, per-image verdicts: bh (false-discovery rate <= alpha), holm "
+                          "(family-wise error <= alpha) or none (each image at alpha: uncontrolled)")
     evidence: bool = True
     size: int | None = Field(None, ge=8)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -285,3 +285,112 @@ def crossfit_accuracy(scores, labels, folds: int = 2, seed: int = 0) -> float:
         thr = cand[int(np.argmax(accs))]
         correct += int(np.sum((s[test] >= thr) == y[test]))
     return float(correct / len(s))
+def _finite(name: str, x) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    return a
+
+
+def rank_set_test(test_scores, calib_scores, exact_max: int = 10_000, n_perm: int = 9_999,
+                  seed: int = 0) -> tuple[float, str]:
+    """Was this collection used? One-sided Wilcoxon rank-sum / Mann-Whitney U test that the
+    test scores lie above the calibration scores (higher score = more member-like).
+
+    Returns (p-value, method). Its null is that the test and calibration scores are
+    exchangeable (an innocent model and calibration images of the same kind); the test
+    images need not be independent of each other. Method, by size and ties:
+      - no ties and n_test * n_calib <= exact_max: the exact null distribution of U
+        (scipy.stats.mannwhitneyu, method='exact');
+      - ties and n_test * n_calib <= exact_max: a permutation test of the rank sum (average
+        ranks), n_perm seeded permutations, p = (1 + #{perm >= observed}) / (1 + n_perm);
+      - larger sets: the normal approximation with tie and continuity corrections.
+    """
+    from scipy.stats import mannwhitneyu, rankdata
+
+    t, c = _finite("test scores", test_scores), _finite("calibration scores", calib_scores)
+    if t.size == 0 or c.size == 0:
+        raise ValueError("the set test needs at least one test and one calibration score")
+    ties = np.unique(np.r_[t, c]).size < t.size + c.size
+    if t.size * c.size > exact_max:
+        return float(mannwhitneyu(t, c, alternative="greater", method="asymptotic").pvalue), "asymptotic"
+    if not ties:
+        return float(mannwhitneyu(t, c, alternative="greater", method="exact").pvalue), "exact"
+    ranks = rankdata(np.r_[t, c])  # average ranks: sums are multiples of 0.5, exact in float
+    observed = ranks[:t.size].sum()
+    rng = np.random.default_rng(seed)
+    hits, chunk = 0, max(1, 2_000_000 // ranks.size)
+    for start in range(0, n_perm, chunk):
+        b = min(chunk, n_perm - start)
+        pick = rng.random((b, ranks.size)).argsort(axis=1)[:, :t.size]
+        hits += int(np.count_nonzero(ranks[pick].sum(axis=1) >= observed))
+    return float((1 + hits) / (1 + n_perm)), f"permutation ({n_perm}, seed {seed})"
+
+
+def rank_set_pvalue(test_scores, calib_scores, **kw) -> float:
+    """The p-value of rank_set_test."""
+    return rank_set_test(test_scores, calib_scores, **kw)[0]
+
+
+def _pvalues(pvalues, alpha: float) -> tuple[np.ndarray, float]:
+    p = _finite("p-values", pvalues)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("p-values must lie in [0, 1]")
+    return p, _check_prob("alpha", alpha)
+
+
+def benjamini_hochberg(pvalues, alpha: float) -> np.ndarray:
+    """Reject mask of the Benjamini-Hochberg step-up procedure: false-discovery rate <= alpha
+    for independent or PRDS p-values (conformal p-values against one calibration set are
+    PRDS, Bates et al. 2023); under the global null it bounds P(any rejection) by alpha."""
+    p, alpha = _pvalues(pvalues, alpha)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    ok = np.flatnonzero(p[order] <= alpha * np.arange(1, m + 1) / max(m, 1))
+    reject = np.zeros(m, dtype=bool)
+    if ok.size:
+        reject[order[: ok[-1] + 1]] = True
+    return reject
+
+
+def holm(pvalues, alpha: float) -> np.ndarray:
+    """Reject mask of Holm's step-down procedure: family-wise error rate <= alpha, any dependence."""
+    p, alpha = _pvalues(pvalues, alpha)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    fail = np.flatnonzero(p[order] > alpha / (m - np.arange(m)))
+    k = fail[0] if fail.size else m
+    reject = np.zeros(m, dtype=bool)
+    reject[order[:k]] = True
+    return reject
+
+
+CONTROLS = {"bh": "Benjamini-Hochberg, false-discovery rate <= alpha",
+            "holm": "Holm, family-wise error rate <= alpha",
+            "none": "none, each image at p <= alpha (uncontrolled)"}
+
+
+def controlled_rejections(pvalues, alpha: float, control: str) -> np.ndarray:
+    """Reject mask under `control`: 'bh' (benjamini_hochberg), 'holm', or 'none' (p <= alpha)."""
+    if control == "bh":
+        return benjamini_hochberg(pvalues, alpha)
+    if control == "holm":
+        return holm(pvalues, alpha)
+    if control == "none":
+        p, alpha = _pvalues(pvalues, alpha)
+        return p <= alpha
+    raise ValueError(f"control must be one of {', '.join(CONTROLS)}, got {control!r}")
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided confidence interval for a rate of k in n."""
+    from scipy.stats import beta
+
+    if int(n) != n or n < 1 or int(k) != k or not 0 <= k <= n:
+        raise ValueError(f"need integers 0 <= k <= n, n >= 1; got k={k}, n={n}")
+    a = (1 - _check_prob("level", level)) / 2
+    lo = float(beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(1 - a, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
+
+

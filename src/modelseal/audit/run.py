@@ -4,8 +4,10 @@ Two modes:
   evaluation  --members DIR --holdout DIR: AUROC (bootstrap CI), TPR at 1% / 5% FPR,
               cross-fitted accuracy, baselines (loss, calibrated loss, optional one-model
               ablations and a null suspect) on the same images
-  real use    --images DIR --calibration DIR: per image a score, a conformal p-value
-              against the calibration images (known not to be in training), a verdict
+  real use    --images DIR --calibration DIR: the collection's verdict (a one-sided rank-sum
+              test of the images' scores against the calibration images', known not to be
+              in training), and per image a conformal p-value against the calibration
+              images with a verdict under the stated control (Benjamini-Hochberg by default)
 
 Work is cached per image batch under OUT/cache, keyed by the models and options, so an
 interrupted audit resumes where it stopped.
@@ -26,7 +28,7 @@ from ..errors import InputError
 from ..models.diffusion import T2IModel, is_lora_folder, load_t2i
 from ..runs import atomic_path
 from .baselines import loss_scores, paired_losses
-from .evidence import roc_figure_file, write_evidence, write_report
+from .evidence import fmt_p, roc_figure_file, write_evidence, write_report
 from .inversion import InversionOptions, invert
 from .scoring import FeatureExtractor, similarity
 
@@ -261,22 +263,53 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     else:
         n_img = len(sets["images"][0])
         calib = primary[n_img:]
-        threshold = stats.calibrate_threshold(calib, cfg.alpha)
+        d = audit_decisions(primary[:n_img], calib, cfg.alpha, cfg.control, cfg.seed)
         l_pre = torch.cat([losses["images"][0], losses["calibration"][0]])
         l_ft = torch.cat([losses["images"][1], losses["calibration"][1]])
         rows = []
         for i in range(len(names)):
-            p = stats.empirical_pvalue(primary[i], calib) if i < n_img else None
-            rows.append({"image": names[i], "role": "test" if i < n_img else "calibration", "score": float(primary[i]),
-                         "p_value": p, "verdict": None if p is None else ("member" if p <= cfg.alpha else "not shown"),
+            test = i < n_img
+            rows.append({"image": names[i], "role": "test" if test else "calibration", "score": float(primary[i]),
+                         "p_value": float(d["p_values"][i]) if test else None,
+                         "verdict": ("member" if d["member"][i] else "not shown") if test else None,
                          "evidence": evidence[i], "L_pre": float(l_pre[i]), "L_ft": float(l_ft[i])})
-        res.update({"alpha": cfg.alpha, "threshold": threshold, "n_images": n_img, "n_calibration": len(calib),
-                    "members_found": sum(r["verdict"] == "member" for r in rows), "scores": rows})
-        if len(calib) < 1 / cfg.alpha - 1:
-            log(f"[audit] note: with {len(calib)} calibration images the smallest p-value is "
-                f"{1 / (len(calib) + 1):.3f}; give at least {int(np.ceil(1 / cfg.alpha))} for alpha {cfg.alpha}")
+        res.update({"alpha": cfg.alpha, "control": cfg.control, "control_note": stats.CONTROLS[cfg.control],
+                    "set_p_value": d["set_p_value"], "set_test": d["set_test"],
+                    "set_verdict": "used" if d["set_used"] else "not shown to be used",
+                    "members_found": int(d["member"].sum()), "members_uncontrolled": int(d["uncontrolled"].sum()),
+                    "threshold": stats.calibrate_threshold(calib, cfg.alpha), "n_images": n_img,
+                    "n_calibration": len(calib), "scores": rows})
+        for line in audit_summary(res):
+            log(line)
+        m = n_img if cfg.control != "none" else 1  # a lone member needs p <= alpha / m
+        if 1 / (len(calib) + 1) > cfg.alpha / m:
+            log(f"[audit] note: with {len(calib)} calibration images the smallest per-image p-value is "
+                f"{fmt_p(1 / (len(calib) + 1))}, above alpha / {m}: a member is found only beside others (or "
+                f"never); give at least {int(np.ceil(m / cfg.alpha)) - 1} calibration images")
     write_report(out, res)
     return res
+
+
+def audit_decisions(test_scores, calib_scores, alpha: float, control: str, seed: int = 0) -> dict:
+    """Audit mode's decisions from scores: the collection's rank test (set_p_value, set_used) and
+    per image a conformal p-value against the calibration scores, rejected under `control`."""
+    test = np.asarray(test_scores, dtype=np.float64)
+    p = np.array([stats.empirical_pvalue(s, calib_scores) for s in test])
+    set_p, method = stats.rank_set_test(test, calib_scores, seed=seed)
+    return {"p_values": p, "member": stats.controlled_rejections(p, alpha, control), "uncontrolled": p <= alpha,
+            "set_p_value": set_p, "set_test": method, "set_used": set_p <= alpha}
+
+
+def audit_summary(res: dict) -> list[str]:
+    """The audit-mode verdict in two lines: the collection first, then the images."""
+    lines = [f"[audit] collection: {res['set_verdict']} (rank-sum p = {fmt_p(res['set_p_value'])}, {res['n_images']} "
+             f"images vs {res['n_calibration']} calibration, {res['set_test']}; alpha {res['alpha']})",
+             f"[audit] images: {res['members_found']} of {res['n_images']} found members; control: {res['control_note']}"]
+    if res["control"] == "none":
+        lines[1] += f": about {res['alpha'] * res['n_images']:.2g} false members expected on an innocent model"
+    else:
+        lines[1] += f" ({res['members_uncontrolled']} at p <= alpha without control)"
+    return lines
 
 
 def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> dict:
