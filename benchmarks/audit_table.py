@@ -36,6 +36,15 @@ def _finetune(out: Path, data: Path, prompt: str, args, seed: int) -> str:
     return str(out / "model")
 
 
+def add_suspect_options(ap: argparse.ArgumentParser) -> None:
+    """The options _finetune reads (shared with audit_null.py)."""
+    ap.add_argument("--prompt", default="a sks digit")
+    ap.add_argument("--class-prompt", default="a digit", help="prior preservation ('' to disable)")
+    ap.add_argument("--method", default="dreambooth")
+    ap.add_argument("--ft-steps", type=int, default=200)
+    ap.add_argument("--ft-batch", type=int, default=4)
+
+
 def _audit(out: Path, ft: str, null: str | None, folders: dict, prompt: str, args, seed: int) -> dict:
     cfg = AuditConfig(finetuned=ft, null_finetuned=null, prompt=prompt, members=folders["members"],
                       holdout=folders["holdout"], steps=args.steps, mc_samples=args.mc, ablations=args.ablations,
@@ -125,11 +134,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--holdout", type=int, default=10)
-    ap.add_argument("--prompt", default="a sks digit")
-    ap.add_argument("--class-prompt", default="a digit", help="prior preservation ('' to disable)")
-    ap.add_argument("--method", default="dreambooth")
-    ap.add_argument("--ft-steps", type=int, default=200)
-    ap.add_argument("--ft-batch", type=int, default=4)
+    add_suspect_options(ap)
     ap.add_argument("--steps", type=int, default=1000, help="PGD steps")
     ap.add_argument("--mc", type=int, default=1)
     ap.add_argument("--no-null", dest="null", action="store_false")
