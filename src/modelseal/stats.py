@@ -224,67 +224,6 @@ def accuracy_at_threshold(scores, labels, threshold: float) -> float:
     return float(np.mean((s >= threshold) == y))
 
 
-# --------------------------------------------------------------------------- summaries
-
-def fpr_key(x: float) -> str:
-    """The results-JSON key of a rate: 0.01 -> "0.01", 1e-6 -> "1e-6" (no zero-padded exponent)."""
-    s = f"{x:g}"
-    if "e" in s:
-        mantissa, exp = s.split("e")
-        s = f"{mantissa}e{int(exp)}"
-    return s
-
-
-def summarize_audit(scores, labels, fprs=(0.01, 0.05), n_boot: int = 1000, seed: int = 0) -> dict:
-    """JSON-ready audit summary: AUROC with bootstrap CI, TPR at each FPR, class counts."""
-    s, y = _scores_labels(scores, labels)
-    lo, hi = auroc_ci(s, y, n_boot=n_boot, seed=seed)
-    return {
-        "auroc": auroc(s, y),
-        "auroc_ci": [lo, hi],
-        "tpr_at_fpr": {fpr_key(f): tpr_at_fpr(s, y, f) for f in fprs},
-        "n_members": int(y.sum()),
-        "n_nonmembers": int((~y).sum()),
-    }
-
-
-def summarize_bits(matches, k: int, fpr: float = 1e-6) -> dict:
-    """JSON-ready watermark summary over N images' bit-match counts out of k bits."""
-    m = np.asarray(matches).ravel()
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    per_image = [binom_pvalue(x, k) for x in m.tolist()]
-    t = bit_threshold(k, fpr)
-    return {
-        "bits": int(k),
-        "threshold_bits": t,
-        "bit_accuracy": float(m.mean() / k) if m.size else 0.0,
-        "tpr_at_fpr": {fpr_key(fpr): tpr_at_threshold(m, t)},
-        "p_value": pooled_pvalue(m, k),
-        "per_image_p_values": per_image,
-        "n_images": int(m.size),
-    }
-
-
-def crossfit_accuracy(scores, labels, folds: int = 2, seed: int = 0) -> float:
-    """Accuracy at a threshold never chosen on the images it is applied to: the data are
-    split into stratified folds; each fold is classified at the threshold that maximises
-    accuracy on the other folds (the reference picks it on the test data itself)."""
-    s, y = _scores_labels(scores, labels)
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(s), dtype=int)
-    for cls in (True, False):
-        idx = np.flatnonzero(y == cls)
-        fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
-    correct = 0
-    for f in range(folds):
-        train, test = fold != f, fold == f
-        cand = np.unique(s[train])
-        cand = np.concatenate([cand, [np.inf]])
-        accs = [np.mean((s[train] >= c) == y[train]) for c in cand]
-        thr = cand[int(np.argmax(accs))]
-        correct += int(np.sum((s[test] >= thr) == y[test]))
-    return float(correct / len(s))
 def _finite(name: str, x) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64).ravel()
     if not np.all(np.isfinite(a)):
@@ -394,3 +333,64 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
+# --------------------------------------------------------------------------- summaries
+
+def fpr_key(x: float) -> str:
+    """The results-JSON key of a rate: 0.01 -> "0.01", 1e-6 -> "1e-6" (no zero-padded exponent)."""
+    s = f"{x:g}"
+    if "e" in s:
+        mantissa, exp = s.split("e")
+        s = f"{mantissa}e{int(exp)}"
+    return s
+
+
+def summarize_audit(scores, labels, fprs=(0.01, 0.05), n_boot: int = 1000, seed: int = 0) -> dict:
+    """JSON-ready audit summary: AUROC with bootstrap CI, TPR at each FPR, class counts."""
+    s, y = _scores_labels(scores, labels)
+    lo, hi = auroc_ci(s, y, n_boot=n_boot, seed=seed)
+    return {
+        "auroc": auroc(s, y),
+        "auroc_ci": [lo, hi],
+        "tpr_at_fpr": {fpr_key(f): tpr_at_fpr(s, y, f) for f in fprs},
+        "n_members": int(y.sum()),
+        "n_nonmembers": int((~y).sum()),
+    }
+
+
+def summarize_bits(matches, k: int, fpr: float = 1e-6) -> dict:
+    """JSON-ready watermark summary over N images' bit-match counts out of k bits."""
+    m = np.asarray(matches).ravel()
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    per_image = [binom_pvalue(x, k) for x in m.tolist()]
+    t = bit_threshold(k, fpr)
+    return {
+        "bits": int(k),
+        "threshold_bits": t,
+        "bit_accuracy": float(m.mean() / k) if m.size else 0.0,
+        "tpr_at_fpr": {fpr_key(fpr): tpr_at_threshold(m, t)},
+        "p_value": pooled_pvalue(m, k),
+        "per_image_p_values": per_image,
+        "n_images": int(m.size),
+    }
+
+
+def crossfit_accuracy(scores, labels, folds: int = 2, seed: int = 0) -> float:
+    """Accuracy at a threshold never chosen on the images it is applied to: the data are
+    split into stratified folds; each fold is classified at the threshold that maximises
+    accuracy on the other folds (the reference picks it on the test data itself)."""
+    s, y = _scores_labels(scores, labels)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(s), dtype=int)
+    for cls in (True, False):
+        idx = np.flatnonzero(y == cls)
+        fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
+    correct = 0
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        cand = np.unique(s[train])
+        cand = np.concatenate([cand, [np.inf]])
+        accs = [np.mean((s[train] >= c) == y[train]) for c in cand]
+        thr = cand[int(np.argmax(accs))]
+        correct += int(np.sum((s[test] >= thr) == y[test]))
+    return float(correct / len(s))
