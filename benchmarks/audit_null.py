@@ -36,7 +36,7 @@ import numpy as np
 from audit_table import _finetune, add_suspect_options
 
 from modelseal import stats
-from modelseal.audit.evidence import fmt_p
+from modelseal.stats import format_p
 from modelseal.audit.run import audit_command, audit_decisions
 from modelseal.config import AuditConfig
 from modelseal.data.subjects import builtin_subject, write_split
@@ -139,7 +139,7 @@ def main() -> None:
               f"{r['none_per_image']:>17.3f}")
     for p in power:
         print(f"power, {p['suspect']}: {p['n_images']} members vs {p['n_calibration']} never seen: set p "
-              f"{fmt_p(p['set_p_value'])} ({p['set_verdict']}), members found {p['members_found_bh']} (BH), "
+              f"{format_p(p['set_p_value'])} ({p['set_verdict']}), members found {p['members_found_bh']} (BH), "
               f"{p['members_uncontrolled']} (no control); AUROC {p['auroc']:.3f}")
     print(f"wall {summary['wall_s']:.0f}s; JSON: {args.out / 'audit_null.json'}")
 

@@ -4,7 +4,7 @@ import pytest
 from scipy.stats import binom, mannwhitneyu
 
 from modelseal import stats
-from modelseal.audit.evidence import fmt_p
+from modelseal.stats import format_p
 from modelseal.audit.run import audit_decisions, audit_summary
 
 
@@ -110,7 +110,7 @@ def test_audit_decisions_and_summary():
     first, second = audit_summary(res)
     assert first.startswith("[audit] collection: used (rank-sum p = ") and "e-0" in first
     assert "8 of 8" in second and "Benjamini-Hochberg" in second
-    assert fmt_p(3.2e-05) == "3.2e-05" and fmt_p(0.0004) == "4.0e-04" and fmt_p(None) == ""
+    assert format_p(3.2e-05) == "3.2e-05" and format_p(0.0004) == "4.0e-04" and format_p(None) == ""
 
 
 def test_clopper_pearson():

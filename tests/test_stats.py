@@ -239,3 +239,53 @@ def test_controlled_pvalue_holds_its_level_where_the_pooled_binomial_does_not():
     assert controlled_pvalue(marked, rng.random((n, k)) < p_match) < 1e-6
     with pytest.raises(ValueError):
         controlled_pvalue(np.zeros((3, 4), bool), np.zeros((3, 5), bool))
+
+
+# --------------------------------------------------------------------------- the key test
+
+def test_key_test_equals_enumerating_every_message():
+    import itertools
+
+    rng = np.random.default_rng(3)
+    read = rng.integers(0, 2, (7, 8))
+    read[:, 2] = 1          # a position every image reads alike
+    read[:4, 5], read[4:, 5] = 0, 1
+    msgs = np.array(list(itertools.product([0, 1], repeat=8)))
+    s_all = (read[None] == msgs[:, None]).sum((1, 2))
+    for m in msgs[::17]:
+        want = np.mean(s_all >= (read == m).sum())
+        assert stats.key_test(read, m)["p_value"] == pytest.approx(want)
+    assert stats.key_pvalues(read, msgs) == pytest.approx([np.mean(s_all >= s) for s in s_all])
+
+
+def test_key_test_holds_its_level_when_every_image_reads_the_same_bits():
+    """Images of one model read nearly the same bits: the pooled binomial then passes about
+    half of all random messages, the key test alpha of them."""
+    rng = np.random.default_rng(0)
+    planted = rng.integers(0, 2, 32)
+    read = np.where(rng.random((48, 32)) < 0.9, planted, 1 - planted)
+    msgs = rng.integers(0, 2, (20_000, 32))
+    p = stats.key_pvalues(read, msgs)
+    for alpha in (1e-3, 1e-2, 0.05):
+        assert (p <= alpha).mean() <= alpha + 3 * np.sqrt(alpha / 20_000)
+    pooled = np.mean([stats.pooled_pvalue((read == m).sum(1), 32) <= 1e-3 for m in msgs[:500]])
+    assert pooled > 0.2
+    res = stats.key_test(read, planted)
+    assert res["p_value"] == res["min_p_value"] == 2.0 ** -32 and res["majority_agreement"] == 1.0
+    assert stats.bits_for_pvalue(1e-6) == 20 and stats.bits_for_pvalue(2.0 ** -32) == 32
+
+
+def test_key_test_rejects_malformed_reads():
+    with pytest.raises(ValueError):
+        stats.key_test(np.zeros((3, 4)), np.zeros(5))
+    with pytest.raises(ValueError):
+        stats.key_test(np.full((3, 4), 2), np.zeros(4))
+
+
+def test_log10_pvalues_do_not_underflow_and_print_in_scientific_notation():
+    assert stats.binom_pvalue(1900, 2048) == 0.0
+    lg = stats.log10_binom_pvalue(1900, 2048)
+    assert -400 < lg < -300
+    assert stats.log10_binom_pvalue(30, 48) == pytest.approx(np.log10(stats.binom_pvalue(30, 48)), rel=1e-9)
+    assert stats.format_p(0.0, lg).endswith(f"e{int(np.floor(lg)):+03d}")
+    assert stats.format_p(3.2e-5) == "3.2e-05" and stats.format_p(0.5) == "0.5"

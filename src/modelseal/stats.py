@@ -7,7 +7,8 @@ import numpy as np
 from scipy.stats import binom
 
 __all__ = [
-    "binom_pvalue", "bit_threshold", "pooled_pvalue", "tpr_at_threshold",
+    "binom_pvalue", "log10_binom_pvalue", "bit_threshold", "pooled_pvalue", "log10_pooled_pvalue",
+    "key_null", "key_test", "key_pvalues", "bits_for_pvalue", "log10_p", "format_p", "tpr_at_threshold",
     "roc_curve", "auroc", "auroc_ci", "tpr_at_fpr", "calibrate_threshold",
     "empirical_pvalue", "accuracy_at_threshold", "summarize_audit", "summarize_bits",
 ]
@@ -54,6 +55,121 @@ def bit_threshold(k: int, fpr: float, p: float = 0.5) -> int:
     return int(ok[0]) if ok.size else k + 1
 
 
+def log10_binom_pvalue(matches: int, n: int, p: float = 0.5) -> float:
+    """log10 of P(X >= matches), X ~ Binomial(n, p), summed in log space: finite where the
+    p-value itself underflows to 0 (e.g. 1,900 of 2,048 matching bits)."""
+    from scipy.special import logsumexp
+
+    n = _check_k(n)
+    p = _check_prob("p", p)
+    if int(matches) != matches or not 0 <= matches <= n:
+        raise ValueError(f"matches must be an integer in [0, {n}], got {matches}")
+    if matches == 0:
+        return 0.0
+    lp = binom.logpmf(np.arange(int(matches), n + 1), n, p)
+    return float(min(0.0, logsumexp(lp) / np.log(10)))
+
+
+def log10_p(p: float) -> float:
+    """log10 of a p-value; -inf only for an exact 0."""
+    return float(np.log10(p)) if p > 0 else float("-inf")
+
+
+def format_p(p: float | None, log10: float | None = None) -> str:
+    """A p-value for people: 3.2e-05 (never 0.00); from its log10 where p underflowed."""
+    if p is None:
+        return ""
+    if p == 0 and log10 is not None and np.isfinite(log10):
+        e = int(np.floor(log10))
+        return f"{10 ** (log10 - e):.1f}e{e:+03d}"
+    return f"{p:.2g}" if p >= 0.01 else f"{p:.1e}"
+
+
+def _check_reads(read) -> np.ndarray:
+    r = np.asarray(read)
+    if r.ndim != 2 or r.shape[0] < 1 or r.shape[1] < 1:
+        raise ValueError(f"need bits read from N >= 1 images, shape (N, k), got {r.shape}")
+    if not np.all(np.isin(r, (0, 1))):
+        raise ValueError("bits read must be 0 or 1")
+    return r.astype(np.int64)
+
+
+def key_null(read) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The key-randomization null of S(m) = sum over images of bits matching m.
+
+    With c1_j images reading 1 at position j (c0_j = N - c1_j), S(m) = sum_j (c1_j if m_j
+    else c0_j). Under H0 the message is a uniform draw independent of the images, so the
+    positions are independent fair coins whatever the images share: S = sum_j min_j + sum_j
+    d_j B_j with d_j = |c1_j - c0_j|, B_j ~ Bernoulli(1/2). Returns (c1, the majority bits,
+    tail) where tail[t] = P(sum_j d_j B_j >= t), exact by convolution (atoms are multiples of
+    2^-k, exact in float64 for k <= 256).
+    """
+    r = _check_reads(read)
+    n = r.shape[0]
+    c1 = r.sum(0)
+    d = np.abs(2 * c1 - n)
+    dist = np.ones(1)
+    for dj in d[d > 0]:
+        nxt = np.zeros(dist.size + dj)
+        nxt[:dist.size] += 0.5 * dist
+        nxt[dj:] += 0.5 * dist
+        dist = nxt
+    tail = np.cumsum(dist[::-1])[::-1]
+    return c1, (2 * c1 > n).astype(np.int64), np.minimum(tail, 1.0)
+
+
+def _key_stat(c1: np.ndarray, n: int, messages: np.ndarray) -> np.ndarray:
+    """sum_j d_j [m_j agrees with the majority], per message row (ties count 0)."""
+    d = np.abs(2 * c1 - n)
+    major = 2 * c1 > n
+    return ((messages.astype(bool) == major[None]) * d[None]).sum(1)
+
+
+def key_pvalues(read, messages) -> np.ndarray:
+    """Key-randomization p-values of many messages (K, k) against one set of reads (N, k):
+    the null is computed once, so thousands of keys cost one convolution."""
+    r = _check_reads(read)
+    m = np.asarray(messages).reshape(-1, r.shape[1])
+    c1, _, tail = key_null(r)
+    return tail[_key_stat(c1, r.shape[0], m)]
+
+
+def key_test(read, message) -> dict:
+    """Model-level test that a message m is planted: H0 "m is independent of this model".
+
+    Valid however alike the images read (they are the fixed part; the key is the random
+    part): p = P(S(m') >= S(m)) for a uniform m', exact (see key_null). The smallest
+    possible p is 2^-k' with k' the positions where the images do not split evenly, so a
+    target p needs k >= log2(1/p) bits (bits_for_pvalue). Also gives the majority-vote
+    message's agreement with m, the plain summary of what the images say.
+    """
+    r = _check_reads(read)
+    m = np.asarray(message).astype(np.int64).ravel()
+    if m.size != r.shape[1] or not np.all(np.isin(m, (0, 1))):
+        raise ValueError(f"message must hold {r.shape[1]} bits of 0/1")
+    n, k = r.shape
+    c1, major, tail = key_null(r)
+    p = float(tail[int(_key_stat(c1, n, m[None])[0])])
+    informative = int(np.count_nonzero(2 * c1 != n))
+    matches = int(np.where(m == 1, c1, n - c1).sum())
+    return {
+        "p_value": p,
+        "log10_p_value": log10_p(p),
+        "matches": matches,
+        "n_images": int(n),
+        "bits": int(k),
+        "informative_bits": informative,
+        "min_p_value": float(2.0 ** -informative),
+        "majority_agreement": float(np.mean(major == m)),
+    }
+
+
+def bits_for_pvalue(p: float) -> int:
+    """Message length k whose key test can reach p at all: 2^-k <= p."""
+    p = _check_prob("p", p)
+    return int(np.ceil(-np.log2(p) - 1e-12))
+
+
 def pooled_pvalue(matches: Sequence[int], k: int) -> float:
     """Model-level p-value over N images: sum of matches ~ Binomial(N * k, 1/2) under H0."""
     k = _check_k(k)
@@ -61,6 +177,12 @@ def pooled_pvalue(matches: Sequence[int], k: int) -> float:
     if m.size and (np.any(m < 0) or np.any(m > k) or np.any(m != np.round(m))):
         raise ValueError(f"every match count must be an integer in [0, {k}]")
     return binom_pvalue(int(m.astype(np.int64).sum()), k * int(m.size))
+
+
+def log10_pooled_pvalue(matches: Sequence[int], k: int) -> float:
+    """log10 of pooled_pvalue, finite where the p-value underflows."""
+    m = np.asarray(matches).ravel()
+    return log10_binom_pvalue(int(m.astype(np.int64).sum()), k * int(m.size))
 
 
 def controlled_pvalue(hits_trig, hits_clean) -> float:

@@ -50,11 +50,6 @@ def roc_figure_file(out: Path, scores, labels, calibrated: torch.Tensor, metric:
         tmp.write_bytes(png)
 
 
-def fmt_p(p: float | None) -> str:
-    """A p-value in scientific notation (3.2e-05; never a rounded 0.00); '' for None."""
-    return "" if p is None else f"{p:.1e}"
-
-
 def write_report(out: Path, res: dict) -> None:
     """report.html: the summary, the ROC curve and, per image, the evidence strip beside its score."""
     import base64
@@ -76,10 +71,10 @@ def write_report(out: Path, res: dict) -> None:
         if (out / "roc.png").is_file():
             figures.append(("ROC curves", (out / "roc.png").read_bytes()))
     else:
-        text = (f"Was this collection used? {res['set_verdict']} (set p-value {fmt_p(res['set_p_value'])}, alpha "
+        text = (f"Was this collection used? {res['set_verdict']} (set p-value {stats.format_p(res['set_p_value'])}, alpha "
                 f"{res['alpha']}). " + text)
         tables.append(("the collection: one-sided rank-sum test, image scores above calibration scores",
-                       [{"verdict": res["set_verdict"], "set p-value": fmt_p(res["set_p_value"]), "test": res["set_test"],
+                       [{"verdict": res["set_verdict"], "set p-value": stats.format_p(res["set_p_value"]), "test": res["set_test"],
                          "images": res["n_images"], "calibration": res["n_calibration"]}]))
         tables.append(("each image: conformal p-value against the calibration images",
                        [{"members found": f"{res['members_found']} of {res['n_images']}",
@@ -93,7 +88,7 @@ def write_report(out: Path, res: dict) -> None:
             b64 = base64.b64encode((out / r["evidence"]).read_bytes()).decode("ascii")
             img = f"<img src='data:image/png;base64,{b64}' style='height:96px'>"
         label = "member" if r.get("member") else ("holdout" if "member" in r else r.get("verdict") or r.get("role"))
-        p = fmt_p(r.get("p_value"))
+        p = stats.format_p(r.get("p_value"))
         rows.append(f"<tr><td>{html.escape(r['image'])}</td><td>{html.escape(str(label))}</td>"
                     f"<td>{r['score']:.4f}</td><td>{p}</td><td>{img}</td></tr>")
     page = render("modelseal audit (CGI-DM)", [summary], meta={"mode": res["mode"], "images": len(res["scores"])})

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..models.diffusion import T2IModel, is_lora_folder, load_t2i
 from ..runs import atomic_path
 from .baselines import loss_scores, paired_losses
-from .evidence import fmt_p, roc_figure_file, write_evidence, write_report
+from .evidence import roc_figure_file, write_evidence, write_report
 from .inversion import InversionOptions, invert
 from .scoring import FeatureExtractor, similarity
 
@@ -284,7 +284,7 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
         m = n_img if cfg.control != "none" else 1  # a lone member needs p <= alpha / m
         if 1 / (len(calib) + 1) > cfg.alpha / m:
             log(f"[audit] note: with {len(calib)} calibration images the smallest per-image p-value is "
-                f"{fmt_p(1 / (len(calib) + 1))}, above alpha / {m}: a member is found only beside others (or "
+                f"{stats.format_p(1 / (len(calib) + 1))}, above alpha / {m}: a member is found only beside others (or "
                 f"never); give at least {int(np.ceil(m / cfg.alpha)) - 1} calibration images")
     write_report(out, res)
     return res
@@ -302,7 +302,7 @@ def audit_decisions(test_scores, calib_scores, alpha: float, control: str, seed:
 
 def audit_summary(res: dict) -> list[str]:
     """The audit-mode verdict in two lines: the collection first, then the images."""
-    lines = [f"[audit] collection: {res['set_verdict']} (rank-sum p = {fmt_p(res['set_p_value'])}, {res['n_images']} "
+    lines = [f"[audit] collection: {res['set_verdict']} (rank-sum p = {stats.format_p(res['set_p_value'])}, {res['n_images']} "
              f"images vs {res['n_calibration']} calibration, {res['set_test']}; alpha {res['alpha']})",
              f"[audit] images: {res['members_found']} of {res['n_images']} found members; control: {res['control_note']}"]
     if res["control"] == "none":
