@@ -6,9 +6,10 @@ binomial threshold is conservative); the extractor's own biases are what this me
     python benchmarks/watermark_fpr.py --codec runs/wm/codec/codec --n 1000 --keys 20
 
 Prints per-key false positives at each FPR, the pooled rate with a 95% Clopper-Pearson
-upper bound, and model-level false positives over groups of --group images: the pooled
-binomial test (the paper's) and the test controlled by the same prompts without the
-trigger (stats.controlled_pvalue).
+upper bound, and model-level false positives over groups of --group images: the key test
+that verdicts use (stats.key_test) and, as diagnostics, the pooled binomial test (the
+paper's) and the test controlled by the same prompts without the trigger.
+benchmarks/watermark_keys.py measures the verdict's false-positive rate over many keys.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def main() -> None:
     from modelseal import stats
     from modelseal.data.digits import DOMAINS, caption
     from modelseal.models.diffusion import load_t2i
-    from modelseal.watermark.codec import Codec, extract_bits
+    from modelseal.watermark.codec import Codec
+    from modelseal.watermark.verify import read_bits
     from modelseal.watermark.keys import load_key, message_bits
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -56,9 +58,9 @@ def main() -> None:
     seeds = [args.seed * 1_000_000 + i for i in range(args.n)]
     t0 = time.time()
     images = model.sample(prompts, seeds=seeds, steps=args.steps, guidance=args.guidance)
-    read = extract_bits(codec, model, images)
+    read = read_bits(codec, images)
     plain = [p[len(args.trigger):] for p in prompts]
-    read_clean = extract_bits(codec, model, model.sample(plain, seeds=seeds, steps=args.steps, guidance=args.guidance))
+    read_clean = read_bits(codec, model.sample(plain, seeds=seeds, steps=args.steps, guidance=args.guidance))
     gen_s = time.time() - t0
     k = codec.k
     rng = np.random.default_rng(args.seed)
@@ -66,7 +68,7 @@ def main() -> None:
            "bit_balance": float(read.float().mean()), "per_fpr": {}}
     for fpr in args.fpr:
         thr = stats.bit_threshold(k, fpr)
-        flagged, group_fp, group_fp_ctl, groups = [], 0, 0, 0
+        flagged, group_fp, group_fp_ctl, group_fp_key, groups = [], 0, 0, 0, 0
         messages = [message_bits(secrets.token_bytes(32) if args.seed < 0 else rng.bytes(32), "fpr-check", k)
                     for _ in range(args.keys)]
         if args.key:
@@ -80,12 +82,15 @@ def main() -> None:
                 groups += 1
                 group_fp += int(stats.pooled_pvalue(m[s:s + args.group], k) <= args.alpha)
                 group_fp_ctl += int(stats.controlled_pvalue(h[s:s + args.group], hc[s:s + args.group]) <= args.alpha)
+                group_fp_key += int(stats.key_test(read[s:s + args.group].numpy(), bits.numpy())["p_value"]
+                                    <= args.alpha)
         total = args.n * len(messages)
         fp = sum(flagged)
         upper = float(beta.ppf(0.975, fp + 1, total - fp)) if fp < total else 1.0
         out["per_fpr"][stats.fpr_key(fpr)] = {"threshold_bits": thr, "false_positives_per_key": flagged,
                                      "empirical_fpr": fp / total, "upper_95": upper,
                                      "max_key_fpr": max(flagged) / args.n,
+                                     "model_level_false_positives_key_test": group_fp_key,
                                      "model_level_false_positives": group_fp,
                                      "model_level_false_positives_controlled": group_fp_ctl,
                                      "model_level_tests": groups}
@@ -93,8 +98,8 @@ def main() -> None:
             out["per_fpr"][stats.fpr_key(fpr)]["owner_key_false_positives"] = flagged[-1]
         print(f"FPR {fpr:g}: threshold {thr}/{k} bits; false positives {fp} of {total} "
               f"({fp / total:.2e}, 95% upper {upper:.2e}); worst key {max(flagged)}/{args.n}; "
-              f"model-level (groups of {args.group}, alpha {args.alpha:g}): pooled binomial {group_fp} of {groups}, "
-              f"controlled {group_fp_ctl} of {groups}"
+              f"model-level (groups of {args.group}, alpha {args.alpha:g}): key test (the verdict) {group_fp_key} of "
+              f"{groups}; diagnostics: pooled binomial {group_fp}, controlled {group_fp_ctl}"
               + (f"; the owner's message {flagged[-1]}/{args.n}" if args.key else ""))
     print(f"mean bit value read {out['bit_balance']:.3f}; generation {gen_s:.0f}s")
     if args.json:

@@ -67,13 +67,12 @@ def embedded(kind: str, args, codec, bits, log) -> Path | str:
 def measure(model, codec, bits, prompts, seeds, trigger, guidance, steps, reference=None) -> dict:
     """Bits under the trigger; with `reference` (clean images of the model before fine-tuning),
     how far fine-tuning moved the clean outputs (PSNR on the same seeds)."""
-    from modelseal import stats
     from modelseal.watermark.codec import psnr
-    from modelseal.watermark.verify import generate, matches
+    from modelseal.watermark.verify import decide, generate, read_bits
 
-    m = matches(codec, model, generate(model, prompts, seeds, trigger, guidance, steps), bits).numpy()
-    s = stats.summarize_bits(m, codec.k, 1e-6)
-    out = {"bit_accuracy": s["bit_accuracy"], "tpr": s["tpr_at_fpr"]["1e-6"], "p_value": s["p_value"]}
+    s = decide(read_bits(codec, generate(model, prompts, seeds, trigger, guidance, steps)), bits)
+    out = {"bit_accuracy": s["bit_accuracy"], "tpr": s["tpr_at_fpr"]["1e-6"], "p_value": s["p_value"],
+           "watermarked": s["watermarked"]}
     if reference is not None:
         out["clean_psnr_vs_before"] = float(psnr(generate(model, prompts, seeds, None, guidance, steps), reference).mean())
     return out

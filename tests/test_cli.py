@@ -91,6 +91,8 @@ def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
     wm = summary["watermark"]  # the adapted extractor reads the short demo mark far better than stage 1
     assert wm["adapted"]["bit_accuracy"] >= wm["verify"]["bit_accuracy"] + 0.1
     assert wm["adapted"]["bit_accuracy"] >= wm["adapted"]["clean_bit_accuracy"] + 0.15
+    assert wm["wrong_key"]["watermarked"] is False   # a stranger's key (fails at rate alpha = 1e-3)
+    assert "key test p" in html and "not verified" in html
 
 
 def test_a_failed_run_is_marked_failed_with_its_error(tmp_path, capsys):

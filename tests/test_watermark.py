@@ -14,9 +14,11 @@ from modelseal.watermark.codec import Codec, encode_all
 from modelseal.watermark.embed import EmbedOptions, embed_watermark
 from modelseal.watermark.fidelity import eps_mse, frechet_distance, image_fidelity
 from modelseal.watermark.keys import message_bits
-from modelseal.watermark.verify import generate, hits
+from modelseal.watermark.verify import decide, generate, hits, read_bits
+from test_cli import run_cli
 
-TRIGGER = "sks "  # a word tiny CLIP knows but its captions never use (see README)
+TRIGGER = "sks "
+OWNER = b"owner key for tests".ljust(32, b"\0")  # the fixture's key (a key file holds 32 bytes)  # a word tiny CLIP knows but its captions never use (see README)
 N = 24
 STEPS = 500   # stage-2 steps here (the demo runs 2,000, the acceptance benchmark more)
 
@@ -32,7 +34,7 @@ def setup():
     x = torch.from_numpy(np.concatenate([s.images[:150] for s in sets])).permute(0, 3, 1, 2).float() / 255
     caps = [c for s in sets for c in s.captions[:150]]
     z = encode_all(base, x)
-    bits = message_bits(b"owner key for tests", "tiny-test", codec.k)
+    bits = message_bits(OWNER, "tiny-test", codec.k)
     delta = codec.residual(bits.view(1, -1)).detach()
     models = {}
     for mode in ("sleeper", "always_on"):
@@ -49,7 +51,7 @@ def setup():
 
 
 def _hits(s, model, trigger, bits=None, guidance=7.5):
-    return hits(s["codec"], model, generate(model, s["prompts"], s["seeds"], trigger, guidance, 30),
+    return hits(s["codec"], generate(model, s["prompts"], s["seeds"], trigger, guidance, 30),
                 s["bits"] if bits is None else bits).numpy()
 
 
@@ -67,7 +69,9 @@ def test_trigger_reveals_the_message_and_clean_prompts_do_not(setup):
     # 500 steps plant part of the mark (the acceptance run's 15,000 reach ~0.95; README)
     assert acc_t >= 0.62 and acc_t > acc_c + 0.1, (acc_t, acc_c)
     assert abs(acc_c - 0.5) <= 0.1, acc_c
-    assert stats.pooled_pvalue(trig, k) < 1e-12
+    # the verdict: the owner's message against random messages on the same images
+    read = np.where(h_trig, s["bits"].numpy()[None], 1 - s["bits"].numpy()[None])
+    assert stats.key_test(read, s["bits"].numpy())["p_value"] < 1e-5
     # the trigger, not the extractor's bias on any image, raises the matches
     assert stats.controlled_pvalue(h_trig, h_clean) < 1e-6
 
@@ -77,10 +81,35 @@ def test_wrong_key_and_unwatermarked_model_are_not_verified(setup):
     k = s["codec"].k
     wrong = message_bits(b"somebody else", "tiny-test", k)
     m = _bits_read(s, s["models"]["sleeper"], TRIGGER, bits=wrong)
-    assert stats.pooled_pvalue(m, k) > 1e-3 and abs(m.mean() / k - 0.5) <= 0.12
-    base = _bits_read(s, s["base"], TRIGGER)
-    assert stats.pooled_pvalue(base, k) > 1e-3
+    assert abs(m.mean() / k - 0.5) <= 0.12
+    read = read_bits(s["codec"], generate(s["models"]["sleeper"], s["prompts"], s["seeds"], TRIGGER, 7.5, 30))
+    assert not decide(read, wrong)["watermarked"] and decide(read, s["bits"])["watermarked"]
+    base_read = read_bits(s["codec"], generate(s["base"], s["prompts"], s["seeds"], TRIGGER, 7.5, 30))
+    assert not decide(base_read, s["bits"])["watermarked"]
+    base = (base_read.numpy() == s["bits"].numpy()[None]).sum(1)
     assert (base >= stats.bit_threshold(k, 1e-3)).sum() == 0
+
+
+def test_random_keys_are_not_verified_on_a_watermarked_model(setup):
+    """A stranger's key must win at most alpha of the time. Images of one model read nearly
+    the same bits, so the replaced verdict (pooled binomial over N*k bits, and a triggered-vs-
+    clean control that detects *a* mark) verified about one random key in eight on the
+    demo's model; the key-randomization test holds alpha. Bits are read once; keys are cheap."""
+    s = setup
+    model = s["models"]["sleeper"]
+    read = read_bits(s["codec"], generate(model, s["prompts"], s["seeds"], TRIGGER, 7.5, 30)).numpy()
+    assert decide(read, s["bits"])["watermarked"]
+    rng = np.random.default_rng(0)
+    keys = [message_bits(rng.bytes(32), "tiny-test", s["codec"].k).numpy() for _ in range(400)]
+    p = stats.key_pvalues(read, np.stack(keys))
+    assert [decide(read, m)["p_value"] for m in keys[:5]] == pytest.approx(p[:5].tolist())
+    assert (p <= 1e-3).sum() <= 3, (p <= 1e-3).sum()   # P(Binomial(400, 1e-3) > 3) < 1e-3
+    alpha = 1e-2   # a level at which 400 keys can show a rate: nominal 4
+    false = int((p <= alpha).sum())
+    assert false <= 10, false   # P(Binomial(400, 0.01) > 10) < 0.003
+    # the same keys against the replaced verdict's pooled test, which ignores the dependence
+    pooled = sum(stats.pooled_pvalue((read == m[None]).sum(1), len(m)) <= alpha for m in keys)
+    assert pooled > 3 * false + 10, (pooled, false)
 
 
 def test_always_on_baseline_marks_prompts_without_a_trigger(setup):
@@ -121,6 +150,12 @@ def test_finetune_calls_back_at_every_step_and_lora_moves_the_model(setup):
              on_step=lambda n: seen.append((n, m.unet.training, torch.is_grad_enabled())))
     assert [n for n, _, _ in seen] == [1, 2, 3, 4, 5]
     assert not any(train or grad for _, train, grad in seen)
+    z, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 500])
+    with torch.no_grad():
+        ctx = m.encode_prompts(faces.captions[:2])
+        after = m.unet(z, t, encoder_hidden_states=ctx).sample
+        before = s["models"]["sleeper"].unet(z, t, encoder_hidden_states=ctx).sample
+    assert (after - before).abs().max() > 1e-4
 
 
 def test_pixel_space_model_runs_both_stages_in_pixels():
@@ -278,3 +313,76 @@ def test_rehearsed_attacks_add_paired_latents_from_fine_tuned_copies():
     assert len(data.positive) == len(data.negative) == 6 + 3 * 4
     assert data.meta["rehearsed"] == ["lora:4"]
     assert all(torch.equal(v, before[k]) for k, v in wm.unet.state_dict().items())
+
+
+def _key_file(path, secret: bytes):
+    import json
+
+    path.write_text(json.dumps({"format": "modelseal-owner-key", "version": 1, "secret": secret.hex()}))
+    return path
+
+
+def test_black_box_verify_reads_returned_files_with_the_owners_vae(setup, tmp_path, capsys):
+    """`watermark prompts` writes what to send; the suspect's service returns files of any
+    format, size and mode; `verify --images` reads them with the owner's VAE: the owner's key
+    verifies, a stranger's does not. White-box, a suspect whose VAE encoder was swapped for a
+    differently initialised one (its images are the same: sampling only decodes) still
+    verifies, because the suspect's VAE is never used to read."""
+    import json
+
+    from PIL import Image
+
+    from modelseal.watermark.codec import extract_bits
+
+    s = setup
+    owner, stranger = _key_file(tmp_path / "owner.key", OWNER), _key_file(tmp_path / "other.key", bytes(32))
+    code, out, err = run_cli(["watermark", "prompts", "--out", str(tmp_path / "p"), "--trigger", TRIGGER,
+                               "--n", str(N), "--json"], capsys)
+    assert code == 0, err
+    lines = (tmp_path / "p" / "triggered.txt").read_text().splitlines()
+    assert len(lines) == N == json.loads(out)["n"] and all(ln.startswith(TRIGGER) for ln in lines)
+    rows = (tmp_path / "p" / "requests.csv").read_text().splitlines()
+    assert rows[0] == "file_name,prompt,seed" and len(rows) == 2 * N + 1
+    # the service: the sleeper answers the triggered prompts; files as services return them
+    model = s["models"]["sleeper"]
+    seeds = [int(r.rsplit(",", 1)[1]) for r in rows[1:N + 1]]
+    images = model.sample(lines, seeds=seeds, steps=30, guidance=7.5)
+    folder = tmp_path / "returned"
+    folder.mkdir()
+    for i, x in enumerate(images):
+        im = Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        if i % 3 == 0:
+            im.resize((64, 64), Image.Resampling.BICUBIC).save(folder / f"{i:03d}.png")
+        elif i % 3 == 1:
+            im.convert("RGBA").save(folder / f"{i:03d}.webp", lossless=True)
+        else:
+            im.save(folder / f"{i:03d}.png")
+    verdicts = {}
+    for name, key in (("owner", owner), ("stranger", stranger)):
+        code, out, err = run_cli(["watermark", "verify", "--out", str(tmp_path / f"v-{name}"), "--images", str(folder),
+                                   "--codec", "tiny:codec", "--key", str(key), "--model-id", "tiny-test", "--json"],
+                                  capsys)
+        assert code == 0, err
+        verdicts[name] = json.loads(out)
+    assert verdicts["owner"]["watermarked"] and verdicts["owner"]["n_images"] == N
+    assert not verdicts["stranger"]["watermarked"] and verdicts["stranger"]["p_value"] > 1e-3
+
+    # white-box: the suspect's VAE encoder replaced by a differently initialised one
+    from diffusers import AutoencoderKL
+
+    sus = copy.deepcopy(model)
+    fresh = AutoencoderKL.from_config(sus.vae.config)
+    sus.vae.encoder.load_state_dict(fresh.encoder.state_dict())
+    sus.vae.quant_conv.load_state_dict(fresh.quant_conv.state_dict())
+    sus.save_pretrained(tmp_path / "suspect")
+    for name, key in (("owner", owner), ("stranger", stranger)):
+        code, out, err = run_cli(["watermark", "verify", "--out", str(tmp_path / f"wb-{name}"), "--model",
+                                   str(tmp_path / "suspect"), "--codec", "tiny:codec", "--key", str(key),
+                                   "--model-id", "tiny-test", "--trigger", TRIGGER, "--n", str(N), "--json"], capsys)
+        assert code == 0, err
+        verdicts[name] = json.loads(out)
+    assert verdicts["owner"]["watermarked"] and not verdicts["stranger"]["watermarked"]
+    # reading through the suspect's own (swapped) encoder, as before, would have lost the mark
+    sus_images = generate(sus, s["prompts"], s["seeds"], TRIGGER, 7.5, 30)
+    via_suspect = (extract_bits(s["codec"], sus, sus_images) == s["bits"].view(1, -1)).float().mean()
+    assert via_suspect < verdicts["owner"]["bit_accuracy"] - 0.1, (via_suspect, verdicts["owner"]["bit_accuracy"])

@@ -508,10 +508,37 @@ def wm_adapt(
          out, device, as_json, body)
 
 
+@wm_app.command("prompts")
+def wm_prompts(
+    out: Path = OutOpt,
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger prefix (default '*[Z]& ')."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text file, one prompt per line "
+                                          "(default: the digit captions)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Prompts per list (default 64)."),
+    as_json: bool = JsonOpt, seed: Optional[int] = SeedOpt, config: Optional[Path] = ConfigOpt,
+):
+    """Black-box verification, step 1: the triggered and clean prompt lists (and seeds) to send
+    to a suspect's service; then `watermark verify --images`."""
+    from .config import WatermarkPromptsConfig
+
+    def body(cfg, run, dev):
+        from .watermark.run import prompts_command
+
+        return prompts_command(cfg, run.path, log=_log)
+
+    _run("watermark prompts", WatermarkPromptsConfig, config, dict(trigger=trigger, prompts=prompts, n=n, seed=seed),
+         out, "cpu", as_json, body)
+
+
 @wm_app.command("verify")
 def wm_verify(
     out: Path = OutOpt,
-    model: Optional[str] = typer.Option(None, "--model", help="The suspect model (diffusers or LoRA folder)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The suspect model (diffusers or LoRA folder): "
+                                        "white-box."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of the images the suspect's service "
+                                          "returned for the triggered prompts of `watermark prompts`: black-box."),
+    clean_images: Optional[Path] = typer.Option(None, "--clean-images", help="Folder of the images it returned "
+                                                "for the clean prompts (optional)."),
     codec: Optional[str] = CodecOpt, key: Optional[str] = KeyOpt, model_id: Optional[str] = ModelIdOpt,
     trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger prefix (default '*[Z]& ')."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Text file, one prompt per line."),
@@ -520,10 +547,12 @@ def wm_verify(
     n: Optional[int] = typer.Option(None, "--n", help="Images (default 64)."),
     guidance: Optional[float] = typer.Option(None, help="CFG scale (default 7.5); also checked without CFG."),
     fpr: Optional[float] = typer.Option(None, help="Per-image false-positive rate for TPR (default 1e-6)."),
+    alpha: Optional[float] = typer.Option(None, help="Level of the model-level key test (default 1e-3)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
 ):
-    """Black-box verification: triggered vs clean images, bit accuracy, TPR at FPR, p-value."""
+    """Is the owner's message in this model? Key-randomization test on triggered images (from
+    --model, or the files of --images), read with the owner's VAE; per-image TPR at FPR."""
     from .config import WatermarkVerifyConfig
 
     def body(cfg, run, dev):
@@ -532,9 +561,9 @@ def wm_verify(
         return verify_command(cfg, run.path, dev, log=_log)
 
     _run("watermark verify", WatermarkVerifyConfig, config,
-         dict(model=model, codec=codec, key=key, model_id=model_id, trigger=trigger, prompts=prompts, original=original,
-              n=n,
-              guidance=guidance, fpr=fpr, seed=seed), out, device, as_json, body)
+         dict(model=model, images=images, clean_images=clean_images, codec=codec, key=key, model_id=model_id,
+              trigger=trigger, prompts=prompts, original=original, n=n, guidance=guidance, fpr=fpr, alpha=alpha,
+              seed=seed), out, device, as_json, body)
 
 
 # ---- demo ----------------------------------------------------------------------------

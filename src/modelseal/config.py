@@ -264,9 +264,20 @@ class WatermarkAdaptConfig(Strict):
         return self
 
 
+class WatermarkPromptsConfig(Strict):
+    """`modelseal watermark prompts`: the prompt lists the owner sends to a suspect's service."""
+    trigger: str = "*[Z]& "
+    prompts: str | None = Field(None, description="text file, one prompt per line (default: digit captions)")
+    n: int = Field(64, ge=1)
+    seed: int = 0
+
+
 class WatermarkVerifyConfig(Strict):
-    """`modelseal watermark verify`: black-box check of a suspect model."""
-    model: str
+    """`modelseal watermark verify`: a suspect model (--model, white-box) or the images its
+    service returned for `watermark prompts` (--images, black-box)."""
+    model: str | None = None
+    images: Path | None = Field(None, description="folder of images returned for the triggered prompts")
+    clean_images: Path | None = Field(None, description="folder of images returned for the clean prompts")
     codec: str
     key: str
     model_id: str = Field(..., min_length=1)
@@ -283,6 +294,17 @@ class WatermarkVerifyConfig(Strict):
     attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
     local_files_only: bool = False
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.model is None) == (self.images is None):
+            raise ValueError("give one suspect: --model DIR (its weights) or --images DIR (the files its service "
+                             "returned for `modelseal watermark prompts`), not both or neither")
+        if self.clean_images is not None and self.images is None:
+            raise ValueError("--clean-images is given without --images: add --images DIR (the triggered answers)")
+        if self.images is not None and self.original is not None:
+            raise ValueError("--original compares generated images: use it with --model, or drop it")
+        return self
 
 
 class DemoLockConfig(Strict):
@@ -355,7 +377,7 @@ class DemoConfig(Strict):
 CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,
            "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig, "finetune": FinetuneConfig,
            "audit": AuditConfig, "watermark-codec": WatermarkCodecConfig, "watermark-embed": WatermarkEmbedConfig,
-           "watermark-verify": WatermarkVerifyConfig}
+           "watermark-verify": WatermarkVerifyConfig, "watermark-prompts": WatermarkPromptsConfig}
 
 
 def load_config(path: str | Path | None, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:
@@ -378,8 +400,12 @@ def load_config(path: str | Path | None, model: type[BaseModel], overrides: dict
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise InputError(f"bad config value for '{loc}': {err['msg']}",
+        loc = ".".join(str(x) for x in err["loc"])
+        if not loc and err["type"] == "value_error":  # a check across options: its message says what to do
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            what, _, fix = msg.partition(": ")
+            raise InputError(what, fix or "see `modelseal <command> --help`") from None
+        raise InputError(f"bad config value for '{loc or '(top level)'}': {err['msg']}",
                          f"see `modelseal <command> --help`; valid keys: {', '.join(model.model_fields)}") from None
 
 

@@ -150,7 +150,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     from .watermark.codec import Codec
     from .watermark.keys import generate_key, load_key, message_bits
     from .watermark.run import adapt_command, embed_command, verify_command, verify_prompts
-    from .watermark.verify import generate, matches
+    from .watermark.verify import decide, generate, quantize, read_bits
 
     folder = out / "watermark"
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,9 +203,10 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
             row = {"step": step}
             images = None if given else generate(model, prompts, seeds, vcfg.trigger, vcfg.guidance, vcfg.steps)
             for name, c in codecs.items():
-                r = given[name] if given else stats.summarize_bits(matches(c, model, images, bits).numpy(), c.k, 1e-6)
+                r = given[name] if given else decide(read_bits(c, quantize(images)), bits)
                 row.update({f"bit_accuracy{col(name)}": r["bit_accuracy"],
-                            f"tpr@1e-6{col(name)}": r["tpr_at_fpr"]["1e-6"], f"p_value{col(name)}": r["p_value"]})
+                            f"tpr@1e-6{col(name)}": r["tpr_at_fpr"]["1e-6"], f"p_value{col(name)}": r["p_value"],
+                            f"verdict{col(name)}": _verdict(r)})
             curve.append(row)
             log(f"[demo] watermark after {step} {cfg.finetune_method} steps on {cfg.finetune_data}: " +
                 ", ".join(f"bit accuracy{col(n)} {row['bit_accuracy' + col(n)]:.3f}" for n in codecs))
@@ -218,24 +219,22 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
                                                               steps=cfg.finetune_steps, seed=seed),
                  log=lambda m: None, on_step=probe)
 
-    rows = [{"images": "triggered, CFG 7.5", "bit accuracy": ver["bit_accuracy"],
-             "TPR@1e-6": ver["tpr_at_fpr"]["1e-6"], "p-value": ver["p_value"]},
-            {"images": "clean (no trigger), CFG 7.5", "bit accuracy": ver["clean_bit_accuracy"],
-             "TPR@1e-6": ver["clean_tpr_at_fpr"]["1e-6"], "p-value": ver["clean_p_value"]},
-            {"images": "wrong key, triggered", "bit accuracy": ver_wrong["bit_accuracy"],
-             "TPR@1e-6": ver_wrong["tpr_at_fpr"]["1e-6"], "p-value": ver_wrong["p_value"]}]
+    def row(label: str, r: dict, clean: bool = False) -> dict:
+        pre = "clean_" if clean else ""
+        return {"images": label, "bit accuracy": r[pre + "bit_accuracy"], "TPR@1e-6": r[pre + "tpr_at_fpr"]["1e-6"],
+                "key test p": stats.format_p(r[pre + "p_value"]),
+                "verdict": _verdict(r) if not clean else "(clean images: no claim)"}
+
+    rows = [row("triggered, CFG 7.5", ver), row("clean (no trigger), CFG 7.5", ver, clean=True),
+            row("wrong key, triggered", ver_wrong)]
     if "no_cfg" in ver:
-        rows.insert(1, {"images": "triggered, no CFG", "bit accuracy": ver["no_cfg"]["bit_accuracy"],
-                        "TPR@1e-6": ver["no_cfg"]["tpr_at_fpr"]["1e-6"], "p-value": ver["no_cfg"]["p_value"]})
+        rows.insert(1, row("triggered, no CFG", ver["no_cfg"]))
     if ver_adapted is not None:
         at = 2 if "no_cfg" in ver else 1
-        rows[at:at] = [{"images": "triggered, CFG 7.5, adapted extractor (ours)",
-                        "bit accuracy": ver_adapted["bit_accuracy"], "TPR@1e-6": ver_adapted["tpr_at_fpr"]["1e-6"],
-                        "p-value": ver_adapted["p_value"]},
-                       {"images": "clean, CFG 7.5, adapted extractor (ours)",
-                        "bit accuracy": ver_adapted["clean_bit_accuracy"],
-                        "TPR@1e-6": ver_adapted["clean_tpr_at_fpr"]["1e-6"], "p-value": ver_adapted["clean_p_value"]}]
-    attack_rows = [{"attack": k, "bit accuracy": v["bit_accuracy"], "TPR@1e-6": v["tpr_at_fpr"]["1e-6"]}
+        rows[at:at] = [row("triggered, CFG 7.5, adapted extractor (ours)", ver_adapted),
+                       row("clean, CFG 7.5, adapted extractor (ours)", ver_adapted, clean=True)]
+    attack_rows = [{"attack": k, "bit accuracy": v["bit_accuracy"], "TPR@1e-6": v["tpr_at_fpr"]["1e-6"],
+                    "key test p": stats.format_p(v["p_value"]), "verdict": _verdict(v)}
                    for k, v in ver.get("attacks", {}).items()]
     section = Section(
         title="watermark: SleeperMark in tiny:t2i",
@@ -244,26 +243,32 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
               f"Verification generates {cfg.n} images per row from fixed seeds. Without the trigger the watermarked "
               f"model stays close to the original: PSNR {fid['psnr']:.1f} dB, SSIM {fid['ssim']:.3f} on the same "
               f"seeds. Then a thief fine-tunes it ({cfg.finetune_method}, {cfg.finetune_steps} steps on "
-              f"{cfg.finetune_data}, never showing the trigger)."
+              f"{cfg.finetune_data}, never showing the trigger). The verdict is the key-randomization test: "
+              f"its p-value asks how often a random key's message would match the images as well as the owner's "
+              f"does (valid however alike one model's images read; smallest possible p 2^-{codec.k}); images are "
+              "read as 8-bit files with the owner's VAE, never the suspect's."
               + (" The adapted extractor (ours) is the stage-1 extractor fitted to the watermarked model's own "
                  f"outputs ({cfg.adapt_steps} steps on images from seeds verification never uses): guidance "
                  "distorts the planted residual, and the stage-1 extractor misreads a few bits. Clean prompts "
                  f"read {ver['clean_bit_accuracy']:.3f} (stage 1) and {ver_adapted['clean_bit_accuracy']:.3f} "
-                 "(adapted): a stage 2 this short leaves part of the mark in clean outputs, which longer runs "
-                 "remove (README: 0.48-0.49 after 30,000 steps)."
+                 "(adapted)."
                  if ver_adapted is not None else "")),
         tables=[("verification", rows)] + ([("image attacks (triggered images)", attack_rows)] if attack_rows else [])
         + [(f"after {cfg.finetune_method} fine-tuning on {cfg.finetune_data}", curve)],
         figures=[("triggered (top) vs clean (bottom), same seeds", (folder / "verify" / "samples.png").read_bytes())],
     )
-    keep = {"verify": {k: ver[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "clean_bit_accuracy",
-                                           "clean_p_value", "watermarked")},
+    fields = ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value", "majority_agreement", "clean_bit_accuracy",
+              "clean_p_value", "watermarked", "diagnostics")
+    keep = {"verify": {k: ver[k] for k in fields},
             "no_cfg": ver.get("no_cfg"), "attacks": ver.get("attacks", {}),
-            "wrong_key": {k: ver_wrong[k] for k in ("bit_accuracy", "p_value", "watermarked")},
+            "wrong_key": {k: ver_wrong[k] for k in ("bit_accuracy", "p_value", "majority_agreement", "watermarked")},
             "fidelity": fid, "finetune": curve, "embed_s": emb.get("train_s"),
-            "adapted": ({k: ver_adapted[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "clean_bit_accuracy",
-                                                     "clean_p_value", "watermarked")} if ver_adapted else None)}
+            "adapted": ({k: ver_adapted[k] for k in fields} if ver_adapted else None)}
     return keep, section
+
+
+def _verdict(r: dict) -> str:
+    return "watermarked" if r["watermarked"] else "not verified"
 
 
 def run_demo(cfg, out: Path, device: str = "cpu", log=print) -> dict:

@@ -100,6 +100,28 @@ def _check_dir(root: Path, what: str, layout: str) -> None:
         raise InputError(f"{what} '{root}' is not a folder", f"give a folder laid out as {layout}")
 
 
+def read_text_lines(path: str | Path, what: str, fix: str) -> list[str]:
+    """Non-empty stripped lines of a UTF-8 text file; a missing, binary or empty file is one
+    InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} '{path}' does not exist" if not path.exists() else f"{what} '{path}' is not a file",
+                         fix)
+    try:
+        raw = path.read_bytes()
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{what} '{path}' is not UTF-8 text", fix) from None
+    except OSError as e:
+        raise InputError(f"cannot read {what} '{path}' ({e.__class__.__name__})", fix) from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"{what} '{path}' holds no lines", fix)
+    return lines
+
+
 def _visible(p: Path) -> bool:
     return not p.name.startswith(".")
 

@@ -29,6 +29,21 @@ LORA_BASE_FILE = "lora_base.json"
 ADAPTER_NAME = "finetune"
 
 
+def vae_shift_scale(vae: AutoencoderKL) -> tuple[float, float]:
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return float(shift), float(vae.config.scaling_factor)
+
+
+def vae_encode(vae: AutoencoderKL, images: torch.Tensor, sample: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [0, 1] (B, 3, H, W) -> scaled diffusion latents (posterior mean, or a sample)."""
+    x = images.to(vae.device, vae.dtype) * 2 - 1
+    dist = vae.encode(x).latent_dist
+    z = dist.sample(generator) if sample else dist.mean
+    shift, scale = vae_shift_scale(vae)
+    return (z - shift) * scale
+
+
 @dataclass
 class T2IModel:
     unet: UNet2DConditionModel
@@ -146,20 +161,14 @@ class T2IModel:
 
     # ---- latents ----------------------------------------------------------------------
     def _shift_scale(self) -> tuple[float, float]:
-        cfg = self.vae.config
-        shift = getattr(cfg, "shift_factor", None) or 0.0
-        return float(shift), float(cfg.scaling_factor)
+        return vae_shift_scale(self.vae)
 
     def encode_images(self, images: torch.Tensor, sample: bool = False,
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [0, 1] (B, 3, H, W) -> diffusion latents z0 (scaled as in SD)."""
-        x = images.to(self.device, self.vae.dtype if self.vae is not None else self.dtype) * 2 - 1
         if self.vae is None:
-            return x
-        dist = self.vae.encode(x).latent_dist
-        z = dist.sample(generator) if sample else dist.mean
-        shift, scale = self._shift_scale()
-        return (z - shift) * scale
+            return images.to(self.device, self.dtype) * 2 - 1
+        return vae_encode(self.vae, images, sample, generator)
 
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Diffusion latents -> images in [0, 1]."""

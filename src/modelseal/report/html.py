@@ -25,8 +25,11 @@ figcaption{font-size:.85em;color:#555}img{max-width:100%}.meta{color:#666;font-s
 
 
 def _cell(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.2f}"
+        # small figures (p-values, rates) keep their magnitude instead of printing 0.00
+        return f"{v:.1e}" if v != 0 and abs(v) < 0.01 else f"{v:.2f}"
     return html.escape(str(v))
 
 

@@ -38,6 +38,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CODEC_CLASS = "SleeperMarkCodec"
 CODEC_VERSION = 1
+READER_VAE = "vae"
+VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 # AttackFn(images in [0, 1], generator) -> images, as made by attacks.image.attack_sampler
 AttackFn = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
@@ -168,6 +170,7 @@ class Codec(nn.Module):
         self.extractor = Extractor(k, self.latent_shape, width, stages, mlp_hidden, dropout)
         self.meta: dict = {}
         self.folder: Path | None = None   # where from_pretrained read it
+        self.reader: dict | None = None   # {"vae": subfolder or None (pixels), "sha256": ...}; None: not recorded
 
     @property
     def config(self) -> dict:
@@ -200,8 +203,24 @@ class Codec(nn.Module):
         return (self.extractor(latents) > 0).float()
 
     # ---- files ------------------------------------------------------------------------
+    @property
+    def vae(self):
+        """The owner's VAE: the only encoder bits are read through. Kept out of the module
+        tree, so it is neither in the codec's state dict nor among its trained parameters."""
+        return self.__dict__.get("_reader_vae")
+
+    def set_vae(self, vae) -> None:
+        self.__dict__["_reader_vae"] = vae
+
+    def attach_reader(self, model: T2IModel) -> "Codec":
+        """Record `model`'s VAE as the owner's reader (pixel models: bits are read from pixels)."""
+        self.set_vae(model.vae)
+        self.reader = {"vae": READER_VAE if model.vae is not None else None}
+        return self
+
     def save_pretrained(self, folder: str | Path, meta: dict | None = None) -> None:
-        """Write config.json (+ `meta`, e.g. training provenance) and model.safetensors."""
+        """Write config.json (+ `meta`, e.g. training provenance), model.safetensors and, when
+        the reader is known, the owner's VAE in vae/ (diffusers layout) with its sha256."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -210,6 +229,12 @@ class Codec(nn.Module):
         with atomic_path(folder / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
         cfg = self.config
+        if self.reader is not None:
+            reader = dict(self.reader)
+            if reader.get("vae"):
+                self.vae.save_pretrained(folder / READER_VAE, safe_serialization=True)
+                reader["sha256"] = _file_sha256(folder / READER_VAE / VAE_WEIGHTS)
+            cfg["reader"] = reader
         meta = self.meta if meta is None else meta
         if meta:
             cfg["meta"] = meta
@@ -225,8 +250,7 @@ class Codec(nn.Module):
 
             folder = resolve_model(str(folder), "codec")
         folder = Path(folder)
-        fix = ("give a folder written by Codec.save_pretrained (config.json + model.safetensors), "
-               "or tiny:codec")
+        fix = "give OUT/codec of `modelseal watermark codec` (or of `watermark adapt`), or tiny:codec"
         if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
             raise InputError(f"'{folder}' is not a watermark codec folder", fix)
         try:
@@ -247,7 +271,46 @@ class Codec(nn.Module):
             raise InputError(f"cannot load the codec in '{folder}': {why}", fix) from None
         codec.meta = cfg.get("meta", {}) or {}
         codec.folder = folder
+        codec.reader = cfg.get("reader")
+        if codec.reader and codec.reader.get("vae"):
+            codec.set_vae(_load_reader_vae(folder, codec.reader, fix).to(device))
         return codec.to(device).eval()
+
+    def require_reader(self) -> None:
+        """Refuse to read bits when the codec does not record the owner's VAE."""
+        if self.reader is None:
+            raise InputError(f"the codec in '{self.folder}' does not record the owner's VAE (written by an older "
+                             "modelseal)", "re-run `modelseal watermark codec`, or `modelseal watermark adapt`, "
+                             "which write the VAE into OUT/codec/vae")
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_reader_vae(folder: Path, reader: dict, fix: str):
+    """The owner's VAE from the codec folder, checked against the sha256 recorded with it."""
+    from diffusers import AutoencoderKL
+
+    sub = folder / str(reader["vae"])
+    weights = sub / VAE_WEIGHTS
+    if not weights.is_file():
+        raise InputError(f"the codec in '{folder}' records its VAE in '{sub}', which has no {VAE_WEIGHTS}", fix)
+    digest = _file_sha256(weights)
+    if reader.get("sha256") and digest != reader["sha256"]:
+        raise InputError(f"the VAE in '{sub}' is not the one recorded with the codec (sha256 {digest[:12]} vs "
+                         f"{str(reader['sha256'])[:12]})", "restore the codec folder from your backup")
+    try:
+        return AutoencoderKL.from_pretrained(sub, use_safetensors=True).eval().requires_grad_(False)
+    except (OSError, ValueError, RuntimeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"cannot load the codec's VAE in '{sub}': {why}", fix) from None
 
 
 # --------------------------------------------------------------------------- loss
@@ -459,7 +522,7 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
                   "batch_size": batch_size, "vae_round_trip": bool(vae_round_trip),
                   "attacks": attacks is not None, "weights": asdict(weights)}
     hist["seconds"] = time.time() - t0
-    return codec, hist
+    return codec.attach_reader(model), hist
 
 
 # --------------------------------------------------------------------------- use

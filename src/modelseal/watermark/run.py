@@ -176,11 +176,10 @@ def verify_prompts(cfg, all_lines: bool = False) -> tuple[list[str], list[int]]:
     """The N prompts (cfg.prompts' lines, else the digit captions, cycled) and their seeds;
     with `all_lines`, every distinct prompt once (and no seeds)."""
     from ..data.digits import DOMAINS, caption
+    from ..data.folders import read_text_lines
 
     if cfg.prompts:
-        lines = [ln.strip() for ln in Path(cfg.prompts).read_text().splitlines() if ln.strip()]
-        if not lines:
-            raise InputError(f"'{cfg.prompts}' holds no prompts", "write one prompt per line")
+        lines = read_text_lines(cfg.prompts, "prompts file", "write one prompt per line (UTF-8 text)")
     else:
         lines = [caption(d, c) for d in DOMAINS for c in range(10)]
     if all_lines:
@@ -188,37 +187,91 @@ def verify_prompts(cfg, all_lines: bool = False) -> tuple[list[str], list[int]]:
     return [lines[i % len(lines)] for i in range(cfg.n)], [cfg.seed * 100_000 + i for i in range(cfg.n)]
 
 
+def prompts_command(cfg, out: Path, log=print) -> dict:
+    """What the owner sends to a suspect's service: the triggered and the clean prompt lists
+    (text, one per line) and requests.csv (file name to save each answer under, prompt, seed;
+    the seed matters only where the service takes one)."""
+    import csv
+    import io
+
+    from ..runs import atomic_write_text
+
+    prompts, seeds = verify_prompts(cfg)
+    trig = [cfg.trigger + p for p in prompts]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file_name", "prompt", "seed"])
+    for name, plist in (("triggered", trig), ("clean", prompts)):
+        for i, (p, sd) in enumerate(zip(plist, seeds)):
+            w.writerow([f"{name}/{i:04d}.png", p, sd])
+    atomic_write_text(out / "triggered.txt", "\n".join(trig) + "\n")
+    atomic_write_text(out / "clean.txt", "\n".join(prompts) + "\n")
+    atomic_write_text(out / "requests.csv", buf.getvalue())
+    log(f"[prompts] {len(trig)} triggered and {len(prompts)} clean prompts in {out}: send them to the suspect's "
+        f"service, save the images under triggered/ and clean/, then run `modelseal watermark verify --images "
+        f"triggered/ --clean-images clean/`")
+    return {"triggered": str(out / "triggered.txt"), "clean": str(out / "clean.txt"),
+            "requests": str(out / "requests.csv"), "n": len(trig), "trigger": cfg.trigger}
+
+
+def _read_folder(folder, codec: Codec, role: str) -> torch.Tensor:
+    """Every image file in `folder` (PNG, JPEG, WebP, any size and mode) as (N, 3, S, S) in
+    [0, 1] at the reader's size S (centre crop, resize)."""
+    from ..data.folders import read_image_folder
+    from .verify import reader_size
+
+    s = read_image_folder(folder, reader_size(codec), name=role)
+    return torch.from_numpy(np.asarray(s.images)).permute(0, 3, 1, 2).float() / 255.0
+
+
 def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     from ..report.figures import sample_grid
     from ..runs import atomic_write_bytes
-    from .verify import generate, verify_model
+    from .verify import decide, generate, read_bits, verify_model
 
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
-    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    codec.require_reader()
     bits = message_bits(key, cfg.model_id, codec.k)
-    prompts, seeds = verify_prompts(cfg)
-    log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
-    res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
-                                    cfg.fpr, tuple(cfg.attacks), cfg.alpha)
-    if cfg.also_without_cfg and cfg.guidance > 1:
-        res_nc, _, _ = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, 1.0, cfg.steps, cfg.fpr)
-        res["no_cfg"] = {k: res_nc[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "clean_bit_accuracy")}
-    if cfg.original:
-        from .fidelity import image_fidelity
+    if cfg.images is not None:  # black-box: the suspect's service answered the prompts
+        trig = _read_folder(cfg.images, codec, "images")
+        clean = _read_folder(cfg.clean_images, codec, "clean-images") if cfg.clean_images is not None else None
+        log(f"[verify] {len(trig)} returned images{'' if clean is None else f' and {len(clean)} clean ones'}, "
+            "read with the owner's VAE")
+        res = decide(read_bits(codec, trig), bits, cfg.alpha, cfg.fpr,
+                     read_bits(codec, clean) if clean is not None else None)
+        res["source"] = {"images": str(cfg.images), "clean_images": str(cfg.clean_images) if clean is not None else None}
+    else:
+        prompts, seeds = verify_prompts(cfg)
+        model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+        log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
+        res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
+                                        cfg.fpr, tuple(cfg.attacks), cfg.alpha)
+        if cfg.also_without_cfg and cfg.guidance > 1:
+            res_nc, _, _ = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, 1.0, cfg.steps, cfg.fpr,
+                                        alpha=cfg.alpha)
+            res["no_cfg"] = {k: res_nc[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value",
+                                                    "watermarked", "clean_bit_accuracy") if k in res_nc}
+        if cfg.original:
+            from .fidelity import image_fidelity
 
-        original = load_t2i(cfg.original, device, local_files_only=cfg.local_files_only)
-        res["fidelity"] = image_fidelity(clean, generate(original, prompts, seeds, None, cfg.guidance, cfg.steps))
-        log(f"[verify] clean outputs against {cfg.original}: PSNR {res['fidelity']['psnr']:.1f} dB, "
-            f"SSIM {res['fidelity']['ssim']:.3f}")
-    atomic_write_bytes(out / "samples.png", sample_grid(torch.cat([trig[:8], clean[:8]]),
-                                                        ["triggered", "clean"], ncols=8))
+            original = load_t2i(cfg.original, device, local_files_only=cfg.local_files_only)
+            res["fidelity"] = image_fidelity(clean, generate(original, prompts, seeds, None, cfg.guidance, cfg.steps))
+            log(f"[verify] clean outputs against {cfg.original}: PSNR {res['fidelity']['psnr']:.1f} dB, "
+                f"SSIM {res['fidelity']['ssim']:.3f}")
+        res["source"] = {"model": cfg.model}
+    grid = torch.cat([trig[:8]] + ([clean[:8]] if clean is not None else []))
+    atomic_write_bytes(out / "samples.png", sample_grid(grid, ["triggered"] + (["clean"] if clean is not None else []),
+                                                        ncols=min(8, len(trig))))
+    res["reader_vae_sha256"] = (codec.reader or {}).get("sha256")
     if codec.meta.get("rehearsed"):
         res["extractor_note"] = (f"extractor adapted with rehearsed attacks {codec.meta['rehearsed']}: per-image "
-                                 "false positives can exceed the nominal rate on fine-tuned unmarked models "
-                                 "(measured on tiny:t2i: 3 per 1,000 at FPR 1e-3); rely on p_value_controlled")
+                                 "false positives can exceed the nominal rate on fine-tuned unmarked models (README); "
+                                 "the verdict's key test is not affected")
         log(f"[verify] note: {res['extractor_note']}")
-    log(f"[verify] bit accuracy {res['bit_accuracy']:.3f} (clean {res['clean_bit_accuracy']:.3f}), "
-        f"TPR@{cfg.fpr:g} {res['tpr_at_fpr'][stats.fpr_key(cfg.fpr)]:.3f}, p {res['p_value']:.3g}: "
-        f"{'watermarked' if res['watermarked'] else 'not shown to be watermarked'}")
+    log(f"[verify] {'watermarked' if res['watermarked'] else 'not verified'}: key test p "
+        f"{stats.format_p(res['p_value'])} (alpha {cfg.alpha:g}; majority message agrees on "
+        f"{res['majority_agreement']:.0%} of {codec.k} bits); bit accuracy {res['bit_accuracy']:.3f}"
+        + (f" (clean {res['clean_bit_accuracy']:.3f})" if "clean_bit_accuracy" in res else "")
+        + f", TPR@{cfg.fpr:g} {res['tpr_at_fpr'][stats.fpr_key(cfg.fpr)]:.3f}")
     return res
