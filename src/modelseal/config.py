@@ -97,8 +97,12 @@ class LockEvalConfig(_ModelOptions):
     seed: int = 0
 
 
-class LockVerifyConfig(_ModelOptions, _StampOptions):
-    """`modelseal lock verify`: is a suspect checkpoint ours? Paired test on clean vs stamped."""
+class LockVerifyConfig(_ModelOptions):
+    """`modelseal lock verify`: is a suspect checkpoint ours? Paired test on clean vs stamped.
+    The stamp is the one recorded with the checkpoint unless --stamp-* options are given."""
+    stamp_pattern: Literal["grid", "lines", "checker", "patch"] | None = None
+    stamp_strength: float | None = Field(None, gt=0.0, le=1.0)
+    stamp_period: int | None = Field(None, ge=1)
     model: str | None = None
     checkpoint: str
     eval: str = "builtin:digits/mnist"

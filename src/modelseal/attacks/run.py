@@ -51,7 +51,11 @@ def training_set(cfg, size: int) -> tuple[torch.Tensor, list[str], str]:
 
 
 def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
+    from ..data.sources import check_inputs
+
     out = Path(out)
+    if cfg.method not in ("prune", "quantize"):
+        check_inputs(data=cfg.data)
     model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
     size = cfg.size or model.image_size
     record = {"method": cfg.method, "base": cfg.model, "prompt": cfg.prompt}

@@ -206,6 +206,9 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     if not cfg.finetuned:
         raise InputError("no suspect model", "give --finetuned DIR (a diffusers folder or a LoRA folder)")
     mode = _check_mode(cfg)
+    from ..data.sources import check_inputs
+
+    check_inputs(members=cfg.members, holdout=cfg.holdout, images=cfg.images, calibration=cfg.calibration)
     prompt = cfg.prompt or default_prompt(cfg.finetuned)
     if not prompt:
         raise InputError("no fine-tuning prompt: the suspect's folder does not record one",

@@ -34,6 +34,11 @@ class FeatureExtractor:
         self.source = source
         self.device = device
         self.kind = "clip"
+        if not source.startswith("tiny:"):
+            from ..models.zoo import hub_access, resolve_model
+
+            source = resolve_model(source, "features")
+            local_files_only = hub_access(source, "config.json", local_files_only)
         if source.startswith("tiny:") or _is_clip(source, local_files_only):
             from ..models.clip import load_clip
 
@@ -47,7 +52,8 @@ class FeatureExtractor:
         from ..errors import InputError
 
         try:
-            self.model = AutoModel.from_pretrained(source, local_files_only=local_files_only).to(self.device).eval()
+            self.model = AutoModel.from_pretrained(source, local_files_only=local_files_only,
+                                                   use_safetensors=True).to(self.device).eval()
         except (OSError, ValueError) as e:
             raise InputError(f"cannot load feature model '{source}': {str(e).splitlines()[0]}",
                              "give a DINO/ViT or CLIP checkpoint folder or cached hub id, or leave --features "

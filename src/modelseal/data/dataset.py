@@ -56,6 +56,23 @@ class ImageSet:
             meta=dict(self.meta),
         )
 
+    def with_classes(self, class_names: list[str], what: str = "") -> "ImageSet":
+        """The same images labelled in the order of `class_names` (classes are matched by
+        name, so a folder's sorted 'eight', 'five', ... meets 'zero', 'one', ...); a set of
+        other classes is an InputError."""
+        from ..errors import InputError
+
+        if self.class_names == list(class_names):
+            return self
+        if self.class_names is None or sorted(self.class_names) != sorted(class_names):
+            mine, want = set(self.class_names or []), set(class_names)
+            diff = sorted(mine - want)[:3] + sorted(want - mine)[:3]
+            raise InputError(f"{what or self.name} has classes {sorted(mine)[:5]} unlike {sorted(want)[:5]} "
+                             f"(differ: {', '.join(diff)})", "give domains with the same class folders")
+        remap = np.array([list(class_names).index(c) for c in self.class_names], dtype=np.int64)
+        return ImageSet(name=self.name, images=self.images, labels=remap[self.labels], class_names=list(class_names),
+                        captions=self.captions, names=self.names, meta=dict(self.meta))
+
     def tensor(self, idx=None) -> torch.Tensor:
         """Float tensor (N, 3, H, W) in [0, 1]."""
         arr = self.images if idx is None else self.images[np.asarray(idx)]

@@ -113,7 +113,10 @@ def _mnist_m(size: int) -> tuple[np.ndarray, np.ndarray]:
     out = np.empty((len(gray), size, size, 3), np.uint8)
     for i, g in enumerate(gray):
         p = photos[rng.integers(len(photos))]
-        crop = int(rng.integers(size, min(p.shape[0], p.shape[1]) // 2))
+        side = min(p.shape[0], p.shape[1])
+        # the same draws as always where the photos are large enough; at CLIP sizes (224 px)
+        # the crop is capped by the photo and resized up
+        crop = min(int(rng.integers(size, max(size + 1, side // 2))), side)
         r0 = rng.integers(0, p.shape[0] - crop + 1)
         c0 = rng.integers(0, p.shape[1] - crop + 1)
         patch = p[r0:r0 + crop, c0:c0 + crop]

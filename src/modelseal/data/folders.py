@@ -337,6 +337,9 @@ def read_captioned_folder(root: str | Path, size: int | None = None, name: str |
             raise InputError(f"'{meta_path}' line {line}: file_name '{fname}' must be a path relative to '{root}'",
                              f"expected {CAPTION_LAYOUT}")
         f = root / fname
+        if not f.resolve().is_relative_to(root.resolve()):  # '../x.png' or a link out of the folder
+            raise InputError(f"'{meta_path}' line {line}: file_name '{fname}' points outside '{root}'",
+                             "keep every image inside the captioned folder and name it relative to it")
         if not f.is_file():
             raise InputError(f"'{meta_path}' line {line} names '{fname}', but '{f}' does not exist",
                              "fix file_name or add the image")

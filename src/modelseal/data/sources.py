@@ -47,6 +47,24 @@ def load_source(spec: str, split: str = "train", size: int = 32, test_fraction: 
     return full.subset(train if split == "train" else test, name=full.name)
 
 
+def check_inputs(**specs) -> None:
+    """Fail at once (before any model loads) on a SRC / folder / file option whose path does
+    not exist; built-in names are checked for spelling. None values are skipped."""
+    for flag, spec in specs.items():
+        for one in spec if isinstance(spec, (list, tuple)) else [spec]:
+            if one is None:
+                continue
+            one = str(one)
+            opt = "--" + flag.replace("_", "-")
+            if one.startswith("builtin:"):
+                known = ("builtin:faces", "builtin:textures")
+                if one not in known and not (one.startswith(BUILTIN_PREFIX) and one[len(BUILTIN_PREFIX):] in DOMAINS):
+                    raise InputError(f"{opt}: unknown built-in source '{one}'",
+                                     f"use {BUILTIN_PREFIX}<{'|'.join(DOMAINS)}>, builtin:faces or builtin:textures")
+            elif not Path(one).expanduser().exists():
+                raise InputError(f"{opt}: '{one}' does not exist", "check the path")
+
+
 def source_name(spec: str) -> str:
     return spec[len(BUILTIN_PREFIX):] if spec.startswith(BUILTIN_PREFIX) else Path(spec).name
 

@@ -44,9 +44,12 @@ def read_card(folder: str | Path) -> dict:
         raise InputError(f"'{folder}' is not a lock checkpoint (needs {CARD} and {WEIGHTS})",
                          "give the checkpoint/ folder written by `modelseal lock train`")
     try:
-        return json.loads(card.read_text())
-    except json.JSONDecodeError:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise InputError(f"{card} is not valid JSON", "restore the checkpoint from its run folder") from None
+    if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict) or "sha256" not in data["backbone"]:
+        raise InputError(f"{card} is not a lock card (no backbone hash)", "restore the checkpoint from its run folder")
+    return data
 
 
 def load_lock_state(folder: str | Path, backbone: torch.nn.Module, card: dict | None = None) -> dict[str, torch.Tensor]:
@@ -58,4 +61,16 @@ def load_lock_state(folder: str | Path, backbone: torch.nn.Module, card: dict | 
         raise InputError(f"checkpoint '{folder}' was trained on backbone {card['backbone']['source']} "
                          f"(sha256 {want[:12]}), not on this one (sha256 {got[:12]})",
                          "pass --model with the backbone the checkpoint names")
-    return load_file(str(Path(folder) / WEIGHTS))
+    return read_weights(Path(folder) / WEIGHTS)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or one clear error when it is corrupt or truncated."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"cannot read '{path}' ({why[:120]})",
+                         "it is corrupt or truncated: restore it, or rerun `modelseal lock train`") from None

@@ -110,11 +110,12 @@ class CLIPBundle:
 def load_clip(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
               local_files_only: bool = False) -> CLIPBundle:
     """Load a CLIP model from a local folder, a hub id, or 'tiny:clip'. Frozen, eval mode."""
-    from .zoo import resolve_model
+    from .zoo import hub_access, resolve_model
 
     path = resolve_model(str(source), kind="clip")
+    local_files_only = hub_access(path, "config.json", local_files_only)
     try:
-        model = CLIPModel.from_pretrained(path, dtype=dtype, local_files_only=local_files_only)
+        model = CLIPModel.from_pretrained(path, dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=local_files_only)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load a CLIP model from '{source}': {str(e).splitlines()[0]}",

@@ -262,17 +262,18 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     folder on top of `base` (default: the base its lora_base.json names)."""
     if is_lora_folder(source):
         return _load_lora(source, device, dtype, local_files_only, base)
-    from .zoo import resolve_model
+    from .zoo import hub_access, resolve_model
 
     path = resolve_model(str(source), kind="t2i")
-    kw = dict(torch_dtype=dtype, local_files_only=local_files_only)
+    local_files_only = hub_access(path, "model_index.json", local_files_only)
+    kw = dict(torch_dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
         vae = None
         if Path(path, "vae").exists() or not Path(path).exists():
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype,
-                                                     local_files_only=local_files_only)
+                                                     local_files_only=local_files_only, use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=local_files_only)
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=local_files_only)
     except (OSError, ValueError) as e:

@@ -63,14 +63,41 @@ def resolve_model(name: str, kind: str) -> str:
     p = Path(name).expanduser()
     if p.exists():
         if not p.is_dir():
-            raise InputError(f"model path '{name}' is a file", "give the checkpoint folder (save_pretrained layout)")
+            raise InputError(f"model path '{name}' is a file", f"give the model's folder ({LAYOUTS.get(kind, '')})")
+        refuse_pickle_weights(p, kind)
         return str(p)
     # 'runs/wm' where runs/ is a local folder is a missing folder, not a hub id (a hub look-up
     # would retry over the network before failing)
     local_parent = name.count("/") == 1 and Path(name).parent.is_dir()
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or local_parent:
-        raise InputError(f"model folder '{name}' does not exist", "check the path, or give a hub id such as openai/clip-vit-base-patch16")
+        raise InputError(f"model folder '{name}' does not exist",
+                         f"check the path, or give a hub id such as {HUB_EXAMPLES.get(kind, 'org/name')}")
     return name
+
+
+LAYOUTS = {"clip": "config.json, model.safetensors, tokenizer files",
+           "t2i": "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"}
+HUB_EXAMPLES = {"clip": "openai/clip-vit-base-patch16", "t2i": "runwayml/stable-diffusion-v1-5"}
+_WEIGHT_DIRS = {"clip": ("",), "features": ("",), "t2i": ("unet", "vae", "text_encoder")}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_weights(folder: Path, kind: str) -> None:
+    """A model folder whose weights exist only as pickle files (pytorch_model.bin, ...) is
+    refused before anything opens them: unpickling runs code from whoever wrote the file."""
+    for sub in _WEIGHT_DIRS.get(kind, ("",)):
+        d = folder / sub if sub else folder
+        if not d.is_dir():
+            continue
+        files = [f for f in d.iterdir() if f.is_file()]
+        if any(f.suffix == ".safetensors" for f in files):
+            continue
+        pickles = sorted(f.name for f in files if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise InputError(f"'{d}' holds its weights only as pickle ({', '.join(pickles[:2])}), which modelseal "
+                             "never opens (unpickling can run code)",
+                             "convert them to safetensors where you trust the file, e.g. load it and "
+                             "save_pretrained(..., safe_serialization=True), then give that folder")
 
 
 def folder_hash(folder: str | Path) -> str:
@@ -110,3 +137,44 @@ def zoo_table() -> list[dict]:
         rows.append({"model": f"tiny:{name}", "origin": origin, "size_mb": folder_size(sub) / 2**20,
                      "params_m": params / 1e6, "sha256": folder_hash(sub), "folder": str(sub)})
     return rows
+
+
+def hub_access(path: str, marker: str, local_files_only: bool) -> bool:
+    """The local_files_only to load `path` with. A local folder: unchanged. A hub id that is
+    in the local cache: loaded from it without the network when the hub cannot be reached. A
+    hub id that is neither cached nor reachable: one InputError at once, instead of minutes
+    of retries and a message about a missing config.json."""
+    if Path(path).exists():
+        return local_files_only
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(path, marker), str)
+    except Exception:  # a malformed id: let from_pretrained say so
+        return local_files_only
+    if local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        reachable = False
+    else:
+        reachable = hub_reachable()
+    if cached:
+        return local_files_only or not reachable
+    if not reachable:
+        raise InputError(f"'{path}' is not in the local Hugging Face cache and the hub cannot be reached "
+                         f"(offline{' by --local-files-only' if local_files_only else ''})",
+                         "download it where there is network (`huggingface-cli download " + path + "`) and copy "
+                         "the cache, or give a local folder")
+    return local_files_only
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection (no request is sent)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False

@@ -34,8 +34,10 @@ def generate_key(path: str | Path, overwrite: bool = False) -> bytes:
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"key file '{path}' already exists",
-                         "choose another path, or pass overwrite to replace it (the old key is then lost)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+                         "choose another path, or add --overwrite to replace it (the old key is then lost)")
+    if not path.parent.is_dir():  # a typo in the folder must not scatter secrets into new directories
+        raise InputError(f"folder '{path.parent}' of the key file does not exist",
+                         "create it first (mkdir), or give --key in an existing folder")
     key = secrets.token_bytes(KEY_BYTES)
     text = json.dumps({"format": KEY_FORMAT, "version": KEY_VERSION, "secret": key.hex()}, indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -61,7 +63,7 @@ def _move_no_clobber(tmp: str, path: Path) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise InputError(f"key file '{path}' already exists",
-                         "choose another path, or pass overwrite to replace it (the old key is then lost)") from None
+                         "choose another path, or add --overwrite to replace it (the old key is then lost)") from None
     except OSError:
         if path.exists():
             raise InputError(f"key file '{path}' already exists", "choose another path") from None
@@ -71,7 +73,7 @@ def _move_no_clobber(tmp: str, path: Path) -> None:
 def load_key(path: str | Path) -> bytes:
     """Read and validate a key file written by generate_key; returns the 32 secret bytes."""
     path = Path(path)
-    fix = "give the owner key file that modelseal generated (generate_key)"
+    fix = "give the owner key file written by `modelseal watermark keygen --key FILE`"
     if not path.is_file():
         raise InputError(f"key file '{path}' does not exist", fix)
     try:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import stats
+from ..data.sources import check_inputs
 from ..errors import InputError
 from ..models.diffusion import latent_posterior, load_t2i
 from ..runs import atomic_folder
@@ -58,6 +59,11 @@ def images_and_captions(spec: str, size: int, limit: int | None, need_captions: 
     return torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0, captions
 
 
+def _data_spec(spec: str) -> str:
+    """builtin:digits/all names every digits domain (images_and_captions); check it as one."""
+    return "builtin:digits/mnist" if spec.startswith("builtin:digits/all") else spec
+
+
 def _sha(folder: Path) -> str:
     return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
 
@@ -70,6 +76,7 @@ def keygen_command(path: Path, overwrite: bool = False) -> dict:
 
 
 def codec_command(cfg, out: Path, device: str, log=print) -> dict:
+    check_inputs(data=_data_spec(cfg.data))
     model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
     x, _ = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
     n_test = max(16, len(x) // 10)
@@ -103,6 +110,7 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
 def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     from .embed import EmbedOptions, embed_watermark
 
+    check_inputs(data=_data_spec(cfg.data))
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
     model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
@@ -135,6 +143,8 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
 def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
     from .adapt import AdaptOptions, adapt_extractor, collect_latents
 
+    check_inputs(data=_data_spec(cfg.data), prompts=cfg.prompts,
+                 simulate_data=_data_spec(cfg.simulate_data) if cfg.simulate else None)
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
     model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
@@ -229,6 +239,8 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     from ..runs import atomic_write_bytes
     from .verify import decide, generate, read_bits, verify_model
 
+    check_inputs(images=cfg.images, clean_images=cfg.clean_images, prompts=cfg.prompts)
+    prompts, seeds = verify_prompts(cfg) if cfg.images is None else ([], [])
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
     codec.require_reader()
@@ -242,7 +254,6 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
                      read_bits(codec, clean) if clean is not None else None)
         res["source"] = {"images": str(cfg.images), "clean_images": str(cfg.clean_images) if clean is not None else None}
     else:
-        prompts, seeds = verify_prompts(cfg)
         model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
         log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
         res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
