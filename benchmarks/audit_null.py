@@ -1,29 +1,42 @@
 """False-positive rates of audit mode (`--images` + `--calibration`) on null suspects.
 
 Each null suspect is tiny:t2i DreamBooth-fine-tuned (200 steps, prior preservation) on the
-members of one built-in subject. A pool of images of another subject, which no suspect saw,
-is scored once per suspect through `audit_command` (CGI-DM, --steps PGD steps); then the
-pool is split many times at random into suspected + calibration images, and every split
-gets audit mode's decisions (`audit.run.audit_decisions`):
+members of one built-in subject (test-split images). A pool of images which no suspect was
+fine-tuned on (default: test-split images of another built-in subject; --pool-source: a
+source's --pool-split, train by default, with --pool-class only one label, e.g. the 400
+mnist-m train '3's, enough for 199 calibration images; the digits' train splits trained
+tiny:t2i itself, which every suspect shares, so they are unseen by the fine-tuning that an
+audit asks about) is scored once per suspect through `audit_command` (CGI-DM, --steps PGD
+steps); then the pool is split many times at random into suspected + calibration images,
+and every split gets audit mode's decisions (`audit.run.audit_decisions`):
   - set level: the collection's rank-sum p-value <= alpha ("used"): the false-positive rate;
   - per image: any image called "member" under BH, under Holm, and without control (each
     image at p <= alpha). Every image is innocent, so "any false member" is the family-wise
-    error; BH bounds it by alpha under this global null, no control does not.
-Each rate has a 95% Clopper-Pearson interval (the upper end is printed).
+    error; BH bounds it by alpha under this global null, no control does not. One image is
+    called on its own only when 1 / (calibration + 1) <= alpha / suspected (199 calibration
+    images for 10 at 0.05); with fewer, BH's and Holm's zero is structural;
+  - per image without control: the share of suspected images at p <= alpha.
+Each rate has a 95% Clopper-Pearson interval (the upper end is printed); the per-image one
+treats images as independent, which images scored against one calibration set are not.
 
-Caveats. Splits of one scored pool are dependent: the bound is for the average over splits
-of that pool, not for independent audits; the suspects (and their pools' scores) are the
-independent part. Random splits make suspected and calibration images exchangeable by
-construction, so this checks the tests and the multiplicity control, not the assumption a
-user must meet (calibration images of the same kind as the suspected ones). The tests'
-validity does not depend on score quality, so fewer PGD steps than the 1,000 default are
-fine here; the power part below shows the scores still separate members.
+Caveats. Without tied scores a split's decisions depend only on ranks, which a random split
+makes uniform whatever the scores: the splits are independent draws from the tests' exact
+null (Holm's any-false rate is then 10/209 at 10 + 199), and the suspects change nothing but
+ties. Random splits make suspected and calibration images exchangeable by construction, so
+this checks the tests and the multiplicity control, not the assumption a user must meet
+(calibration images of the same kind as the suspected ones). The tests' validity does not
+depend on score quality, so fewer PGD steps than the 1,000 default are fine here; the power
+part below shows the scores still separate members.
 
 Power (unless --no-power): each suspect is also audited on its own 10 members against 20
 never-seen images of its subject: the set p-value, the members found under BH and without
-control, and the AUROC of those scores.
+control, and the AUROC of those scores. It needs --holdout never-seen images of each
+suspect's subject (a test split has about 100 per digit), so it is not run at 199
+calibration images (--no-power).
 
-    python benchmarks/audit_null.py --out runs/audit-null
+    python benchmarks/audit_null.py --out runs/audit-null --steps 100
+    python benchmarks/audit_null.py --out runs/audit-null-199 --pool-source builtin:digits/mnist-m \
+        --pool-class 3 --pool-size 220 --calibration 199 --no-power
 """
 from __future__ import annotations
 
@@ -39,9 +52,32 @@ from modelseal import stats
 from modelseal.stats import format_p
 from modelseal.audit.run import audit_command, audit_decisions
 from modelseal.config import AuditConfig
+from modelseal.data.sources import load_source
 from modelseal.data.subjects import builtin_subject, write_split
 
 SUSPECTS = ["mnist/5", "syn/7", "uci/2"]
+
+
+def load_pool(args, ap: argparse.ArgumentParser) -> tuple[np.ndarray, str]:
+    """The pool's images (seeded order) and their description; errors if a suspect saw them."""
+    if args.pool_source is None:
+        if args.pool in args.suspects:
+            ap.error(f"--pool {args.pool} is a suspect's subject")
+        return builtin_subject(args.pool, 32, args.seed), f"{args.pool} (test split)"
+    ds = load_source(args.pool_source, args.pool_split, 32)
+    idx = np.arange(len(ds))
+    if args.pool_class is not None:
+        if ds.labels is None:
+            ap.error(f"{args.pool_source} has no labels for --pool-class")
+        idx = np.flatnonzero(ds.labels == args.pool_class)
+    what = f"{args.pool_source}" + ("" if args.pool_class is None else f" class {args.pool_class}")
+    # the suspects' members are test-split images of <domain>/<digit>
+    domain = args.pool_source.removeprefix("builtin:digits/")
+    seen = [s for s in args.suspects if args.pool_split != "train" and s.split("/")[0] == domain
+            and args.pool_class in (None, int(s.split("/")[1]))]
+    if seen:
+        ap.error(f"the pool ({what}, {args.pool_split} split) holds the members of {', '.join(seen)}")
+    return ds.images[np.random.default_rng(args.seed).permutation(idx)], f"{what} ({args.pool_split} split)"
 
 
 def _audit(out: Path, ft: str, images: Path, calibration: Path, args) -> dict:
@@ -69,10 +105,11 @@ def null_splits(scores: np.ndarray, args, seed: int) -> dict:
 
 
 def rates(k: dict, n: int, per_split: int) -> dict:
-    out = {"splits": n}
-    for name in ("set", "bh", "holm", "none"):
-        out[name] = {"rate": k[name] / n, "ci95": list(stats.clopper_pearson(k[name], n)), "count": k[name]}
-    out["none_per_image"] = k["false_images"] / (n * per_split)
+    def rate(count: int, total: int) -> dict:
+        return {"rate": count / total, "ci95": list(stats.clopper_pearson(count, total)), "count": count}
+
+    out = {"splits": n, **{name: rate(k[name], n) for name in ("set", "bh", "holm", "none")}}
+    out["none_per_image"] = rate(k["false_images"], n * per_split)
     return out
 
 
@@ -81,6 +118,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--suspects", nargs="+", default=SUSPECTS, help="subjects the null suspects are fine-tuned on")
     ap.add_argument("--pool", default="mnist-m/3", help="subject of the scored pool (seen by no suspect)")
+    ap.add_argument("--pool-source", help="a source spec (e.g. builtin:digits/mnist-m) to take the pool from in "
+                    "place of --pool's test split")
+    ap.add_argument("--pool-split", default="train", choices=["train", "test", "all"], help="of --pool-source")
+    ap.add_argument("--pool-class", type=int, help="of --pool-source: only images of this label (default: all)")
     ap.add_argument("--pool-size", type=int, default=36)
     ap.add_argument("--members", type=int, default=10, help="each suspect's fine-tuning images")
     ap.add_argument("--holdout", type=int, default=20, help="power: never-seen images of the suspect's subject")
@@ -95,11 +136,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.suspected + args.calibration > args.pool_size:
         ap.error("--suspected + --calibration must not exceed --pool-size")
+    images, pool_name = load_pool(args, ap)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     half = args.pool_size // 2
-    pool = write_split(builtin_subject(args.pool, 32, args.seed), args.out / "pool",
-                       {"a": half, "b": args.pool_size - half})
+    pool = write_split(images, args.out / "pool", {"a": half, "b": args.pool_size - half})
     per, power, totals = [], [], {"set": 0, "bh": 0, "holm": 0, "none": 0, "false_images": 0}
     for i, subject in enumerate(args.suspects):
         seed = args.seed + i
@@ -129,14 +170,14 @@ def main() -> None:
     def cell(x: dict) -> str:
         return f"{x['rate']:.3f} (<= {x['ci95'][1]:.3f})"
 
-    print(f"\nnull suspects: {len(args.suspects)}; pool {args.pool_size} images of {args.pool}; {args.splits} splits "
+    print(f"\nnull suspects: {len(args.suspects)}; pool {args.pool_size} images of {pool_name}; {args.splits} splits "
           f"per suspect of {args.suspected} suspected + {args.calibration} calibration; alpha {args.alpha}; "
           f"rate (95% Clopper-Pearson upper)")
     print(f"{'suspect':<14}{'set-level':>22}{'any false, BH':>22}{'any false, Holm':>22}"
-          f"{'any false, none':>22}{'per image, none':>17}")
+          f"{'any false, none':>22}{'per image, none':>22}")
     for r in per + [{"suspect": "pooled", **summary["pooled"]}]:
         print(f"{r['suspect']:<14}{cell(r['set']):>22}{cell(r['bh']):>22}{cell(r['holm']):>22}{cell(r['none']):>22}"
-              f"{r['none_per_image']:>17.3f}")
+              f"{cell(r['none_per_image']):>22}")
     for p in power:
         print(f"power, {p['suspect']}: {p['n_images']} members vs {p['n_calibration']} never seen: set p "
               f"{format_p(p['set_p_value'])} ({p['set_verdict']}), members found {p['members_found_bh']} (BH), "
