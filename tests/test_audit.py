@@ -1,5 +1,6 @@
 """CGI-DM audit: the contrast's exact-zero property, masks, and the effect at a small size."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -125,10 +126,13 @@ def test_audit_mode_gives_p_values_and_verdicts(subject, capsys):
     assert page.index("Was this collection used? used") < page.index("evidence per image")
     assert f"<td>{res['set_p_value']:.1e}</td>" in page and f"<td>{p[0]:.1e}</td>" in page
 
-    # --control none: the same scores (from the cache), the old per-image verdicts, labelled uncontrolled
+    # --control none: the same scores (from the cache, content-keyed: copied into the new run's folder,
+    # which --overwrite lets it write into), the old per-image verdicts, labelled uncontrolled
+    shutil.copytree(root / "real" / "cache", root / "real-none" / "cache")
     code, stdout, err = run_cli(["audit", "--finetuned", str(root / "suspect" / "model"), "--images",
                                  str(folders["members"]), "--calibration", str(folders["others"]),
-                                 "--steps", "200", "--control", "none", "--out", str(root / "real"), "--json"], capsys)
+                                 "--steps", "200", "--control", "none", "--out", str(root / "real-none"),
+                                 "--overwrite", "--json"], capsys)
     assert code == 0, err
     none = json.loads(stdout)
     assert none["control"] == "none" and "uncontrolled" in none["control_note"] and "uncontrolled" in err

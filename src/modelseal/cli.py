@@ -37,6 +37,9 @@ JsonOpt = typer.Option(False, "--json", help="Print results.json on stdout.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (default: the config's, 0).")
 ConfigOpt = typer.Option(None, "--config", help="YAML file of options (command-line options win).")
+OverwriteOpt = typer.Option(False, "--overwrite", help="--out holds another run (other command or options): delete "
+                            "it and start this one. Without it that is refused; the same command and options "
+                            "resume (or repeat) the run there.")
 
 
 def _log(msg: str) -> None:
@@ -47,11 +50,15 @@ def _log(msg: str) -> None:
 
 
 def _run(command: str, model, config: Optional[Path], overrides: dict, out: Path, device: str,
-         as_json: bool, body: Callable) -> dict:
-    """Validate config, open the run folder, run `body(cfg, run, device)`, write results."""
+         as_json: bool, body: Callable, overwrite: bool = False, replace: bool = False) -> dict:
+    """Validate config, open the run folder, run `body(cfg, run, device)`, write results.
+
+    Bad options, an absent device and an --out that cannot hold this run are refused before
+    anything loads. `overwrite`: replace another run in `out` (runs.RunFolder); `replace`: the
+    command keeps its own state and any earlier run record in `out` just gives way."""
     from . import parallel
     from .config import load_config
-    from .runs import RunFolder, resolve_device
+    from .runs import RunFolder, end_deferral, resolve_device
 
     _quiet_libraries()
     cfg = load_config(config, model, overrides)
@@ -62,16 +69,24 @@ def _run(command: str, model, config: Optional[Path], overrides: dict, out: Path
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            body(cfg, RunFolder(Path(tmp) / "run", command, cfg.model_dump(mode="json"), seed, dev), dev)
+            run = RunFolder(Path(tmp) / "run", command, cfg.model_dump(mode="json"), seed, dev)
+            try:
+                body(cfg, run, dev)
+            finally:
+                run.close()
         parallel.barrier()
         return {}
-    run = RunFolder(out, command, cfg.model_dump(mode="json"), seed, dev)
+    run = RunFolder(out, command, cfg.model_dump(mode="json"), seed, dev, overwrite=overwrite, replace=replace)
     try:
-        results = body(cfg, run, dev)
-    except BaseException as e:
-        run.fail(e)
-        raise
-    path = run.finish(results)
+        try:
+            results = body(cfg, run, dev)
+        except BaseException as e:
+            end_deferral()
+            run.fail(e)
+            raise
+        path = run.finish(results)
+    finally:
+        run.close()
     parallel.barrier()
     if as_json:
         sys.stdout.write(json.dumps(results, default=str) + "\n")
@@ -124,7 +139,7 @@ def zoo_build(
     _run("zoo build", ZooBuildConfig, config,
          dict(preset=preset, seed=seed, clip_steps=clip_steps, judge_steps=judge_steps, vae_steps=vae_steps,
               unet_steps=unet_steps, evaluate=False if no_eval else None),
-         target.parent / (target.name + ".run"), device, as_json, body)
+         target.parent / (target.name + ".run"), device, as_json, body, replace=True)
 
 
 @zoo_app.command("eval")
@@ -135,12 +150,14 @@ def zoo_eval(
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default 7.5, as Stable Diffusion)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Evaluate the zoo in use: CLIP zero-shot accuracy per domain, judged T2I prompt accuracy."""
     from .config import ZooEvalConfig
 
     _run("zoo eval", ZooEvalConfig, config, dict(per_prompt=per_prompt, steps=steps, guidance=guidance, seed=seed),
-         out, device, as_json, lambda cfg, run, dev: _zoo_eval_body(cfg, run))
+         out, device, as_json,
+         lambda cfg, run, dev: _zoo_eval_body(cfg, run), overwrite=overwrite)
 
 
 def _zoo_eval_body(cfg, run) -> dict:
@@ -221,6 +238,7 @@ def lock_train(
     local_files_only: Optional[bool] = LocalOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Learn a prompt generator that keeps accuracy on the authorized domain and collapses elsewhere."""
     from .config import LockTrainConfig
@@ -235,7 +253,7 @@ def lock_train(
               eval=eval_ or None, model=model, steps=steps, batch_size=batch_size, lr=lr, weights=weights,
               train_attention=train_attention, stamp_pattern=stamp_pattern, stamp_strength=stamp_strength,
               stamp_period=stamp_period, train_limit=train_limit, augment=augment, clamp=clamp, local_files_only=local_files_only, seed=seed),
-         out, device, as_json, body)
+         out, device, as_json, body, overwrite=overwrite)
 
 
 @lock_app.command("eval")
@@ -247,6 +265,7 @@ def lock_eval(
     local_files_only: Optional[bool] = LocalOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Accuracy of a lock checkpoint on each domain's test split (and stamped, if it has a stamp)."""
     from .config import LockEvalConfig
@@ -258,7 +277,7 @@ def lock_eval(
 
     _run("lock eval", LockEvalConfig, config, dict(checkpoint=checkpoint, eval=eval_ or None, model=model,
                                                    local_files_only=local_files_only, seed=seed),
-         out, device, as_json, body)
+         out, device, as_json, body, overwrite=overwrite)
 
 
 @lock_app.command("verify")
@@ -275,6 +294,7 @@ def lock_verify(
     local_files_only: Optional[bool] = LocalOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Ownership verification: does the suspect fail on stamped inputs it gets right clean? (p-value)"""
     from .config import LockVerifyConfig
@@ -287,7 +307,7 @@ def lock_verify(
     _run("lock verify", LockVerifyConfig, config,
          dict(checkpoint=checkpoint, eval=eval_, model=model, stamp_pattern=stamp_pattern,
               stamp_strength=stamp_strength, stamp_period=stamp_period, min_drop=min_drop, alpha=alpha,
-              local_files_only=local_files_only, seed=seed), out, device, as_json, body)
+              local_files_only=local_files_only, seed=seed), out, device, as_json, body, overwrite=overwrite)
 
 
 # ---- finetune ------------------------------------------------------------------------
@@ -316,6 +336,7 @@ def finetune_cmd(
     local_files_only: Optional[bool] = typer.Option(None, "--local-files-only/--allow-download"),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Fine-tune (full, LoRA, DreamBooth), prune or quantize a text-to-image model: OUT/model/."""
     from .config import FinetuneConfig
@@ -330,7 +351,7 @@ def finetune_cmd(
               batch_size=batch_size, rank=rank, train_text_encoder=train_text_encoder, class_prompt=class_prompt,
               class_images=class_images, prior_weight=prior_weight, flip=flip, amount=amount, bits=bits,
               gradient_checkpointing=gradient_checkpointing, local_files_only=local_files_only, seed=seed),
-         out, device, as_json, body)
+         out, device, as_json, body, overwrite=overwrite)
 
 
 # ---- audit ---------------------------------------------------------------------------
@@ -365,6 +386,7 @@ def audit_cmd(
     local_files_only: Optional[bool] = typer.Option(None, "--local-files-only/--allow-download"),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """CGI-DM: was an image in the suspect's fine-tuning set? Scores, p-values, visual evidence."""
     from .config import AuditConfig
@@ -379,7 +401,8 @@ def audit_cmd(
               images=images, calibration=calibration, null_finetuned=null_finetuned, steps=steps,
               mc_samples=mc_samples, eps=eps, step_size=step_size, mask=mask, block=block, noise=noise, metric=metric,
               features=features, ablations=ablations, batch_size=batch_size, alpha=alpha, control=control,
-              dtype=dtype, local_files_only=local_files_only, seed=seed), out, device, as_json, body)
+              dtype=dtype, local_files_only=local_files_only, seed=seed), out, device, as_json, body,
+         overwrite=overwrite)
 
 
 # ---- watermark -----------------------------------------------------------------------
@@ -414,6 +437,7 @@ def wm_codec(
                                                  help="Differentiable image attacks in training."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Stage 1: train the message encoder and the extractor on the model's VAE latents."""
     from .config import WatermarkCodecConfig
@@ -425,7 +449,8 @@ def wm_codec(
 
     _run("watermark codec", WatermarkCodecConfig, config,
          dict(model=model, data=data, limit=limit, bits=bits, steps=steps, lr=lr, w_img=w_img, latent_warmup=latent_warmup,
-              train_attacks=train_attacks, seed=seed), out, device, as_json, body)
+              train_attacks=train_attacks, seed=seed), out, device, as_json, body,
+         overwrite=overwrite)
 
 
 @wm_app.command("embed")
@@ -459,6 +484,7 @@ def wm_embed(
                                                     "reference's) or its mean."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Stage 2: distil the trigger -> message behaviour into the UNet's up-block attention."""
     from .config import WatermarkEmbedConfig
@@ -473,7 +499,8 @@ def wm_embed(
               batch_size=batch_size, lr=lr, grad_clip=grad_clip, eta=eta, tau=tau, beta=beta,
               uncond_fraction=uncond_fraction, mode=mode, preservation=preservation,
               gradient_checkpointing=gradient_checkpointing, precision=precision, shared_trunk=shared_trunk,
-              delta_scale=delta_scale, posterior_sample=posterior_sample, seed=seed), out, device, as_json, body)
+              delta_scale=delta_scale, posterior_sample=posterior_sample, seed=seed), out, device, as_json, body,
+         overwrite=overwrite)
 
 
 @wm_app.command("adapt")
@@ -493,6 +520,7 @@ def wm_adapt(
                                                 "fine-tune on (default builtin:textures)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Ours, after stage 2: fit the extractor to the watermarked model's outputs (OUT/codec)."""
     from .config import WatermarkAdaptConfig
@@ -505,7 +533,7 @@ def wm_adapt(
     _run("watermark adapt", WatermarkAdaptConfig, config,
          dict(model=model, original=original, codec=codec, key=key, model_id=model_id, trigger=trigger,
               prompts=prompts, steps=steps, simulate=simulate, simulate_data=simulate_data, seed=seed),
-         out, device, as_json, body)
+         out, device, as_json, body, overwrite=overwrite)
 
 
 @wm_app.command("prompts")
@@ -516,6 +544,7 @@ def wm_prompts(
                                           "(default: the digit captions)."),
     n: Optional[int] = typer.Option(None, "--n", help="Prompts per list (default 64)."),
     as_json: bool = JsonOpt, seed: Optional[int] = SeedOpt, config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Black-box verification, step 1: the triggered and clean prompt lists (and seeds) to send
     to a suspect's service; then `watermark verify --images`."""
@@ -527,7 +556,7 @@ def wm_prompts(
         return prompts_command(cfg, run.path, log=_log)
 
     _run("watermark prompts", WatermarkPromptsConfig, config, dict(trigger=trigger, prompts=prompts, n=n, seed=seed),
-         out, "cpu", as_json, body)
+         out, "cpu", as_json, body, overwrite=overwrite)
 
 
 @wm_app.command("verify")
@@ -550,6 +579,7 @@ def wm_verify(
     alpha: Optional[float] = typer.Option(None, help="Level of the model-level key test (default 1e-3)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Is the owner's message in this model? Key-randomization test on triggered images (from
     --model, or the files of --images), read with the owner's VAE; per-image TPR at FPR."""
@@ -563,7 +593,7 @@ def wm_verify(
     _run("watermark verify", WatermarkVerifyConfig, config,
          dict(model=model, images=images, clean_images=clean_images, codec=codec, key=key, model_id=model_id,
               trigger=trigger, prompts=prompts, original=original, n=n, guidance=guidance, fpr=fpr, alpha=alpha,
-              seed=seed), out, device, as_json, body)
+              seed=seed), out, device, as_json, body, overwrite=overwrite)
 
 
 # ---- demo ----------------------------------------------------------------------------
@@ -573,6 +603,7 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Smaller, faster run (under 3 minutes on 2 CPU cores)."),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
+    overwrite: bool = OverwriteOpt,
 ):
     """Run everything on the embedded default (tiny zoo, built-in data): report.html + summary.json."""
     from .config import DemoConfig
@@ -582,7 +613,8 @@ def demo(
 
         return run_demo(cfg, run.path, device=dev, log=_log)
 
-    _run("demo", DemoConfig, config, dict(quick=quick or None, seed=seed), out, device, as_json, body)
+    _run("demo", DemoConfig, config, dict(quick=quick or None, seed=seed), out, device, as_json, body,
+         overwrite=overwrite)
 
 
 def _quiet_libraries() -> None:
@@ -600,26 +632,61 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _usage_error(e) -> None:
+    """A click usage error (bad option value, unknown option, missing option) as one line."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # `modelseal lock` alone: the help is the answer
+        e.show()
+        sys.exit(2)
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "modelseal"
+    err = InputError(" ".join(e.format_message().split()), f"see '{where} --help'")
+    err_console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: exit 130; SIGTERM: 143 (128 + the signal, as a shell reports it); one line."""
+    import signal
+
+    from .runs import stop_signal
+
+    sig = stop_signal() or signal.SIGINT
+    how = "" if sig == signal.SIGINT else f" ({signal.Signals(sig).name})"
+    err_console.print(f"interrupted{how}; rerun the same command to resume", highlight=False, markup=False,
+                      soft_wrap=True)
+    sys.exit(128 + int(sig))
+
+
 def main(argv: list[str] | None = None) -> None:
+    from .runs import install_signal_handlers, restore_signal_handlers
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    handlers = install_signal_handlers()
     try:
-        app(args=argv, standalone_mode=False)
-    except InputError as e:
-        err_console.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted", highlight=False)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as e:
-        # Usage errors of the click that typer runs on (vendored or not) carry an exit code.
-        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+        try:
+            code = app(args=argv, standalone_mode=False, prog_name="modelseal")
+        except InputError as e:
+            err_console.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            _interrupted()
+        except SystemExit:
+            raise
+        except Exception as e:
+            # Usage errors of the click that typer runs on (vendored or not) carry an exit code.
+            if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+                _usage_error(e)
+            raise
+        # Under standalone_mode=False typer returns an exit code instead of exiting: 130 for a
+        # KeyboardInterrupt (ours: Ctrl-C or SIGTERM), others from ctx.exit(n).
+        if code == 130:
+            _interrupted()
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
+    finally:
+        restore_signal_handlers(handlers)
 
 
 if __name__ == "__main__":

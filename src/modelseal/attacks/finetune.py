@@ -23,6 +23,7 @@ import torch
 
 from .. import parallel
 from ..models.diffusion import ADAPTER_NAME, T2IModel, latent_posterior
+from ..runs import TrainingCheckpoint
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -76,12 +77,13 @@ def class_images_for(model: T2IModel, prompt: str, n: int, seed: int, progress=N
 
 
 def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: FinetuneOptions,
-             log=print, progress=None, on_step=None) -> dict:
+             log=print, progress=None, on_step=None, checkpoint: TrainingCheckpoint | None = None) -> dict:
     """Fine-tune `model` in place on images in [0, 1] (N, 3, H, W) with one caption each.
 
     For method 'lora' the adapter named 'finetune' is added to the UNet (base weights
     frozen). `on_step(n)`, when given, is called after each step n (1-based) with the UNet
     in eval mode and gradients off (e.g. to measure a watermark along the way).
+    `checkpoint`: where the loop saves and resumes its state (runs.TrainingCheckpoint).
     Returns training figures (loss at start and end, seconds).
     """
     if opts.method not in ("full", "lora", "dreambooth"):
@@ -146,8 +148,11 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         return torch.nn.functional.mse_loss(pred.float(), eps)
 
     losses = []
+    ckpt = checkpoint or TrainingCheckpoint(None)
+    losses = ckpt.resume(opts.steps, params, opt, gen=g, state=lambda: {"losses": losses},
+                         meta={"method": opts.method, "lr": lr}).get("losses", losses)
     t0 = time.time()
-    for step in range(opts.steps):
+    for step in ckpt.steps():
         z0, ci = batch_of(mean, std, caps, opts.batch_size)
         loss = loss_on(z0, ci)
         if prior_mean is not None:

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import InputError
 from ..models.diffusion import load_t2i
-from ..runs import atomic_folder
+from ..runs import TrainingCheckpoint, atomic_folder
 from .compress import prune_, quantize_
 from .finetune import FinetuneOptions, finetune
 
@@ -59,6 +59,7 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
     model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
     size = cfg.size or model.image_size
     record = {"method": cfg.method, "base": cfg.model, "prompt": cfg.prompt}
+    ckpt = TrainingCheckpoint.in_run(out, "finetune", "finetune", log)  # resume state, until OUT/model is saved
     if cfg.method in ("prune", "quantize"):
         info = prune_(model.unet, cfg.amount) if cfg.method == "prune" else quantize_(model.unet, cfg.bits)
         log(f"[finetune] {cfg.method}: {info}")
@@ -71,7 +72,7 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
                                prior_weight=cfg.prior_weight, flip=cfg.flip,
                                gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
         log(f"[finetune] {cfg.method} on {desc}, {cfg.steps} steps")
-        info = finetune(model, images, captions, opts, log=log)
+        info = finetune(model, images, captions, opts, log=log, checkpoint=ckpt)
     from .. import parallel
 
     target = out / "model"
@@ -83,6 +84,7 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
                 model.to(dtype=torch.float32).save_pretrained(tmp)
             (tmp / RECORD).write_text(json.dumps({**record, **_jsonable(info)}, indent=2))
         log(f"[finetune] model: {target}")
+    ckpt.remove()
     return {"model": str(target), **record, **_jsonable(info)}
 
 

@@ -13,7 +13,7 @@ from ..data.sources import load_source, source_name
 from ..errors import InputError
 from ..models.clip import ZERO_SHOT_TEMPLATES, load_clip
 from ..report.figures import bar_chart
-from ..runs import atomic_write_bytes
+from ..runs import TrainingCheckpoint, atomic_write_bytes
 from .checkpoint import backbone_hash, load_lock_state, read_card, save_lock
 from .ipclip import ProjectorConfig, frozen_features
 from .metrics import lock_metrics, ownership_metric, ownership_test
@@ -118,12 +118,15 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     sl_cfg = LockTrainConfig(method="supervised", steps=cfg.sl_steps or cfg.steps, batch_size=cfg.batch_size,
                              lr=cfg.lr, seed=cfg.seed, projector=tcfg.projector)
     log("[lock] training the SL reference (authorized cross-entropy only)")
-    sl, _ = train_lock(clip, classes, f_auth, y_a, None, None, sl_cfg, templates, log=log)
+    # each training resumes from its checkpoint in OUT/resume (the SL reference's is kept finished)
+    ck_sl = TrainingCheckpoint.in_run(out, "lock-sl", "lock:supervised", log, final=True)
+    ck = TrainingCheckpoint.in_run(out, "lock", f"lock:{cfg.method}", log, final=True)
+    sl, _ = train_lock(clip, classes, f_auth, y_a, None, None, sl_cfg, templates, log=log, checkpoint=ck_sl)
     if cfg.method == "supervised":
         model, history = sl, []
     else:
         model, history = train_lock(clip, classes, f_auth, y_a, f_unauth, y_u, tcfg, templates, log=log,
-                                    u_groups=u_groups)
+                                    u_groups=u_groups, checkpoint=ck)
     acc = {n: round(accuracy(model.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     acc_sl = {n: round(accuracy(sl.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     res = {"method": cfg.method, "scenario": cfg.scenario, "accuracy": acc, "accuracy_sl": acc_sl,
@@ -138,6 +141,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
             "authorized": authorized, "unauthorized": unauthorized}
     save_lock(out / "checkpoint", model.trainable_state(), card)
     save_lock(out / "checkpoint-sl", sl.trainable_state(), {**card, "method": "supervised"})
+    ck_sl.remove()
+    ck.remove()
     png = bar_chart({cfg.method: acc, "supervised (SL)": acc_sl}, ylabel="accuracy (%)",
                     title=f"lock: {cfg.scenario}, authorized {', '.join(authorized)}",
                     hline=res["chance"], hline_label="chance")

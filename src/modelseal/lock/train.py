@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import parallel
+from ..runs import TrainingCheckpoint
 from .ipclip import IPCLIP, ProjectorConfig
 from .losses import (FeatureBank, IPLossWeights, StyleAttention, cuti_loss, ipclip_loss, ntl_loss,
                      supervised_loss)
@@ -69,7 +70,8 @@ class LockModel(torch.nn.Module):
 
 def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unauth: dict | None,
                y_u: torch.Tensor | None, cfg: LockTrainConfig, templates=("a photo of a {}.",), log=print,
-               progress_every: int = 50, u_groups: torch.Tensor | None = None) -> tuple[LockModel, list[dict]]:
+               progress_every: int = 50, u_groups: torch.Tensor | None = None,
+               checkpoint: TrainingCheckpoint | None = None) -> tuple[LockModel, list[dict]]:
     """auth / unauth: cached frozen features (mu, sigma, feat) with labels.
 
     u_groups (optional): the source of each unauthorized image. Batches then draw every
@@ -79,6 +81,7 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
 
     Under `accelerate launch` / `torchrun` every process draws its own batches (so the
     effective batch is batch_size x processes) and gradients are averaged (parallel.py).
+    `checkpoint`: where the loop saves and resumes its state (runs.TrainingCheckpoint).
     """
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
@@ -107,7 +110,10 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
     if u_groups is not None and len(torch.unique(u_groups)) > 1:
         counts = torch.bincount(u_groups)
         u_weights = 1.0 / counts[u_groups].double()
-    for step in range(cfg.steps):
+    ckpt = checkpoint or TrainingCheckpoint(None)
+    history = ckpt.resume(cfg.steps, params, opt, gen=g, state=lambda: {"history": history},
+                          meta={"method": cfg.method}).get("history", history)
+    for step in ckpt.steps():
         lr_f = (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else \
             0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
         for grp in opt.param_groups:

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.diffusion import T2IModel
+from ..runs import TrainingCheckpoint
 from .codec import Codec, encode_all
 
 SEED_BASE = 100_000_000
@@ -187,9 +188,11 @@ def read_stats(codec: Codec, pos: torch.Tensor, neg: torch.Tensor, bits: torch.T
 
 
 def adapt_extractor(codec: Codec, vae_model: T2IModel, data: AdaptLatents, real_latents: torch.Tensor,
-                    bits: torch.Tensor, opts: AdaptOptions, threshold: int, log=print) -> dict:
+                    bits: torch.Tensor, opts: AdaptOptions, threshold: int, log=print,
+                    checkpoint: TrainingCheckpoint | None = None) -> dict:
     """Train `codec.extractor` in place with the loss in the module docstring; returns
-    hold-out read statistics before and after, and the training time."""
+    hold-out read statistics before and after, and the training time. `checkpoint`: where
+    the loop saves and resumes its state (runs.TrainingCheckpoint)."""
     g = torch.Generator().manual_seed(opts.seed)
     dev = next(codec.parameters()).device
     pos_tr, pos_ho = _split(data.positive, opts.holdout, g)
@@ -207,7 +210,10 @@ def adapt_extractor(codec: Codec, vae_model: T2IModel, data: AdaptLatents, real_
     t0 = time.time()
     hist: dict[str, list[float]] = {"positive": [], "negative": [], "replay": [], "anchor": []}
     anchors = opts.anchor_noise > 0
-    for step in range(opts.steps):
+    ckpt = checkpoint or TrainingCheckpoint(None)
+    hist = ckpt.resume(opts.steps, ext.parameters(), opt, gen=g, state=lambda: {"hist": hist},
+                       meta={"n_positive": len(data.positive), "n_negative": len(data.negative)}).get("hist", hist)
+    for step in ckpt.steps():
         zp = pos_tr[torch.randint(0, len(pos_tr), (b,), generator=g)].to(dev)
         zn = neg_tr[torch.randint(0, len(neg_tr), (b,), generator=g)].to(dev)
         if anchors:

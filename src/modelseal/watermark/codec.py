@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.diffusion import T2IModel
-from ..runs import atomic_path, write_json
+from ..runs import TrainingCheckpoint, atomic_path, write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -426,7 +426,8 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
                 strength: tuple[float, float] | None = None,
                 codec_kwargs: dict | None = None, encode_batch_size: int = 64,
                 log: Callable[[str], None] | None = None, log_every: int | None = None,
-                progress: Callable[[int], None] | None = None) -> tuple[Codec, dict]:
+                progress: Callable[[int], None] | None = None,
+                checkpoint: TrainingCheckpoint | None = None) -> tuple[Codec, dict]:
     """Train the stage-1 codec on `images` (N, 3, H, W) in [0, 1] with the model's frozen VAE.
 
     Images are encoded once (posterior mean). Each step draws a batch (epochs of a seeded
@@ -439,7 +440,8 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
     ramps (which then count from the end of the warm-up) start; the reference has none.
     Pass `codec` to continue training one. All randomness comes from `seed` (a
     torch.Generator for data and messages; the CPU default generator, forked and restored,
-    for initialisation and dropout), so CPU runs repeat exactly.
+    for initialisation and dropout), so CPU runs repeat exactly. `checkpoint`: where the
+    loop saves and resumes its state (runs.TrainingCheckpoint), so a resumed run repeats too.
 
     Returns the codec (eval mode, on the model's device) and a history of per-step lists
     (step, loss, bce, bit_acc, w_img, w_lpips; img_mse, psnr and lpips are None on steps
@@ -484,8 +486,14 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
         hist: dict[str, list] = {key: [] for key in
                                  ("step", "loss", "bce", "bit_acc", "w_img", "w_lpips", "img_mse", "psnr", "lpips")}
         order, pos = torch.randperm(len(latents), generator=gen), 0
+        ckpt = checkpoint or TrainingCheckpoint(None)
+        extra = ckpt.resume(steps, codec.parameters(), opt, sched, gen,
+                            state=lambda: {"hist": hist, "order": order, "pos": pos},
+                            meta={"k": k, "n_images": len(latents), "batch_size": batch_size})
+        if extra:
+            hist, order, pos = extra["hist"], extra["order"], extra["pos"]
         t0 = time.time()
-        for step in range(steps):
+        for step in ckpt.steps():
             if pos + batch_size > len(order):
                 order, pos = torch.randperm(len(latents), generator=gen), 0
             idx = order[pos:pos + batch_size]

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.diffusion import T2IModel
+from ..runs import TrainingCheckpoint
 
 TRIGGER = "*[Z]& "
 
@@ -205,11 +206,13 @@ class Stage2Loss:
 
 
 def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str], delta: torch.Tensor,
-                    opts: EmbedOptions, log=print, progress=None, latent_std: torch.Tensor | None = None) -> dict:
+                    opts: EmbedOptions, log=print, progress=None, latent_std: torch.Tensor | None = None,
+                    checkpoint: TrainingCheckpoint | None = None) -> dict:
     """Train `model`'s UNet in place; `latents` z0 (N, C, h, w) of in-distribution images with
     their captions (the VAE posterior mean, with `latent_std` its std: each step then draws
     z0 from the posterior, as the reference's per-step VAE encoding does, unless
-    opts.posterior_sample is off); delta (1, C, h, w) the residual E(m) of the owner's message."""
+    opts.posterior_sample is off); delta (1, C, h, w) the residual E(m) of the owner's message.
+    `checkpoint`: where the loop saves and resumes its state (runs.TrainingCheckpoint)."""
     if opts.mode not in ("sleeper", "always_on"):
         raise ValueError(f"unknown stage-2 mode {opts.mode!r} (sleeper | always_on)")
     dev = model.device
@@ -226,8 +229,11 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
             model.encode_prompts([opts.trigger + c for c in distinct])
     g = torch.Generator().manual_seed(opts.seed)
     hist: dict[str, list] = {"loss": []}
+    ckpt = checkpoint or TrainingCheckpoint(None)
+    hist = ckpt.resume(opts.steps, params, opt, sched, g, state=lambda: {"hist": hist},
+                       meta={"n_images": len(latents), "mode": opts.mode}).get("hist", hist)
     t0 = time.time()
-    for step in range(opts.steps):
+    for step in ckpt.steps():
         idx = torch.randint(0, len(latents), (opts.batch_size,), generator=g)
         ci = cap_idx[idx].to(dev)
         ci_clean = ci

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import stats
+from .. import parallel, stats
 from ..data.sources import check_inputs
 from ..errors import InputError
 from ..models.diffusion import latent_posterior, load_t2i
-from ..runs import atomic_folder
+from ..runs import RESUME_DIR, TrainingCheckpoint, atomic_folder
 from .codec import Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all, psnr, train_codec
 from .keys import load_key, message_bits
 
@@ -86,13 +86,16 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
         from ..attacks.image import attack_sampler
 
         attacks = attack_sampler()
+    ckpt = TrainingCheckpoint.in_run(out, "codec", "codec", log)
     codec, hist = train_codec(model, train, k=cfg.bits, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                               seed=cfg.seed, attacks=attacks, vae_round_trip=cfg.vae_round_trip,
                               latent_warmup=cfg.latent_warmup, lr_schedule=cfg.lr_schedule,
                               weights=CodecLossWeights(img=cfg.w_img, latent=cfg.w_latent),
-                              strength=tuple(cfg.strength) if cfg.strength else None, log=log)
+                              strength=tuple(cfg.strength) if cfg.strength else None, log=log,
+                              checkpoint=ckpt)
     with atomic_folder(out / "codec") as tmp:
         codec.save_pretrained(tmp, meta={**codec.meta, "model": cfg.model})
+    ckpt.remove()
     msg = torch.randint(0, 2, (cfg.bits,), generator=torch.Generator().manual_seed(cfg.seed + 1)).float()
     recon = decode_all(model, encode_all(model, test))
     marked = embed_images(codec, model, test, msg)
@@ -129,7 +132,8 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
                         gradient_checkpointing=cfg.gradient_checkpointing, precision=cfg.precision,
                         shared_trunk=cfg.shared_trunk, delta_scale=cfg.delta_scale,
                         posterior_sample=cfg.posterior_sample, seed=cfg.seed)
-    info = embed_watermark(model, z, captions, delta, opts, log=log, latent_std=z_std)
+    ckpt = TrainingCheckpoint.in_run(out, "embed", "embed", log)
+    info = embed_watermark(model, z, captions, delta, opts, log=log, latent_std=z_std, checkpoint=ckpt)
     target = out / "model"
     record = {"trigger": cfg.trigger if cfg.mode == "sleeper" else "", "mode": cfg.mode, "model_id": cfg.model_id,
               "bits": codec.k, "base": cfg.model, "codec_sha256": _sha(codec.folder),
@@ -137,6 +141,7 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     with atomic_folder(target) as tmp:
         model.to(dtype=torch.float32).save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=2))
+    ckpt.remove()
     return {"model": str(target), **record, **info}
 
 
@@ -163,16 +168,20 @@ def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
     rehearsal = None
     if cfg.simulate:
         rehearsal = images_and_captions(cfg.simulate_data, model.image_size, None, need_captions=True)
-    data = collect_latents(model, original, prompts, cfg.trigger, opts, log=log, rehearsal_data=rehearsal)
+    data = _collected_latents(out, log, lambda: collect_latents(model, original, prompts, cfg.trigger, opts, log=log,
+                                                                rehearsal_data=rehearsal))
     x, _ = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
     real = encode_all(model, x).cpu()
     threshold = stats.bit_threshold(codec.k, cfg.fpr)
-    info = adapt_extractor(codec, model, data, real, bits, opts, threshold, log=log)
+    ckpt = TrainingCheckpoint.in_run(out, "adapt", "adapt", log)
+    info = adapt_extractor(codec, model, data, real, bits, opts, threshold, log=log, checkpoint=ckpt)
     meta = {**codec.meta, "adapted_to": cfg.model, "adapted_from": str(cfg.codec), "adapt_steps": cfg.steps,
             "rehearsed": list(cfg.simulate)}
     target = out / "codec"
     with atomic_folder(target) as tmp:
         codec.save_pretrained(tmp, meta=meta)
+    (out / RESUME_DIR / LATENTS).unlink(missing_ok=True)
+    ckpt.remove()
     b, a = info["holdout_before"], info["holdout_after"]
     if b and a:
         log(f"[adapt] hold-out triggered images: bit accuracy {b['bit_accuracy']:.3f} -> {a['bit_accuracy']:.3f}, "
@@ -180,6 +189,30 @@ def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
             f"{b['null_mean_matches']:.1f} -> {a['null_mean_matches']:.1f} of {codec.k}, max "
             f"{b['null_max_matches']} -> {a['null_max_matches']}")
     return {"codec": str(target), "threshold_bits": threshold, **data.meta, **info}
+
+
+LATENTS = "adapt-latents.pt"
+
+
+def _collected_latents(out: Path, log, collect):
+    """The generated latents adaptation trains on, kept in OUT/resume until the run ends, so a
+    resumed run does not generate them again (tensors only: read with weights_only=True)."""
+    from ..runs import atomic_path
+    from .adapt import AdaptLatents
+
+    path = Path(out) / RESUME_DIR / LATENTS
+    if path.is_file():
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            log(f"[adapt] resuming with the {len(d['positive'])} + {len(d['negative'])} latents generated before")
+            return AdaptLatents(d["positive"], d["negative"], d["meta"])
+        except Exception as e:
+            log(f"[adapt] cannot read {path} ({type(e).__name__}): generating the latents again")
+    data = collect()
+    if parallel.is_main():
+        with atomic_path(path) as tmp:
+            torch.save({"positive": data.positive, "negative": data.negative, "meta": data.meta}, tmp)
+    return data
 
 
 def verify_prompts(cfg, all_lines: bool = False) -> tuple[list[str], list[int]]:
