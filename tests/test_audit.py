@@ -124,7 +124,7 @@ def test_audit_mode_gives_p_values_and_verdicts(subject, capsys):
     assert err.index("[audit] collection: used") < err.index("[audit] images:") and "0.00 " not in err
     page = (root / "real" / "report.html").read_text()
     assert page.index("Was this collection used? used") < page.index("evidence per image")
-    assert f"<td>{res['set_p_value']:.1e}</td>" in page and f"<td>{p[0]:.1e}</td>" in page
+    assert f"<td>{stats.format_p(res['set_p_value'])}</td>" in page and f"<td>{stats.format_p(p[0])}</td>" in page
 
     # --control none: the same scores (from the cache, content-keyed: copied into the new run's folder,
     # which --overwrite lets it write into), the old per-image verdicts, labelled uncontrolled

@@ -627,7 +627,9 @@ def _quiet_libraries() -> None:
         tlog.disable_progress_bar()
         dlog.disable_progress_bar()
         tlog.set_verbosity_error()
-        dlog.set_verbosity_error()
+        # diffusers also logs, at error level, the exception it then raises ("An error occurred
+        # while trying to fetch ..."): a second line beside our own one-line error
+        dlog.set_verbosity(dlog.CRITICAL)
     except ImportError:
         pass
 

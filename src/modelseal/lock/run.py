@@ -9,7 +9,7 @@ import torch
 
 from .. import parallel
 from ..data.digits import DOMAINS
-from ..data.sources import load_source, source_name
+from ..data.sources import check_inputs, load_source, source_name
 from ..errors import InputError
 from ..models.clip import ZERO_SHOT_TEMPLATES, load_clip
 from ..report.figures import bar_chart
@@ -33,17 +33,19 @@ def _load(spec: str, split: str, size: int, limit: int | None = None, seed: int 
     s = load_source(spec, split, size)
     if s.labels is None:
         raise InputError(f"source '{spec}' has no class labels", "give a root/<class>/<image> folder")
+    if len(s.class_names or []) < 2:
+        raise InputError(f"source '{spec}' has {len(s.class_names or [])} class ({', '.join(s.class_names or [])}): "
+                         "a classifier needs at least two", "give a root/<class>/<image> folder with two or more "
+                         "class folders")
     if limit is not None and len(s) > limit:
         idx = torch.randperm(len(s), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
         s = s.subset(idx.numpy())
     return s
 
 
-def _check_classes(sets: dict, ref) -> None:
-    for name, s in sets.items():
-        if s.class_names != ref.class_names:
-            raise InputError(f"source '{name}' has classes {s.class_names[:5]}... unlike the authorized "
-                             f"domain's {ref.class_names[:5]}...", "give domains with the same class folders")
+def _match_classes(sets: dict, ref) -> dict:
+    """Every set labelled in the authorized domain's class order (matched by name)."""
+    return {name: s.with_classes(ref.class_names, f"source '{name}'") for name, s in sets.items()}
 
 
 def _sources(parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +59,10 @@ def _features(clip, images: torch.Tensor, batch_size: int) -> dict:
 
 def train_command(cfg, out: Path, device: str, log=print) -> dict:
     t0 = time.time()
+    check_inputs(authorized=cfg.authorized, unauthorized=cfg.unauthorized, eval=cfg.eval)
+    if cfg.scenario == "target-free" and not [e for e in (cfg.eval or []) if e != cfg.authorized]:
+        raise InputError("the target-free scenario has no other domain to measure the lock on (D_u, W_ua)",
+                         "add --eval SRC (e.g. --eval builtin:digits/mnist-m)")
     clip = load_clip(cfg.model, device=device, local_files_only=cfg.local_files_only)
     size = clip.image_size
     auth_tr = _load(cfg.authorized, "train", size, cfg.train_limit, cfg.seed)
@@ -70,8 +76,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         unauth_specs = [f"builtin:digits/{d}" for d in DOMAINS if f"builtin:digits/{d}" != cfg.authorized]
         log(f"[lock] authorization: clean {', '.join(unauth_specs)} as unauthorized")
     eval_specs = list(dict.fromkeys([cfg.authorized] + unauth_specs + list(cfg.eval or [])))
-    tests = {source_name(s): _load(s, "test", size) for s in eval_specs}
-    _check_classes(tests, auth_tr)
+    tests = _match_classes({source_name(s): _load(s, "test", size) for s in eval_specs}, auth_tr)
     classes = auth_tr.class_names
     stamp = Stamp(cfg.stamp_pattern, cfg.stamp_strength, cfg.stamp_period)
     bs = cfg.feature_batch_size
@@ -80,7 +85,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     y_a = torch.from_numpy(auth_tr.labels)
     u_groups = None  # one source unless a branch says otherwise
     if cfg.scenario == "target-specified":
-        u_sets = [_load(s, "train", size, cfg.train_limit, cfg.seed) for s in unauth_specs]
+        u_sets = [_load(s, "train", size, cfg.train_limit, cfg.seed).with_classes(auth_tr.class_names, f"source '{s}'")
+                  for s in unauth_specs]
         unauth_x, u_groups = _sources([u.tensor() for u in u_sets])
         y_u = torch.cat([torch.from_numpy(u.labels) for u in u_sets])
         auth_x = x_a
@@ -95,7 +101,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         auth_x, unauth_x, y_u = x_a, stamp.apply(x_a), y_a
         authorized, unauthorized = [a_name], [a_name + STAMPED]
     else:  # authorization: only stamped inputs work
-        others = [_load(s, "train", size, cfg.train_limit, cfg.seed) for s in unauth_specs]
+        others = [_load(s, "train", size, cfg.train_limit, cfg.seed).with_classes(auth_tr.class_names, f"source '{s}'")
+                  for s in unauth_specs]
         clean = [x_a] + [o.tensor() for o in others]
         clean_y = [y_a] + [torch.from_numpy(o.labels) for o in others]
         aug = heavy_augment(x_a, copies=1, seed=cfg.seed, recipe=cfg.augment)
@@ -169,13 +176,13 @@ def load_checkpoint(folder: Path, model: str | None, device: str, local_files_on
 
 
 def eval_command(cfg, out: Path, device: str, log=print) -> dict:
+    check_inputs(eval=cfg.eval)
     lm, card, clip = load_checkpoint(Path(cfg.checkpoint), cfg.model, device, cfg.local_files_only)
     acc = {}
     stamp = Stamp(**card["stamp"]) if card.get("stamp") else None
     for spec in cfg.eval:
         s = _load(spec, "test", clip.image_size)
-        if s.class_names != card["class_names"]:
-            raise InputError(f"'{spec}' has other classes than the checkpoint", "evaluate on the same classes")
+        s = s.with_classes(card["class_names"], f"'{spec}'")
         x = s.tensor()
         y = torch.from_numpy(s.labels)
         acc[source_name(spec)] = round(accuracy(lm.ipclip, frozen_features(clip, x), y), 2)
@@ -188,9 +195,15 @@ def eval_command(cfg, out: Path, device: str, log=print) -> dict:
 
 def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     """Ownership verification of a suspect lock checkpoint from its behaviour alone."""
+    check_inputs(eval=cfg.eval)
     lm, card, clip = load_checkpoint(Path(cfg.checkpoint), cfg.model, device, cfg.local_files_only)
-    stamp = Stamp(cfg.stamp_pattern, cfg.stamp_strength, cfg.stamp_period)
-    s = _load(cfg.eval, "test", clip.image_size)
+    given = {k: v for k, v in (("pattern", cfg.stamp_pattern), ("strength", cfg.stamp_strength),
+                               ("period", cfg.stamp_period)) if v is not None}
+    stored = card.get("stamp") or {}
+    stamp = Stamp(**{**({k: stored[k] for k in ("pattern", "strength", "period") if k in stored}), **given})
+    source = "options" if given else ("checkpoint" if stored else "default")
+    log(f"[lock] verify: stamp {stamp.pattern} (strength {stamp.strength}, period {stamp.period}) from the {source}")
+    s = _load(cfg.eval, "test", clip.image_size).with_classes(card["class_names"], f"'{cfg.eval}'")
     x = s.tensor()
     y = torch.from_numpy(s.labels)
     pc = lm.ipclip.predict(frozen_features(clip, x)).eq(y).numpy()
@@ -198,6 +211,7 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     res = ownership_test(pc, ps, min_drop=cfg.min_drop, alpha=cfg.alpha)
     res["verdict"] = "ours" if res["ours"] else "not ours"
     res["n_images"] = int(len(y))
+    res["stamp"] = {"pattern": stamp.pattern, "strength": stamp.strength, "period": stamp.period, "source": source}
     log(f"[lock] verify: {res['verdict']} (clean {res['clean_accuracy']:.1f}%, stamped "
         f"{res['stamped_accuracy']:.1f}%, p = {res['p_value']:.2e})")
     return res
