@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK = ["lock", "train", "--unauthorized", "builtin:digits/mnist-m", "--batch-size", "4", "--train-limit", "32"]
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_delivered():
+    """A user's Ctrl-C reaches the process; a test run started in the background (`cmd &`
+    without job control) inherits SIGINT ignored, which modelseal rightly keeps, so these
+    tests give the process the interactive disposition while they run."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _manifest(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
