@@ -41,8 +41,6 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from scipy.stats import beta
-
     from modelseal import stats
     from modelseal.data.digits import DOMAINS, caption
     from modelseal.models.diffusion import load_t2i
@@ -86,7 +84,7 @@ def main() -> None:
                                     <= args.alpha)
         total = args.n * len(messages)
         fp = sum(flagged)
-        upper = float(beta.ppf(0.975, fp + 1, total - fp)) if fp < total else 1.0
+        upper = stats.clopper_pearson(fp, total)[1]
         out["per_fpr"][stats.fpr_key(fpr)] = {"threshold_bits": thr, "false_positives_per_key": flagged,
                                      "empirical_fpr": fp / total, "upper_95": upper,
                                      "max_key_fpr": max(flagged) / args.n,

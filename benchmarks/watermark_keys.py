@@ -32,9 +32,9 @@ import torch
 
 def upper95(x: int, n: int) -> float:
     """Clopper-Pearson upper limit (two-sided 95%) of a rate seen x times in n."""
-    from scipy.stats import beta
+    from modelseal.stats import clopper_pearson
 
-    return 1.0 if x >= n else float(beta.ppf(0.975, x + 1, n - x))
+    return clopper_pearson(x, n)[1]
 
 
 def random_messages(n: int, model_id: str, k: int, seed: int) -> np.ndarray:

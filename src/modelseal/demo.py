@@ -150,7 +150,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     from .watermark.codec import Codec
     from .watermark.keys import generate_key, load_key, message_bits
     from .watermark.run import adapt_command, embed_command, verify_command, verify_prompts
-    from .watermark.verify import decide, generate, quantize, read_bits
+    from .watermark.verify import decide, generate, read_bits
 
     folder = out / "watermark"
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
             row = {"step": step}
             images = None if given else generate(model, prompts, seeds, vcfg.trigger, vcfg.guidance, vcfg.steps)
             for name, c in codecs.items():
-                r = given[name] if given else decide(read_bits(c, quantize(images)), bits)
+                r = given[name] if given else decide(read_bits(c, images), bits)
                 row.update({f"bit_accuracy{col(name)}": r["bit_accuracy"],
                             f"tpr@1e-6{col(name)}": r["tpr_at_fpr"]["1e-6"], f"p_value{col(name)}": r["p_value"],
                             f"verdict{col(name)}": _verdict(r)})

@@ -23,6 +23,8 @@ def load_source(spec: str, split: str = "train", size: int = 32, test_fraction: 
 
     Folders have no split of their own: a deterministic stratified split (seeded) is made.
     """
+    if spec.startswith("builtin:"):
+        check_builtin(spec)
     if spec == "builtin:faces":
         from .faces import load_faces
 
@@ -31,10 +33,7 @@ def load_source(spec: str, split: str = "train", size: int = 32, test_fraction: 
         from .textures import load_textures
 
         return load_textures(size, split)
-    if spec.startswith("builtin:"):
-        if not spec.startswith(BUILTIN_PREFIX):
-            raise InputError(f"unknown built-in source '{spec}'",
-                             f"use {BUILTIN_PREFIX}<domain> with domain in {', '.join(DOMAINS)}, builtin:faces or builtin:textures")
+    if spec.startswith(BUILTIN_PREFIX):
         return load_digits_domain(spec[len(BUILTIN_PREFIX):], split, size)
     from .folders import read_class_folders
 
@@ -47,6 +46,16 @@ def load_source(spec: str, split: str = "train", size: int = 32, test_fraction: 
     return full.subset(train if split == "train" else test, name=full.name)
 
 
+def check_builtin(spec: str, opt: str = "") -> None:
+    """A `builtin:` name that names no built-in source is an InputError (`opt`: the flag it came by)."""
+    if spec in ("builtin:faces", "builtin:textures") or (spec.startswith(BUILTIN_PREFIX)
+                                                          and spec[len(BUILTIN_PREFIX):] in DOMAINS):
+        return
+    raise InputError(f"{opt + ': ' if opt else ''}unknown built-in source '{spec}'",
+                     f"use {BUILTIN_PREFIX}<domain> with domain in {', '.join(DOMAINS)}, builtin:faces or "
+                     "builtin:textures")
+
+
 def check_inputs(**specs) -> None:
     """Fail at once (before any model loads) on a SRC / folder / file option whose path does
     not exist; built-in names are checked for spelling. None values are skipped."""
@@ -57,10 +66,7 @@ def check_inputs(**specs) -> None:
             one = str(one)
             opt = "--" + flag.replace("_", "-")
             if one.startswith("builtin:"):
-                known = ("builtin:faces", "builtin:textures")
-                if one not in known and not (one.startswith(BUILTIN_PREFIX) and one[len(BUILTIN_PREFIX):] in DOMAINS):
-                    raise InputError(f"{opt}: unknown built-in source '{one}'",
-                                     f"use {BUILTIN_PREFIX}<{'|'.join(DOMAINS)}>, builtin:faces or builtin:textures")
+                check_builtin(one, opt)
             elif not Path(one).expanduser().exists():
                 raise InputError(f"{opt}: '{one}' does not exist", "check the path")
 

@@ -233,7 +233,7 @@ class Codec(nn.Module):
             reader = dict(self.reader)
             if reader.get("vae"):
                 self.vae.save_pretrained(folder / READER_VAE, safe_serialization=True)
-                reader["sha256"] = _file_sha256(folder / READER_VAE / VAE_WEIGHTS)
+                reader["sha256"] = file_sha256(folder / READER_VAE / VAE_WEIGHTS)
             cfg["reader"] = reader
         meta = self.meta if meta is None else meta
         if meta:
@@ -284,7 +284,7 @@ class Codec(nn.Module):
                              "which write the VAE into OUT/codec/vae")
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -302,7 +302,7 @@ def _load_reader_vae(folder: Path, reader: dict, fix: str):
     weights = sub / VAE_WEIGHTS
     if not weights.is_file():
         raise InputError(f"the codec in '{folder}' records its VAE in '{sub}', which has no {VAE_WEIGHTS}", fix)
-    digest = _file_sha256(weights)
+    digest = file_sha256(weights)
     if reader.get("sha256") and digest != reader["sha256"]:
         raise InputError(f"the VAE in '{sub}' is not the one recorded with the codec (sha256 {digest[:12]} vs "
                          f"{str(reader['sha256'])[:12]})", "restore the codec folder from your backup")

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from ..data.sources import check_inputs
 from ..errors import InputError
 from ..models.diffusion import latent_posterior, load_t2i
 from ..runs import RESUME_DIR, TrainingCheckpoint, atomic_folder
-from .codec import Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all, psnr, train_codec
+from .codec import (WEIGHTS_NAME, Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all,
+                    file_sha256, psnr, train_codec)
 from .keys import load_key, message_bits
 
 RECORD = "modelseal_watermark.json"
@@ -65,7 +65,7 @@ def _data_spec(spec: str) -> str:
 
 
 def _sha(folder: Path) -> str:
-    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+    return file_sha256(Path(folder) / WEIGHTS_NAME)
 
 
 def keygen_command(path: Path, overwrite: bool = False) -> dict:
