@@ -37,6 +37,9 @@ JsonOpt = typer.Option(False, "--json", help="Print results.json on stdout.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (default: the config's, 0).")
 ConfigOpt = typer.Option(None, "--config", help="YAML file of options (command-line options win).")
+SizeOpt = typer.Option(None, "--size", help="Working image side in px (default: the model's native one; e.g. "
+                       "128 to try SDXL on a CPU).")
+DtypeOpt = typer.Option(None, "--dtype", help="float32 (default) | bfloat16 | float16: the weights' dtype.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="--out holds another run (other command or options): delete "
                             "it and start this one. Without it that is refused; the same command and options "
                             "resume (or repeat) the run there.")
@@ -334,6 +337,7 @@ def finetune_cmd(
     bits: Optional[int] = typer.Option(None, help="quantize: 8 (default), 4, 3 or 2 bits."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
     local_files_only: Optional[bool] = typer.Option(None, "--local-files-only/--allow-download"),
+    size: Optional[int] = SizeOpt, dtype: Optional[str] = DtypeOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
     overwrite: bool = OverwriteOpt,
@@ -350,7 +354,7 @@ def finetune_cmd(
          dict(model=model, method=method, data=data, prompt=prompt, limit=limit, steps=steps, lr=lr,
               batch_size=batch_size, rank=rank, train_text_encoder=train_text_encoder, class_prompt=class_prompt,
               class_images=class_images, prior_weight=prior_weight, flip=flip, amount=amount, bits=bits,
-              gradient_checkpointing=gradient_checkpointing, local_files_only=local_files_only, seed=seed),
+              gradient_checkpointing=gradient_checkpointing, local_files_only=local_files_only, size=size, dtype=dtype, seed=seed),
          out, device, as_json, body, overwrite=overwrite)
 
 
@@ -382,6 +386,7 @@ def audit_cmd(
     alpha: Optional[float] = typer.Option(None, help="Audit mode: significance level for the verdicts (default 0.05)."),
     control: Optional[str] = typer.Option(None, "--control", help="Audit mode, per-image verdicts: bh (default; "
                                           "false-discovery rate <= alpha) | holm (family-wise) | none (uncontrolled)."),
+    size: Optional[int] = SizeOpt,
     dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16"),
     local_files_only: Optional[bool] = typer.Option(None, "--local-files-only/--allow-download"),
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
@@ -401,7 +406,7 @@ def audit_cmd(
               images=images, calibration=calibration, null_finetuned=null_finetuned, steps=steps,
               mc_samples=mc_samples, eps=eps, step_size=step_size, mask=mask, block=block, noise=noise, metric=metric,
               features=features, ablations=ablations, batch_size=batch_size, alpha=alpha, control=control,
-              dtype=dtype, local_files_only=local_files_only, seed=seed), out, device, as_json, body,
+              size=size, dtype=dtype, local_files_only=local_files_only, seed=seed), out, device, as_json, body,
          overwrite=overwrite)
 
 
@@ -435,6 +440,7 @@ def wm_codec(
     latent_warmup: Optional[int] = typer.Option(None, help="Steps on latents only before the VAE round trip."),
     train_attacks: Optional[bool] = typer.Option(None, "--train-attacks/--no-train-attacks",
                                                  help="Differentiable image attacks in training."),
+    size: Optional[int] = SizeOpt, dtype: Optional[str] = DtypeOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
     overwrite: bool = OverwriteOpt,
@@ -449,7 +455,7 @@ def wm_codec(
 
     _run("watermark codec", WatermarkCodecConfig, config,
          dict(model=model, data=data, limit=limit, bits=bits, steps=steps, lr=lr, w_img=w_img, latent_warmup=latent_warmup,
-              train_attacks=train_attacks, seed=seed), out, device, as_json, body,
+              train_attacks=train_attacks, size=size, dtype=dtype, seed=seed), out, device, as_json, body,
          overwrite=overwrite)
 
 
@@ -482,6 +488,7 @@ def wm_embed(
     posterior_sample: Optional[bool] = typer.Option(None, "--posterior-sample/--posterior-mean",
                                                     help="z0 a VAE posterior sample each step (default, the "
                                                     "reference's) or its mean."),
+    size: Optional[int] = SizeOpt, dtype: Optional[str] = DtypeOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
     overwrite: bool = OverwriteOpt,
@@ -499,7 +506,7 @@ def wm_embed(
               batch_size=batch_size, lr=lr, grad_clip=grad_clip, eta=eta, tau=tau, beta=beta,
               uncond_fraction=uncond_fraction, mode=mode, preservation=preservation,
               gradient_checkpointing=gradient_checkpointing, precision=precision, shared_trunk=shared_trunk,
-              delta_scale=delta_scale, posterior_sample=posterior_sample, seed=seed), out, device, as_json, body,
+              delta_scale=delta_scale, posterior_sample=posterior_sample, size=size, dtype=dtype, seed=seed), out, device, as_json, body,
          overwrite=overwrite)
 
 
@@ -518,6 +525,7 @@ def wm_adapt(
                                                  "(README)."),
     simulate_data: Optional[str] = typer.Option(None, "--simulate-data", help="Captioned SRC the rehearsals "
                                                 "fine-tune on (default builtin:textures)."),
+    size: Optional[int] = SizeOpt, dtype: Optional[str] = DtypeOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
     overwrite: bool = OverwriteOpt,
@@ -532,7 +540,7 @@ def wm_adapt(
 
     _run("watermark adapt", WatermarkAdaptConfig, config,
          dict(model=model, original=original, codec=codec, key=key, model_id=model_id, trigger=trigger,
-              prompts=prompts, steps=steps, simulate=simulate, simulate_data=simulate_data, seed=seed),
+              prompts=prompts, steps=steps, simulate=simulate, simulate_data=simulate_data, size=size, dtype=dtype, seed=seed),
          out, device, as_json, body, overwrite=overwrite)
 
 
@@ -577,6 +585,7 @@ def wm_verify(
     guidance: Optional[float] = typer.Option(None, help="CFG scale (default 7.5); also checked without CFG."),
     fpr: Optional[float] = typer.Option(None, help="Per-image false-positive rate for TPR (default 1e-6)."),
     alpha: Optional[float] = typer.Option(None, help="Level of the model-level key test (default 1e-3)."),
+    size: Optional[int] = SizeOpt, dtype: Optional[str] = DtypeOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
     overwrite: bool = OverwriteOpt,
@@ -593,7 +602,7 @@ def wm_verify(
     _run("watermark verify", WatermarkVerifyConfig, config,
          dict(model=model, images=images, clean_images=clean_images, codec=codec, key=key, model_id=model_id,
               trigger=trigger, prompts=prompts, original=original, n=n, guidance=guidance, fpr=fpr, alpha=alpha,
-              seed=seed), out, device, as_json, body, overwrite=overwrite)
+              size=size, dtype=dtype, seed=seed), out, device, as_json, body, overwrite=overwrite)
 
 
 # ---- demo ----------------------------------------------------------------------------

@@ -132,7 +132,8 @@ class FinetuneConfig(Strict):
     amount: float = Field(0.3, ge=0, lt=1, description="prune: fraction of weights zeroed per layer")
     bits: Literal[2, 3, 4, 8] = 8
     gradient_checkpointing: bool = False
-    size: int | None = Field(None, ge=8, description="image side (default: the model's)")
+    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     local_files_only: bool = False
     seed: int = 0
 
@@ -195,6 +196,9 @@ class WatermarkCodecConfig(Strict):
     vae_round_trip: bool = True
     train_attacks: bool = False
     latent_warmup: int = Field(0, ge=0)
+    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
+                                                             "SDXL on a 24 GB machine)")
     local_files_only: bool = False
     seed: int = 0
 
@@ -226,6 +230,9 @@ class WatermarkEmbedConfig(Strict):
     delta_scale: float = Field(1.0, gt=0, description="ours: stage 2 aims at x0_hat + s * delta (paper: 1)")
     posterior_sample: bool = Field(True, description="draw z0 from the VAE posterior each step (the reference's); "
                                    "false: its mean")
+    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
+                                                             "SDXL on a 24 GB machine)")
     local_files_only: bool = False
     seed: int = 0
 
@@ -253,6 +260,9 @@ class WatermarkAdaptConfig(Strict):
     simulate: list[str] = Field([], description="rehearsed attacks method:steps[:lr], e.g. lora:2000:1e-4")
     simulate_data: str = Field("builtin:textures", description="captioned images the rehearsals fine-tune on")
     simulate_images: int = Field(192, ge=1, description="triggered images per rehearsal checkpoint")
+    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
+                                                             "SDXL on a 24 GB machine)")
     local_files_only: bool = False
     seed: int = 0
 
@@ -296,6 +306,9 @@ class WatermarkVerifyConfig(Strict):
     fpr: float = Field(1e-6, gt=0, lt=1)
     alpha: float = Field(1e-3, gt=0, lt=1)
     attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
+    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
+                                                             "SDXL on a 24 GB machine)")
     local_files_only: bool = False
     seed: int = 0
 

@@ -112,23 +112,25 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         model.unet.requires_grad_(True)
         params = list(model.unet.parameters())
         if train_te:
-            model.text_encoder.requires_grad_(True)
-            params += list(model.text_encoder.parameters())
+            for te in (model.text_encoder, model.text_encoder_2):
+                if te is not None:
+                    te.requires_grad_(True)
+                    params += list(te.parameters())
     if opts.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     model.unet.train()
     if train_te:
         model.text_encoder.train()
+        if model.text_encoder_2 is not None:
+            model.text_encoder_2.train()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2 if opts.method == "lora" else 0.0)
     sched = model.scheduler
     T = sched.config.num_train_timesteps
-    alphas = sched.alphas_cumprod.to(dev)
 
     # Captions are few (one per image, or one prompt): encode each distinct one once when frozen.
     distinct = sorted(set(caps) | set(prior_caps))
     cap_index = {c: i for i, c in enumerate(distinct)}
-    ids = model.tokenize(distinct)
-    frozen_ctx = None if train_te else model.text_encoder(ids).last_hidden_state.detach().to(model.dtype)
+    frozen_ctx = None if train_te else model.encode_prompts(distinct).detach()
 
     def batch_of(m, s, c, n):
         idx = torch.randint(0, len(m), (n,), generator=g)
@@ -141,11 +143,8 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
     def loss_on(z0, ci):
         t = torch.randint(0, T, (len(z0),), generator=g).to(dev)
         eps = torch.randn(z0.shape, generator=g).to(dev)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        ctx = model.text_encoder(ids).last_hidden_state if train_te else frozen_ctx
-        pred = model.unet(zt.to(model.dtype), t, encoder_hidden_states=ctx[ci].to(model.dtype)).sample
-        return torch.nn.functional.mse_loss(pred.float(), eps)
+        ctx = model.text_context(distinct) if train_te else frozen_ctx
+        return training_loss(model, z0, t, eps, ctx[ci]).mean()
 
     losses = []
     ckpt = checkpoint or TrainingCheckpoint(None)
@@ -175,7 +174,9 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
             recent = sum(losses[-20:]) / len(losses[-20:])
             log(f"[finetune] {opts.method} step {step + 1}/{opts.steps} loss {recent:.4f} ({time.time() - t0:.0f}s)")
     model.unet.eval().requires_grad_(False)
-    model.text_encoder.eval().requires_grad_(False)
+    for te in (model.text_encoder, model.text_encoder_2):
+        if te is not None:
+            te.eval().requires_grad_(False)
     if opts.gradient_checkpointing:
         model.unet.disable_gradient_checkpointing()
     head = losses[: max(1, len(losses) // 10)]
@@ -186,21 +187,27 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
             "prior_images": 0 if prior_mean is None else len(prior_mean)}
 
 
+def training_loss(model: T2IModel, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                  ctx: torch.Tensor) -> torch.Tensor:
+    """Per-image MSE of the UNet's output against its native target at z_t (eps, or
+    v = sqrt(a) eps - sqrt(1 - a) z0 for a v-prediction model), as the usual training scripts."""
+    zt = model.noisy(z0, eps, t)
+    pred = model.unet_out(zt.to(model.dtype), t, ctx.to(model.dtype))
+    return ((pred.float() - model.target(z0, eps, t).float()) ** 2).flatten(1).mean(1)
+
+
 @torch.no_grad()
 def denoising_loss(model: T2IModel, z0: torch.Tensor, prompts: list[str], samples: int = 16,
                    seed: int = 0) -> torch.Tensor:
-    """Per-image epsilon-prediction MSE averaged over `samples` fixed (t, noise) draws."""
+    """Per-image epsilon-prediction MSE (v outputs converted) over `samples` fixed (t, noise) draws."""
     g = torch.Generator().manual_seed(seed)
     ctx = model.encode_prompts(prompts)
     T = model.scheduler.config.num_train_timesteps
-    alphas = model.scheduler.alphas_cumprod.to(model.device)
     total = torch.zeros(len(z0), device=model.device)
     for _ in range(samples):
         t = torch.randint(0, T, (len(z0),), generator=g).to(model.device)
         eps = torch.randn(z0.shape, generator=g).to(model.device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = (a.sqrt() * z0 + (1 - a).sqrt() * eps).to(model.dtype)
-        pred = model.unet(zt, t, encoder_hidden_states=ctx).sample.float()
-        total += ((pred - eps) ** 2).mean((1, 2, 3))
+        zt = model.noisy(z0, eps, t).to(model.dtype)
+        total += ((model.eps(zt, t, ctx) - eps) ** 2).mean((1, 2, 3))
     return total / samples
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..models.diffusion import load_t2i
+from ..models.diffusion import load_for
 from ..runs import TrainingCheckpoint, atomic_folder
 from .compress import prune_, quantize_
 from .finetune import FinetuneOptions, finetune
@@ -56,7 +56,7 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
     out = Path(out)
     if cfg.method not in ("prune", "quantize"):
         check_inputs(data=cfg.data)
-    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    model = load_for(cfg, cfg.model, device)
     size = cfg.size or model.image_size
     record = {"method": cfg.method, "base": cfg.model, "prompt": cfg.prompt}
     ckpt = TrainingCheckpoint.in_run(out, "finetune", "finetune", log)  # resume state, until OUT/model is saved
@@ -81,7 +81,7 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
             if cfg.method == "lora":
                 model.save_lora(tmp, base=cfg.model)
             else:
-                model.to(dtype=torch.float32).save_pretrained(tmp)
+                model.save_pretrained(tmp)
             (tmp / RECORD).write_text(json.dumps({**record, **_jsonable(info)}, indent=2))
         log(f"[finetune] model: {target}")
     ckpt.remove()

@@ -4,7 +4,7 @@
   calibrated  L_pre(z0) - L_ft(z0): the loss calibrated by the pretrained model; this is
               CGI-DM's objective without a mask and without PGD, the key control
 
-Both average the epsilon-prediction MSE over the same fixed (t, noise) draws for every
+Both average the epsilon-prediction MSE (a v-predicting model's output converted to eps) over the same fixed (t, noise) draws for every
 image and both models, so the numbers are paired and reproducible.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tenso
     z0 = pretrained.encode_images(images).float()
     ctx = pretrained.encode_prompts(prompts)
     ctx_ft = ctx if shared else finetuned.encode_prompts(prompts)
-    alphas = pretrained.scheduler.alphas_cumprod.to(z0.device)
     T = pretrained.scheduler.config.num_train_timesteps
     g = torch.Generator().manual_seed(seed)
     l_pre = torch.zeros(len(z0))
@@ -30,15 +29,14 @@ def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tenso
     for _ in range(samples):
         t = torch.randint(t_min, T, (len(z0),), generator=g).to(z0.device)
         eps = torch.randn(z0.shape, generator=g).to(z0.device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        zt = pretrained.noisy(z0, eps, t)
         for model, c, acc, on in ((pretrained, ctx, l_pre, False), (finetuned, ctx_ft, l_ft, True)):
             if shared:
                 with model.adapter(on):
-                    pred = model.unet(zt.to(model.dtype), t, encoder_hidden_states=c).sample
+                    pred = model.eps(zt.to(model.dtype), t, c)
             else:
-                pred = model.unet(zt.to(model.dtype), t, encoder_hidden_states=c).sample
-            acc += ((pred.float() - eps) ** 2).flatten(1).mean(1).cpu()
+                pred = model.eps(zt.to(model.dtype), t, c)
+            acc += ((pred - eps) ** 2).flatten(1).mean(1).cpu()
     return l_pre / samples, l_ft / samples
 
 

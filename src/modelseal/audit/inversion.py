@@ -107,18 +107,16 @@ class Contrast:
         self.objective, self.noise = objective, noise
         # One model object with a LoRA adapter: L_pre with it off, L_ft with it on.
         self.shared_base = pretrained is finetuned and pretrained.has_adapter
-        self.alphas = pretrained.scheduler.alphas_cumprod.to(pretrained.device)
         self.T = pretrained.scheduler.config.num_train_timesteps
 
     def _loss(self, model: T2IModel, adapter_on: bool, z, t, eps, ctx):
-        a = self.alphas[t].view(-1, 1, 1, 1)
-        zt = (a.sqrt() * z + (1 - a).sqrt() * eps).to(model.dtype)
+        zt = model.noisy(z, eps, t).to(model.dtype)
         if self.shared_base:
             with model.adapter(adapter_on):
-                pred = model.unet(zt, t, encoder_hidden_states=ctx).sample
+                pred = model.eps(zt, t, ctx)
         else:
-            pred = model.unet(zt, t, encoder_hidden_states=ctx).sample
-        return ((pred.float() - eps) ** 2).flatten(1).mean(1)
+            pred = model.eps(zt, t, ctx)
+        return ((pred - eps) ** 2).flatten(1).mean(1)
 
     def draws(self, n: int, shape, mc: int, g: torch.Generator, t_min: int = 1):
         dev = self.pre.device

@@ -25,7 +25,7 @@ import torch
 
 from .. import stats
 from ..errors import InputError
-from ..models.diffusion import T2IModel, is_lora_folder, load_t2i
+from ..models.diffusion import DTYPES, T2IModel, is_lora_folder, load_t2i
 from ..runs import atomic_path
 from .baselines import loss_scores, paired_losses
 from .evidence import roc_figure_file, write_evidence, write_report
@@ -33,7 +33,6 @@ from .inversion import InversionOptions, invert
 from .scoring import FeatureExtractor, similarity
 
 FINETUNE_RECORD = "modelseal_finetune.json"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # --------------------------------------------------------------------------- models
@@ -45,15 +44,15 @@ def _arch(model: T2IModel) -> dict:
 
 
 def load_pair(pretrained: str, finetuned: str, device: str, dtype: str = "float32",
-              local_files_only: bool = False) -> tuple[T2IModel, T2IModel]:
+              local_files_only: bool = False, resolution: int | None = None) -> tuple[T2IModel, T2IModel]:
     """(pretrained, finetuned). A LoRA suspect is the pretrained model with its adapter: the
     same object is returned twice, and the inversion switches the adapter on and off."""
-    dt = _DTYPES[dtype]
+    dt = DTYPES[dtype]
     if is_lora_folder(finetuned):
-        model = load_t2i(finetuned, device, dt, local_files_only, base=pretrained)
+        model = load_t2i(finetuned, device, dt, local_files_only, base=pretrained, resolution=resolution)
         return model, model
-    pre = load_t2i(pretrained, device, dt, local_files_only)
-    ft = load_t2i(finetuned, device, dt, local_files_only)
+    pre = load_t2i(pretrained, device, dt, local_files_only, resolution=resolution)
+    ft = load_t2i(finetuned, device, dt, local_files_only, resolution=resolution)
     a, b = _arch(pre), _arch(ft)
     if a != b:
         diff = ", ".join(f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b[k])
@@ -213,7 +212,7 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     if not prompt:
         raise InputError("no fine-tuning prompt: the suspect's folder does not record one",
                          "give --prompt, e.g. --prompt \"a sks dog\" (the identifier prompt it was fine-tuned with)")
-    pre, ft = load_pair(cfg.pretrained, cfg.finetuned, device, cfg.dtype, cfg.local_files_only)
+    pre, ft = load_pair(cfg.pretrained, cfg.finetuned, device, cfg.dtype, cfg.local_files_only, cfg.size)
     size = cfg.size or pre.image_size
     if mode == "evaluation":
         sets = {"members": _read(cfg.members, size, "members"), "holdout": _read(cfg.holdout, size, "holdout")}
@@ -325,7 +324,7 @@ def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> dict:
             extra[f"cgi-dm {obj}"] = stats.auroc(r["metrics"][cfg.metric].numpy(), labels)
     if cfg.null_finetuned:
         log(f"[audit] null suspect: {cfg.null_finetuned}")
-        npre, nft = load_pair(cfg.pretrained, cfg.null_finetuned, str(pre.device), cfg.dtype, cfg.local_files_only)
+        npre, nft = load_pair(cfg.pretrained, cfg.null_finetuned, str(pre.device), cfg.dtype, cfg.local_files_only, cfg.size)
         r = score_set(npre, nft, xs, prompt, inversion_options(cfg), features, None)
         extra["null_suspect"] = stats.auroc(r["metrics"][cfg.metric].numpy(), labels)
     return extra

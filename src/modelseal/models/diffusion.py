@@ -1,9 +1,27 @@
 """Text-to-image latent diffusion models through diffusers: loading, latents, sampling.
 
 One `T2IModel` holds the parts of a Stable-Diffusion-style checkpoint (UNet2DConditionModel,
-AutoencoderKL, CLIPTextModel, CLIPTokenizer, scheduler). It loads a Stable Diffusion 1.x/2.x
-folder or hub id (the diffusers layout with model_index.json) and the tiny zoo model alike,
-since the tiny one is saved in that same layout.
+AutoencoderKL, CLIPTextModel, CLIPTokenizer, scheduler; SDXL adds CLIPTextModelWithProjection
+and a second tokenizer). It loads a Stable Diffusion 1.x / 2.x / XL folder or hub id (the
+diffusers layout with model_index.json) and the tiny zoo model alike, since the tiny one is
+saved in that same layout.
+
+Two things differ between these checkpoints and are hidden behind the model here:
+- What the UNet predicts (`prediction_type`: epsilon for SD 1.x and SDXL, v for SD 2.x at
+  768 px). `unet_out` gives the raw output, `eps` converts it to the noise estimate
+  eps = sqrt(a) v + sqrt(1 - a) z_t, and `target` gives the native training target
+  (eps, or v = sqrt(a) eps - sqrt(1 - a) z0). The watermark's stage 2, CGI-DM and the loss
+  baselines work in eps space (so an epsilon model and the same model re-expressed as a
+  v-predictor give identical numbers); fine-tuning trains on the native target, as users do.
+- What the UNet is conditioned on. SD: per-token states of one text encoder. SDXL: the
+  penultimate states of two encoders side by side, plus the second one's pooled projection
+  and six "time ids" (original size, crop corner, target size). A context is still one
+  tensor (B, T, D) here: for SDXL the pooled embedding rides as one extra, zero-padded row
+  (B, T + 1, D), so contexts can be indexed, concatenated and repeated like SD's; `unet_out`
+  unpacks it and builds the time ids from the working resolution.
+
+`resolution` (load_t2i's argument) runs a model below its native size (e.g. SDXL at 128 px
+on a CPU); the SDXL time ids follow it.
 
 A LoRA fine-tune is a folder with `pytorch_lora_weights.safetensors` (the file diffusers'
 LoRA scripts write; kohya-style keys are converted by diffusers) and, when modelseal wrote
@@ -20,10 +38,11 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import InputError
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_BASE_FILE = "lora_base.json"
 ADAPTER_NAME = "finetune"
@@ -52,6 +71,10 @@ class T2IModel:
     tokenizer: CLIPTokenizer
     scheduler: DDPMScheduler
     source: str = ""
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+    resolution: int | None = None        # working image side; None: the UNet's native size
+    zero_empty_prompt: bool = False      # SDXL base: the empty prompt's context is all zeros
 
     @property
     def device(self) -> torch.device:
@@ -62,7 +85,22 @@ class T2IModel:
         return self.unet.dtype
 
     @property
+    def is_sdxl(self) -> bool:
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+
+    @property
+    def kind(self) -> str:
+        """sd (1.x / 2.x, and the tiny zoo) or sdxl."""
+        return "sdxl" if self.is_sdxl else "sd"
+
+    @property
+    def prediction_type(self) -> str:
+        return str(getattr(self.scheduler.config, "prediction_type", "epsilon"))
+
+    @property
     def latent_size(self) -> int:
+        if self.resolution:
+            return int(self.resolution) // self.vae_scale
         return int(self.unet.config.sample_size)
 
     @property
@@ -77,15 +115,16 @@ class T2IModel:
 
     def to(self, device=None, dtype=None) -> "T2IModel":
         kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        for m in (self.unet, self.vae, self.text_encoder):
-            if m is not None:
-                m.to(**kw)  # a dtype=None argument alone makes diffusers warn about casting
+        for m in self.modules():
+            m.to(**kw)  # a dtype=None argument alone makes diffusers warn about casting
         return self
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+
     def requires_grad_(self, flag: bool) -> "T2IModel":
-        for m in (self.unet, self.vae, self.text_encoder):
-            if m is not None:
-                m.requires_grad_(flag)
+        for m in self.modules():
+            m.requires_grad_(flag)
         return self
 
     # ---- LoRA adapter ---------------------------------------------------------------
@@ -141,10 +180,17 @@ class T2IModel:
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "scheduler": ["diffusers", type(self.scheduler).__name__],
-            "safety_checker": [None, None],
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
         }
+        if self.text_encoder_2 is not None:
+            self.text_encoder_2.save_pretrained(folder / "text_encoder_2")
+            self.tokenizer_2.save_pretrained(str(folder / "tokenizer_2"))
+            index.update({"_class_name": "StableDiffusionXLPipeline",
+                          "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                          "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                          "force_zeros_for_empty_prompt": self.zero_empty_prompt})
+        else:
+            index.update({"safety_checker": [None, None], "feature_extractor": [None, None],
+                          "requires_safety_checker": False})
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
     # ---- text -------------------------------------------------------------------------
@@ -153,11 +199,85 @@ class T2IModel:
                               max_length=self.tokenizer.model_max_length,
                               return_tensors="pt").input_ids.to(self.device)
 
+    def text_context(self, prompts: list[str]) -> torch.Tensor:
+        """The UNet's context for prompts, with gradients to the text encoder(s): per-token
+        states (B, T, D); for SDXL the penultimate states of both encoders side by side and
+        the pooled projection packed as row T + 1 (module docstring)."""
+        prompts = list(prompts)
+        ids = self.tokenize(prompts)
+        if not self.is_sdxl:
+            return self.text_encoder(ids).last_hidden_state.to(self.dtype)
+        ids2 = self.tokenizer_2(prompts, padding="max_length", truncation=True,
+                                max_length=self.tokenizer_2.model_max_length,
+                                return_tensors="pt").input_ids.to(self.device)
+        h1 = self.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        out2 = self.text_encoder_2(ids2, output_hidden_states=True)
+        states = torch.cat([h1, out2.hidden_states[-2]], dim=-1)
+        pooled = out2.text_embeds
+        row = torch.nn.functional.pad(pooled, (0, states.shape[-1] - pooled.shape[-1]))[:, None]
+        ctx = torch.cat([states, row], dim=1).to(self.dtype)
+        if self.zero_empty_prompt:
+            empty = torch.tensor([p == "" for p in prompts], device=ctx.device).view(-1, 1, 1)
+            ctx = torch.where(empty, torch.zeros_like(ctx), ctx)
+        return ctx
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Per-token text states (B, T, D): what the UNet cross-attends to."""
-        ids = self.tokenize(prompts)
-        return self.text_encoder(ids).last_hidden_state.to(self.dtype)
+        """The UNet's context for prompts (see text_context), without gradients."""
+        return self.text_context(prompts)
+
+    # ---- the UNet and what it predicts ------------------------------------------------------
+    def time_ids(self, n: int) -> torch.Tensor:
+        """SDXL's added time ids (original H, W, crop top, left, target H, W) at the working size."""
+        side = float(self.image_size)
+        return torch.tensor([[side, side, 0.0, 0.0, side, side]], device=self.device, dtype=self.dtype).expand(n, 6)
+
+    def unet_out(self, zt: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, unet=None) -> torch.Tensor:
+        """The raw UNet output for a context from text_context (`unet`: another UNet of the same
+        architecture, e.g. a frozen teacher copy)."""
+        unet = self.unet if unet is None else unet
+        if not self.is_sdxl:
+            return unet(zt, t, encoder_hidden_states=ctx).sample
+        pooled_dim = self.text_encoder_2.config.projection_dim
+        added = {"text_embeds": ctx[:, -1, :pooled_dim], "time_ids": self.time_ids(len(zt)).to(ctx.dtype)}
+        return unet(zt, t, encoder_hidden_states=ctx[:, :-1], added_cond_kwargs=added).sample
+
+    def _a(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod.to(like.device)[t].view(-1, *([1] * (like.dim() - 1))).float()
+
+    def to_eps(self, out: torch.Tensor, zt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise estimate eps_theta(z_t) from a raw UNet output, float32."""
+        kind = self.prediction_type
+        out = out.float()
+        if kind == "epsilon":
+            return out
+        a = self._a(t, out)
+        if kind == "v_prediction":
+            return a.sqrt() * out + (1 - a).sqrt() * zt.float()
+        if kind == "sample":
+            return (zt.float() - a.sqrt() * out) / (1 - a).sqrt()
+        raise InputError(f"unsupported prediction type '{kind}'", "use a model predicting epsilon, v or the sample")
+
+    def eps(self, zt: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, unet=None) -> torch.Tensor:
+        """eps_theta(z_t, t, y) whatever the model predicts, float32."""
+        return self.to_eps(self.unet_out(zt, t, ctx, unet), zt, t)
+
+    def noisy(self, z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps."""
+        a = self._a(t, z0)
+        return a.sqrt() * z0 + (1 - a).sqrt() * eps
+
+    def target(self, z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The native training target: eps, or v = sqrt(a) eps - sqrt(1 - a) z0, or z0."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return eps
+        if kind == "v_prediction":
+            a = self._a(t, z0)
+            return a.sqrt() * eps - (1 - a).sqrt() * z0
+        if kind == "sample":
+            return z0
+        raise InputError(f"unsupported prediction type '{kind}'", "use a model predicting epsilon, v or the sample")
 
     # ---- latents ----------------------------------------------------------------------
     def _shift_scale(self) -> tuple[float, float]:
@@ -206,12 +326,14 @@ class T2IModel:
             sched.set_timesteps(steps, device=self.device)
             z = z * sched.init_noise_sigma
             for t in sched.timesteps:
+                tt = t.expand(len(z) * (2 if use_cfg else 1))
+                # CFG mixes raw outputs: linear in eps, v and x0 alike; the scheduler knows the type.
                 if use_cfg:
-                    eps_u, eps_c = self.unet(torch.cat([z, z]), t, encoder_hidden_states=ctx).sample.chunk(2)
-                    eps = eps_u + guidance * (eps_c - eps_u)
+                    out_u, out_c = self.unet_out(torch.cat([z, z]), tt, ctx).chunk(2)
+                    out = out_u + guidance * (out_c - out_u)
                 else:
-                    eps = self.unet(z, t, encoder_hidden_states=cond).sample
-                z = sched.step(eps, t, z).prev_sample
+                    out = self.unet_out(z, tt, cond)
+                z = sched.step(out, t, z).prev_sample
             outs.append(z if return_latents else self.decode_latents(z).cpu())
             if progress is not None:
                 progress(len(p))
@@ -256,35 +378,96 @@ def lora_base(source: str | Path) -> str | None:
         raise InputError(f"'{f}' is not a valid LoRA base record", "it must be JSON with a 'base' key") from None
 
 
+def load_for(cfg, source: str, device) -> T2IModel:
+    """load_t2i with a command config's dtype, working size and local_files_only."""
+    return load_t2i(source, device, DTYPES[getattr(cfg, "dtype", "float32")], cfg.local_files_only,
+                    resolution=getattr(cfg, "size", None))
+
+
+def _index(path: str, local_files_only: bool) -> dict:
+    """model_index.json of a diffusers folder or cached hub id ({} when there is none)."""
+    f = Path(path, "model_index.json")
+    if f.is_file():
+        try:
+            return json.loads(f.read_text())
+        except ValueError:
+            raise InputError(f"'{f}' is not valid JSON", "restore the checkpoint's model_index.json") from None
+    if Path(path).exists():
+        return {}
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(path, "model_index.json", local_files_only=local_files_only)).read_text())
+    except Exception:
+        return {}
+
+
+def _variant(folder: Path, weights: str) -> str | None:
+    """'fp16' where a local subfolder holds only the fp16 variant of its weights."""
+    if folder.is_dir() and not (folder / weights).is_file() and \
+            (folder / weights.replace(".safetensors", ".fp16.safetensors")).is_file():
+        return "fp16"
+    return None
+
+
 def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-             local_files_only: bool = False, base: str | None = None) -> T2IModel:
+             local_files_only: bool = False, base: str | None = None, resolution: int | None = None) -> T2IModel:
     """Load a T2I model from a diffusers folder or hub id (tiny zoo: 'tiny:t2i'), or a LoRA
-    folder on top of `base` (default: the base its lora_base.json names)."""
+    folder on top of `base` (default: the base its lora_base.json names). SD 1.x, 2.x (v) and
+    XL (two text encoders) alike; `resolution` sets the working image side (default native)."""
     if is_lora_folder(source):
-        return _load_lora(source, device, dtype, local_files_only, base)
+        model = _load_lora(source, device, dtype, local_files_only, base)
+    else:
+        model = _load_pipeline(source, device, dtype, local_files_only)
+    if resolution:
+        if resolution % (8 * model.vae_scale):
+            raise InputError(f"resolution {resolution} does not fit this model",
+                             f"use a multiple of {8 * model.vae_scale} px")
+        model.resolution = int(resolution)
+    return model
+
+
+def _load_pipeline(source, device, dtype, local_files_only) -> T2IModel:
     from .zoo import hub_access, resolve_model
 
     path = resolve_model(str(source), kind="t2i")
     local_files_only = hub_access(path, "model_index.json", local_files_only)
-    kw = dict(torch_dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
+    index = _index(path, local_files_only)
+    sdxl = bool((index.get("text_encoder_2") or [None])[0])
+    unet_file, te_file = "diffusion_pytorch_model.safetensors", "model.safetensors"
+
+    def kw(sub: str, weights: str) -> dict:
+        return dict(subfolder=sub, local_files_only=local_files_only, use_safetensors=True,
+                    variant=_variant(Path(path, sub), weights))
+
     try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
+        unet = UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype, **kw("unet", unet_file))
         vae = None
         if Path(path, "vae").exists() or not Path(path).exists():
-            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype,
-                                                     local_files_only=local_files_only, use_safetensors=True)
+            vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype, **kw("vae", unet_file))
+        text_encoder = CLIPTextModel.from_pretrained(path, dtype=dtype, **kw("text_encoder", te_file))
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=local_files_only)
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=local_files_only)
+        text_encoder_2 = tokenizer_2 = None
+        if sdxl:
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(path, dtype=dtype,
+                                                                         **kw("text_encoder_2", te_file))
+            tokenizer_2 = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2",
+                                                        local_files_only=local_files_only)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load a text-to-image model from '{source}': {str(e).splitlines()[0]}",
                          "give a diffusers Stable Diffusion folder (with model_index.json, unet/, vae/, "
-                         "text_encoder/, tokenizer/, scheduler/), a hub id already in the cache, or tiny:t2i") from None
-    model = T2IModel(unet, vae, text_encoder, tokenizer, scheduler, source=str(source))
+                         "text_encoder/, tokenizer/, scheduler/; SDXL also text_encoder_2/, tokenizer_2/), "
+                         "a hub id already in the cache, or tiny:t2i") from None
+    if getattr(unet.config, "addition_embed_type", None) == "text_time" and text_encoder_2 is None:
+        raise InputError(f"'{source}' has an SDXL UNet but no second text encoder",
+                         "give the whole SDXL folder (text_encoder_2/ and tokenizer_2/ listed in model_index.json)")
+    model = T2IModel(unet, vae, text_encoder, tokenizer, scheduler, source=str(source),
+                     text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                     zero_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)) and sdxl)
     model.requires_grad_(False)
-    for m in (unet, vae, text_encoder):
-        if m is not None:
-            m.eval()
+    for m in model.modules():
+        m.eval()
     return model.to(device)
 
 
@@ -295,7 +478,7 @@ def _load_lora(source, device, dtype, local_files_only, base) -> T2IModel:
     if base is None:
         raise InputError(f"'{source}' is a LoRA folder that does not name its base model",
                          "give the base model it was trained on (e.g. --pretrained) or add lora_base.json")
-    model = load_t2i(base, device, dtype, local_files_only)
+    model = _load_pipeline(base, device, dtype, local_files_only)
     try:
         state, alphas = StableDiffusionPipeline.lora_state_dict(str(source), weight_name=LORA_FILE)
         model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=ADAPTER_NAME)

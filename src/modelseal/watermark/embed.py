@@ -114,10 +114,11 @@ class UpPathReplay:
     so the student runs only from that block on, fed the keyword inputs (skip connections,
     time embedding, context, upsample size) the teacher's up blocks received."""
 
-    def __init__(self, student_unet, teacher_unet):
+    def __init__(self, model: T2IModel, teacher_unet):
+        student_unet = model.unet
         if not self.applies(student_unet):
             raise ValueError("the shared trunk needs every trainable weight inside the up blocks")
-        self.s, self.t = student_unet, teacher_unet
+        self.model, self.s, self.t = model, student_unet, teacher_unet
         self.first = [any(p.requires_grad for p in blk.parameters()) for blk in student_unet.up_blocks].index(True)
 
     @staticmethod
@@ -128,19 +129,20 @@ class UpPathReplay:
             not any(p.requires_grad for n, p in named if not n.startswith("up_blocks."))
 
     def __call__(self, sample, t, ctx) -> tuple[torch.Tensor, torch.Tensor]:
-        """(teacher output under no_grad, student output with its graph) for one batch."""
+        """(teacher output under no_grad, student output with its graph) for one batch: raw
+        UNet outputs (eps or v, whatever the model predicts)."""
         calls: dict[int, dict] = {}
         hooks = [blk.register_forward_pre_hook(lambda m, a, kw, i=i: calls.__setitem__(i, (a, kw)), with_kwargs=True)
                  for i, blk in enumerate(self.t.up_blocks)]
         try:
             with torch.no_grad():
-                out_t = self.t(sample, t, encoder_hidden_states=ctx).sample
+                out_t = self.model.unet_out(sample, t, ctx, unet=self.t)
         finally:
             for h in hooks:
                 h.remove()
         args, kw = calls[self.first]
         if args or "hidden_states" not in kw:  # a diffusers version that calls blocks positionally
-            return out_t, self.s(sample, t, encoder_hidden_states=ctx).sample
+            return out_t, self.model.unet_out(sample, t, ctx)
         h = kw["hidden_states"]
         for i in range(self.first, len(self.s.up_blocks)):
             h = self.s.up_blocks[i](**{**calls[i][1], "hidden_states": h})
@@ -162,18 +164,19 @@ class Stage2Loss:
         if opts.precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {opts.precision!r} (fp32 | bf16)")
         # Full passes where the trunk cannot be shared (e.g. a student training weights outside the up blocks).
-        self.replay = UpPathReplay(student.unet, teacher_unet) \
+        self.replay = UpPathReplay(student, teacher_unet) \
             if opts.shared_trunk and opts.passes == 2 and UpPathReplay.applies(student.unet) else None
 
     def _pair(self, zt, t, ctx, shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """eps_T (no grad) and eps_S for one batch, as float32; full passes unless the trunk is shared."""
+        """eps_T (no grad) and eps_S for one batch, as float32 noise estimates (a v-predicting
+        model's outputs converted); full passes unless the trunk is shared."""
         if shared and self.replay is not None:
-            eT, eS = self.replay(zt, t, ctx)
+            oT, oS = self.replay(zt, t, ctx)
         else:
             with torch.no_grad():
-                eT = self.teacher(zt, t, encoder_hidden_states=ctx).sample
-            eS = self.s.unet(zt, t, encoder_hidden_states=ctx).sample
-        return eT.float(), eS.float()
+                oT = self.s.unet_out(zt, t, ctx, unet=self.teacher)
+            oS = self.s.unet_out(zt, t, ctx)
+        return self.s.to_eps(oT, zt, t), self.s.to_eps(oS, zt, t)
 
     def __call__(self, z0: torch.Tensor, ctx: torch.Tensor, ctx_tr: torch.Tensor, g: torch.Generator) -> tuple:
         dev = z0.device
@@ -181,7 +184,7 @@ class Stage2Loss:
         t = torch.randint(0, self.T, (n,), generator=g).to(dev)
         eps = torch.randn(z0.shape, generator=g).to(dev)
         a = self.alphas[t].view(-1, 1, 1, 1)
-        zt = (a.sqrt() * z0 + (1 - a).sqrt() * eps).to(self.s.dtype)
+        zt = self.s.noisy(z0, eps, t).to(self.s.dtype)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
             if self.opts.mode == "always_on":
                 eT_tr, eS_tr = self._pair(zt, t, ctx_tr)

@@ -44,8 +44,7 @@ def eps_mse(model: T2IModel, original: T2IModel, latents: torch.Tensor, prompts:
         zt = (a.sqrt() * latents[idx].cpu() + (1 - a).sqrt() * eps).to(model.device, model.dtype)
         ctx = model.encode_prompts([prompts[int(i) % len(prompts)] for i in idx])
         tt = t.to(model.device)
-        d = model.unet(zt, tt, encoder_hidden_states=ctx).sample.float() - \
-            original.unet(zt, tt, encoder_hidden_states=ctx).sample.float()
+        d = model.eps(zt, tt, ctx) - original.eps(zt, tt, ctx)
         total += float(d.pow(2).mean()) * b
         n += b
     return total / n

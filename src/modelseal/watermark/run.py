@@ -20,7 +20,7 @@ import torch
 from .. import parallel, stats
 from ..data.sources import check_inputs
 from ..errors import InputError
-from ..models.diffusion import latent_posterior, load_t2i
+from ..models.diffusion import latent_posterior, load_for
 from ..runs import RESUME_DIR, TrainingCheckpoint, atomic_folder
 from .codec import (WEIGHTS_NAME, Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all,
                     file_sha256, psnr, train_codec)
@@ -77,7 +77,7 @@ def keygen_command(path: Path, overwrite: bool = False) -> dict:
 
 def codec_command(cfg, out: Path, device: str, log=print) -> dict:
     check_inputs(data=_data_spec(cfg.data))
-    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    model = load_for(cfg, cfg.model, device)
     x, _ = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
     n_test = max(16, len(x) // 10)
     train, test = x[:-n_test], x[-n_test:]
@@ -116,7 +116,7 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     check_inputs(data=_data_spec(cfg.data))
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
-    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+    model = load_for(cfg, cfg.model, device)
     if tuple(codec.latent_shape) != (model.unet.config.in_channels, model.latent_size, model.latent_size):
         raise InputError(f"the codec is for latents {codec.latent_shape}, the model makes "
                          f"{(model.unet.config.in_channels, model.latent_size, model.latent_size)}",
@@ -139,7 +139,7 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
               "bits": codec.k, "base": cfg.model, "codec_sha256": _sha(codec.folder),
               "preservation": cfg.preservation}
     with atomic_folder(target) as tmp:
-        model.to(dtype=torch.float32).save_pretrained(tmp)
+        model.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=2))
     ckpt.remove()
     return {"model": str(target), **record, **info}
@@ -152,8 +152,8 @@ def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
                  simulate_data=_data_spec(cfg.simulate_data) if cfg.simulate else None)
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
-    model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
-    original = load_t2i(cfg.original, device, local_files_only=cfg.local_files_only)
+    model = load_for(cfg, cfg.model, device)
+    original = load_for(cfg, cfg.original, device)
     shape = (model.unet.config.in_channels, model.latent_size, model.latent_size)
     if tuple(codec.latent_shape) != shape or original.latent_size != model.latent_size:
         raise InputError(f"the codec reads latents {codec.latent_shape}, '{cfg.model}' makes {shape} and "
@@ -287,7 +287,7 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
                      read_bits(codec, clean) if clean is not None else None)
         res["source"] = {"images": str(cfg.images), "clean_images": str(cfg.clean_images) if clean is not None else None}
     else:
-        model = load_t2i(cfg.model, device, local_files_only=cfg.local_files_only)
+        model = load_for(cfg, cfg.model, device)
         log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
         res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
                                         cfg.fpr, tuple(cfg.attacks), cfg.alpha)
@@ -299,7 +299,7 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
         if cfg.original:
             from .fidelity import image_fidelity
 
-            original = load_t2i(cfg.original, device, local_files_only=cfg.local_files_only)
+            original = load_for(cfg, cfg.original, device)
             res["fidelity"] = image_fidelity(clean, generate(original, prompts, seeds, None, cfg.guidance, cfg.steps))
             log(f"[verify] clean outputs against {cfg.original}: PSNR {res['fidelity']['psnr']:.1f} dB, "
                 f"SSIM {res['fidelity']['ssim']:.3f}")
