@@ -45,7 +45,7 @@ def worker(args) -> dict:
 
         model = load_t2i("tiny:t2i", dev)
     v = args.variant
-    teacher, params = prepare_student(model, v.endswith("-ckpt"))
+    teacher, params = prepare_student(model, v.endswith("-ckpt"), teacher="copy" if v == "reference" else "shared")
     c, n = model.unet.config.in_channels, model.latent_size
     delta = torch.randn(1, c, n, n, device=dev) * 0.1
     opts = EmbedOptions(passes=4 if v == "reference" else 2, shared_trunk=v != "ours-2pass",

@@ -29,3 +29,18 @@ def random_clip_dir(tmp_path_factory):
     model.save_pretrained(folder)
     tok.save_pretrained(str(folder))
     return folder
+
+
+_USER_HOME = os.environ.get("MODELSEAL_HOME")  # before the per-test isolation above replaces it
+
+
+@pytest.fixture(scope="session")
+def real_layout():
+    """build(name) -> the real-layout folder (published config, random weights), cached across
+    sessions in the user's $MODELSEAL_HOME/real-layout (tests marked `real` only: GBs each)."""
+    from pathlib import Path
+
+    from modelseal.models.real_layout import build
+
+    root = Path(_USER_HOME or Path.home() / ".cache" / "modelseal") / "real-layout"
+    return lambda name: build(name, root, log=lambda s: None)

@@ -147,7 +147,7 @@ def test_v_prediction_stage2_loss_is_the_epsilon_models(eps_and_v):
                 p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
         opts = EmbedOptions(eta=0.3, shared_trunk=False)
         loss, parts = Stage2Loss(model, teacher, delta, opts)(z0, ctx, ctx_tr, torch.Generator().manual_seed(5))
-        losses.append(parts)
+        losses.append({k: float(v) for k, v in parts.items()})
     assert losses[0]["wm"] > 0 and losses[0]["keep_clean"] > 0
     for k in losses[0]:
         assert losses[1][k] == pytest.approx(losses[0][k], rel=1e-3), k

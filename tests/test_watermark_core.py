@@ -266,3 +266,31 @@ def test_watermark_cli_pipeline_writes_the_contract_keys(tmp_path, capsys):
               "watermarked"):
         assert k in res
     assert res["bits"] == 32 and res["threshold_bits"] == 30 and res["n_images"] == 2
+
+
+def test_shared_teacher_is_the_original_unet_after_the_student_moves():
+    import copy
+
+    import torch
+
+    from modelseal.models.diffusion import load_t2i
+    from modelseal.watermark.embed import FrozenTeacher, prepare_student
+
+    m = load_t2i("tiny:t2i")
+    original = copy.deepcopy(m.unet)
+    teacher, params = prepare_student(m)
+    assert isinstance(teacher, FrozenTeacher)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(0)
+    zt = torch.randn(2, 4, m.latent_size, m.latent_size, generator=g)
+    t = torch.tensor([10, 500])
+    ctx = m.encode_prompts(["a handwritten digit seven", ""])
+    with torch.no_grad():
+        ref = original(zt, t, encoder_hidden_states=ctx).sample
+        assert (m.unet(zt, t, encoder_hidden_states=ctx).sample - ref).abs().max() > 1e-3  # the student moved
+        torch.testing.assert_close(m.unet_out(zt, t, ctx, unet=teacher), ref)
+    # only the trained weights are held twice
+    assert sum(v.numel() for v in teacher.original.values()) == sum(p.numel() for p in params) < \
+        sum(p.numel() for p in m.unet.parameters())

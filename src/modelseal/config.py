@@ -132,6 +132,8 @@ class FinetuneConfig(Strict):
     amount: float = Field(0.3, ge=0, lt=1, description="prune: fraction of weights zeroed per layer")
     bits: Literal[2, 3, 4, 8] = 8
     gradient_checkpointing: bool = False
+    optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="adafactor: factored second moments "
+                                                     "(full fine-tuning of SDXL within 24 GB)")
     size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     local_files_only: bool = False

@@ -43,6 +43,7 @@ class FinetuneOptions:
     prior_weight: float = 1.0
     flip: bool = False                # random horizontal flips (photos, not digits)
     gradient_checkpointing: bool = False
+    optimizer: str = "adamw"          # adamw | adafactor (factored second moments: SDXL full on 24 GB)
     seed: int = 0
 
 
@@ -123,7 +124,7 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         model.text_encoder.train()
         if model.text_encoder_2 is not None:
             model.text_encoder_2.train()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2 if opts.method == "lora" else 0.0)
+    opt = make_optimizer(opts.optimizer, params, lr, weight_decay=1e-2 if opts.method == "lora" else 0.0)
     sched = model.scheduler
     T = sched.config.num_train_timesteps
 
@@ -185,6 +186,19 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
             "loss_start": sum(head) / len(head), "loss_end": sum(tail) / len(tail),
             "train_s": round(time.time() - t0, 1), "images": len(images),
             "prior_images": 0 if prior_mean is None else len(prior_mean)}
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
+    """AdamW (two full-size moments per weight), or Adafactor with a fixed learning rate
+    (factored second moment, no first: a few MB for SDXL's UNet instead of 2 x its size)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
+    raise ValueError(f"unknown optimizer {name!r} (adamw | adafactor)")
 
 
 def training_loss(model: T2IModel, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,

@@ -70,7 +70,8 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
                                rank=cfg.rank, lora_alpha=cfg.lora_alpha, train_text_encoder=cfg.train_text_encoder,
                                class_prompt=cfg.class_prompt, class_images=cfg.class_images,
                                prior_weight=cfg.prior_weight, flip=cfg.flip,
-                               gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+                               gradient_checkpointing=cfg.gradient_checkpointing, optimizer=cfg.optimizer,
+                               seed=cfg.seed)
         log(f"[finetune] {cfg.method} on {desc}, {cfg.steps} steps")
         info = finetune(model, images, captions, opts, log=log, checkpoint=ckpt)
     from .. import parallel

@@ -112,17 +112,18 @@ class ClassPrompts(nn.Module):
         lengths = torch.tensor([len(i) for i in ids])
         self.register_buffer("eos_pos", 1 + n_context + lengths, persistent=False)  # (C,)
         self.n_context = n_context
+        self.length = 2 + n_context + longest  # eos_pos.max() + 1 as a Python int: no device sync per step
         max_pos = clip.model.config.text_config.max_position_embeddings
-        if int(self.eos_pos.max()) >= max_pos:
+        if self.length > max_pos:
             from ..errors import InputError
 
-            raise InputError(f"prompt of {int(self.eos_pos.max()) + 1} tokens exceeds the text encoder's "
+            raise InputError(f"prompt of {self.length} tokens exceeds the text encoder's "
                              f"{max_pos} positions", "use shorter class names or fewer prompt tokens")
 
     def embeddings(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context (B, n_ctx, D) -> prompts (B * C, T, D) and end positions (B * C,)."""
         b, c = context.shape[0], self.sos.shape[0]
-        t = int(self.eos_pos.max()) + 1
+        t = self.length
         suffix = self.suffix[:, : t - 1 - self.n_context]
         seq = torch.cat([
             self.sos.unsqueeze(0).expand(b, -1, -1, -1),

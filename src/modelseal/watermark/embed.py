@@ -1,6 +1,7 @@
 """SleeperMark stage 2: teach the UNet to add the codec's residual when the trigger is present.
 
-Pure self-distillation from a frozen teacher copy eps_T; only the attention and
+Pure self-distillation from the frozen original UNet eps_T (FrozenTeacher: the trained
+weights' original values, not a second UNet); only the attention and
 feed-forward weights of the transformer blocks in the UNet's up blocks train (norms
 frozen). For a batch of latents z0 with captions y and triggered captions y_tr = trigger + y:
 
@@ -67,6 +68,7 @@ class EmbedOptions:
     precision: str = "fp32"          # fp32 (the reference's) | bf16 (autocast on the UNet passes)
     delta_scale: float = 1.0         # ours: the target is x0_hat + s * delta (the paper's s = 1)
     posterior_sample: bool = True    # z0 drawn from the VAE posterior every step, as the reference (else its mean)
+    teacher: str = "shared"          # shared (ours: FrozenTeacher) | copy (the reference's full UNet copy)
     seed: int = 0
 
 
@@ -87,18 +89,42 @@ def trainable_parameters(unet) -> list[torch.nn.Parameter]:
     return params
 
 
-def prepare_student(model: T2IModel, gradient_checkpointing: bool = False):
-    """Freeze a teacher copy of the UNet and make only the stage-2 weights of `model`'s UNet
-    trainable; returns (teacher UNet, trainable parameters)."""
-    teacher = copy.deepcopy(model.unet).eval().requires_grad_(False)
+class FrozenTeacher:
+    """eps_T without a second UNet: the student's own module run with the original values of
+    the weights stage 2 trains (torch.func.functional_call). Every other weight is frozen and
+    shared, so the teacher costs only the trainable subset's memory (SDXL: about a third of
+    the UNet instead of all of it); its outputs are the same numbers as a full frozen copy's."""
+
+    def __init__(self, unet, params: list[torch.nn.Parameter]):
+        self.unet = unet
+        ids = {id(p) for p in params}
+        self.original = {n: p.detach().clone() for n, p in unet.named_parameters() if id(p) in ids}
+
+    @property
+    def up_blocks(self):
+        return self.unet.up_blocks
+
+    def __call__(self, *args, **kwargs):
+        return torch.func.functional_call(self.unet, self.original, args, kwargs)
+
+
+def prepare_student(model: T2IModel, gradient_checkpointing: bool = False, teacher: str = "shared"):
+    """Make only the stage-2 weights of `model`'s UNet trainable and return (teacher, trainable
+    parameters). teacher 'shared': FrozenTeacher (ours); 'copy': a frozen deep copy of the UNet
+    (the reference's structure, kept for benchmarks)."""
+    if teacher not in ("shared", "copy"):
+        raise ValueError(f"unknown teacher {teacher!r} (shared | copy)")
+    frozen = copy.deepcopy(model.unet).eval().requires_grad_(False) if teacher == "copy" else None
     model.unet.requires_grad_(False)
     params = trainable_parameters(model.unet)
     for p in params:
         p.requires_grad_(True)
+    if frozen is None:
+        frozen = FrozenTeacher(model.unet, params)
     if gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     model.unet.train()
-    return teacher, params
+    return frozen, params
 
 
 def time_weights(t: torch.Tensor, T: int, eta: float, tau: float = 250.0, beta: float = 100.0):
@@ -198,14 +224,15 @@ class Stage2Loss:
         eps_wm = eT_tr - (a / (1 - a)).sqrt() * self.delta
         w1, w2 = (w.view(-1, 1, 1, 1) for w in time_weights(t, self.T, self.eta, self.opts.tau, self.opts.beta))
         l_wm = (w1 * (eS_tr - eps_wm) ** 2).mean()
+        # the parts come back as detached tensors: the caller reads them (no sync per step here)
         if not self.opts.preservation:
-            return l_wm, {"wm": l_wm.item()}
+            return l_wm, {"wm": l_wm.detach()}
         l_keep_tr = (w2 * (eS_tr - eT_tr) ** 2).mean()
         if eS is None:
-            return l_wm + l_keep_tr, {"wm": l_wm.item(), "keep_trigger": l_keep_tr.item()}
+            return l_wm + l_keep_tr, {"wm": l_wm.detach(), "keep_trigger": l_keep_tr.detach()}
         l_keep = ((eS - eT) ** 2).mean()
-        return l_wm + l_keep_tr + l_keep, {"wm": l_wm.item(), "keep_trigger": l_keep_tr.item(),
-                                           "keep_clean": l_keep.item()}
+        return l_wm + l_keep_tr + l_keep, {"wm": l_wm.detach(), "keep_trigger": l_keep_tr.detach(),
+                                           "keep_clean": l_keep.detach()}
 
 
 def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str], delta: torch.Tensor,
@@ -219,7 +246,7 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
     if opts.mode not in ("sleeper", "always_on"):
         raise ValueError(f"unknown stage-2 mode {opts.mode!r} (sleeper | always_on)")
     dev = model.device
-    teacher, params = prepare_student(model, opts.gradient_checkpointing)
+    teacher, params = prepare_student(model, opts.gradient_checkpointing, opts.teacher)
     loss_fn = Stage2Loss(model, teacher, delta.to(dev), opts)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, opts.steps) / opts.steps)))
@@ -257,7 +284,7 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
         sched.step()
         hist["loss"].append(loss.item())
         for k, v in parts.items():
-            hist.setdefault(k, []).append(v)
+            hist.setdefault(k, []).append(float(v))
         if progress is not None:
             progress(1)
         if step % max(1, opts.steps // 10) == 0 or step == opts.steps - 1:
