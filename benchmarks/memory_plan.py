@@ -21,9 +21,9 @@ second is kept:
   audit     one CGI-DM PGD step (both models' losses and the gradient to the latent), SD 1.5,
             512 px: a full fine-tuned suspect (two UNets) or a LoRA suspect (one UNet, adapter on
             and off), batch 1 and 8, fp32 and bf16 weights
-  ip-clip   one IP-CLIP step, CLIP ViT-B/16 at 224 px, 65 classes, batch 32 + 32: ours (cached
-            vision statistics, one text pass) against the reference's loop (vision tower every
-            step, one text pass per image and class)
+  ip-clip   one IP-CLIP step, CLIP ViT-B/16 at 224 px, 65 classes, batch 32 + 32, ours (cached
+            vision statistics, one text pass; on the meta device); the reference's loop (one
+            text pass per image and class) is measured by gpu.sh
 
     python benchmarks/memory_plan.py [--only stage2,audit,ip-clip] [--check] [--json FILE]
 """
@@ -155,7 +155,14 @@ def audit(batch: int, suspect: str, dtype: torch.dtype, fake: bool = True, laten
         if suspect == "lora":
             from modelseal.attacks.finetune import add_lora
 
-            add_lora(pre, 8, None, 0)
+            # peft moves new adapters with Module.to(), which fake tensors refuse; they are made
+            # on the one (fake) device already, and add_lora keeps them in fp32 as training does
+            to = torch.nn.Module.to
+            torch.nn.Module.to = lambda self, *a, **k: self
+            try:
+                add_lora(pre, 8, None, 0)
+            finally:
+                torch.nn.Module.to = to
             pre.unet.requires_grad_(False)
             ft = pre
         else:
@@ -174,7 +181,7 @@ def audit(batch: int, suspect: str, dtype: torch.dtype, fake: bool = True, laten
     return tracked(build, step, fake=fake)
 
 
-def ipclip(variant: str, classes: int = 65, batch: int = 32):
+def ipclip(variant: str, classes: int = 65, batch: int = 32, device: str = "meta", chunk: int | None = None):
     """On the meta device (shapes only; its per-op cost is far below fake tensors', which the
     reference's 2 * B * C text passes per step need)."""
     import tempfile
@@ -189,9 +196,11 @@ def ipclip(variant: str, classes: int = 65, batch: int = 32):
         write_clip_tokenizer(Path(d))
         tok = CLIPTokenizer.from_pretrained(d)
     tracker = LiveTensors()
-    with torch.device("meta"), tracker.mode:
+    with torch.device(device), tracker.mode:
+        torch.manual_seed(0)
         clip = CLIPBundle(CLIPModel(CLIPConfig(**CLIP_B16)).eval().requires_grad_(False), tok, 224)
         model = IPCLIP(clip, [f"class {i}" for i in range(classes)])
+        model.text_chunk = chunk
         opt = torch.optim.Adam(model.projector.parameters(), lr=1e-3)
         images = torch.rand(2 * batch, 3, 224, 224)
         labels = torch.randint(0, classes, (2 * batch,))
@@ -209,33 +218,56 @@ def ipclip(variant: str, classes: int = 65, batch: int = 32):
     return {"peak_gib": round(tracker.peak / GIB, 3)}
 
 
-def plan(only: set[str]) -> list[dict]:
+def measure(task: str, cfg: dict) -> dict:
+    if task == "stage2":
+        return stage2(cfg["batch"], cfg["structure"], cfg["precision"], cfg["ckpt"])
+    if task == "audit":
+        return audit(cfg["batch"], cfg["suspect"], {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg["precision"]])
+    return ipclip("ours", cfg["classes"], cfg["batch"], chunk=cfg["text_chunk"])
+
+
+def configurations(only: set[str]) -> list[tuple[str, dict]]:
     rows = []
-
-    def add(task, cfg, fn):
-        r = fn()
-        rows.append({"task": task, **cfg, **r})
-        print(json.dumps(rows[-1]), flush=True)
-
     if "stage2" in only:
         for batch in (1, 4, 10):
-            add("stage2", {"structure": "reference", "precision": "fp32", "ckpt": False, "batch": batch},
-                lambda: stage2(batch, "reference", "fp32", False))
+            rows.append(("stage2", {"structure": "reference", "precision": "fp32", "ckpt": False, "batch": batch}))
             for precision in ("fp32", "bf16"):
                 for ckpt in (False, True):
                     if batch == 10 and not (precision == "bf16" and ckpt):
                         continue
-                    add("stage2", {"structure": "ours", "precision": precision, "ckpt": ckpt, "batch": batch},
-                        lambda: stage2(batch, "ours", precision, ckpt))
+                    rows.append(("stage2", {"structure": "ours", "precision": precision, "ckpt": ckpt, "batch": batch}))
     if "audit" in only:
         for suspect in ("full", "lora"):
             for batch in (1, 8):
-                for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-                    add("audit", {"suspect": suspect, "batch": batch, "precision": name},
-                        lambda: audit(batch, suspect, dt))
+                for precision in ("fp32", "bf16"):
+                    rows.append(("audit", {"suspect": suspect, "batch": batch, "precision": precision}))
     if "ip-clip" in only:
-        for variant in ("reference", "ours"):
-            add("ip-clip", {"structure": variant, "classes": 65, "batch": 32}, lambda: ipclip(variant))
+        # ours only: the reference's 2 * B * C = 4,160 text passes per step take over 15 minutes
+        # even on the meta device; gpu.sh measures both (lock_speed.py) where that is seconds
+        for batch in (8, 16, 32):
+            for chunk in (None, 4):
+                rows.append(("ip-clip", {"structure": "ours", "classes": 65, "batch": batch, "text_chunk": chunk}))
+    return rows
+
+
+def plan(only: set[str]) -> list[dict]:
+    """Each configuration in its own process (fresh allocator state; one crash costs one row).
+    A process sometimes dies in a segfault under fake tensors (seen 2 of ~50, at random rows;
+    the rerun gives the same peak to the byte): up to three tries per row."""
+    import subprocess
+
+    rows = []
+    for task, cfg in configurations(only):
+        for _ in range(3):
+            p = subprocess.run([sys.executable, __file__, "--one", json.dumps([task, cfg])], capture_output=True,
+                               text=True)
+            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+            if p.returncode == 0 and lines:
+                rows.append({"task": task, **cfg, **json.loads(lines[-1])})
+                break
+        else:
+            rows.append({"task": task, **cfg, "error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -244,11 +276,19 @@ def main():
     ap.add_argument("--only", default="stage2,audit,ip-clip")
     ap.add_argument("--check", action="store_true", help="also measure a small case with real tensors")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.one:
+        task, cfg = json.loads(a.one)
+        print(json.dumps(measure(task, cfg)))
+        return
     if a.check:
         for fake in (True, False):
             print(f"check, stage 2 ours fp32 batch 2 at 128 px (16 x 16 latents), {'fake' if fake else 'real'} tensors:",
                   stage2(2, "ours", "fp32", False, fake=fake, latent=16), flush=True)
+        for device in ("meta", "cpu"):
+            print(f"check, IP-CLIP ours, ViT-B/16, 10 classes, batch 4 + 4, {device} tensors:",
+                  ipclip("ours", 10, 4, device=device), flush=True)
     rows = plan(set(a.only.split(",")))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2))

@@ -152,12 +152,12 @@ def clip_cells(folder: Path, out: Path, only: set[str] | None) -> list[dict]:
         rows.append(r)
 
     cell("lock-train", ["lock", "train", "--model", str(folder), "--authorized", "builtin:digits/mnist",
-                        "--unauthorized", "builtin:digits/usps", "--steps", "2", "--batch-size", "2",
+                        "--unauthorized", "builtin:digits/mnist-m", "--steps", "2", "--batch-size", "2",
                         "--train-limit", "16", "--device", "cpu",
                         "--config", str(_yaml(o.parent / "clip-lock.yaml", {"sl_steps": 2, "feature_batch_size": 16}))])
     ck = str(o / "lock-train" / "checkpoint")
     cell("lock-eval", ["lock", "eval", "--checkpoint", ck, "--model", str(folder), "--eval", "builtin:digits/mnist",
-                       "--eval", "builtin:digits/usps", "--device", "cpu"])
+                       "--eval", "builtin:digits/mnist-m", "--device", "cpu"])
     cell("lock-verify", ["lock", "verify", "--checkpoint", ck, "--model", str(folder), "--eval",
                          "builtin:digits/mnist", "--device", "cpu"])
     return rows

@@ -64,3 +64,26 @@ def test_feature_bank_and_attention():
     out = StyleAttention(8)(torch.nn.functional.normalize(feats, dim=-1), protos)
     assert out.shape == (30, 8)
     assert mmd(torch.randn(50, 4), torch.randn(50, 4)) < mmd(torch.randn(50, 4), torch.randn(50, 4) + 3)
+
+
+def test_checkpointed_text_chunks_give_the_same_features_and_gradients():
+    import torch
+
+    from modelseal.lock.ipclip import IPCLIP
+    from modelseal.models.clip import load_clip
+
+    clip = load_clip("tiny:clip")
+    g = torch.Generator().manual_seed(0)
+    n_layers = clip.model.config.vision_config.num_hidden_layers
+    width = clip.model.config.vision_config.hidden_size
+    mu, sigma = torch.randn(6, n_layers, width, generator=g), torch.rand(6, n_layers, width, generator=g)
+    out = []
+    for chunk in (None, 2):
+        torch.manual_seed(0)
+        model = IPCLIP(clip, ["zero", "one", "two"])
+        model.text_chunk = chunk
+        feats, _ = model.text_features(mu, sigma)
+        feats.pow(3).sum().backward()
+        out.append((feats.detach(), [p.grad.clone() for p in model.projector.parameters() if p.grad is not None]))
+    torch.testing.assert_close(out[1][0], out[0][0])
+    assert out[0][1] and all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(out[0][1], out[1][1]))

@@ -143,6 +143,10 @@ class IPCLIP(nn.Module):
         vc, tc = clip.model.config.vision_config, clip.model.config.text_config
         self.projector = IPProjector(vc.num_hidden_layers, vc.hidden_size, tc.hidden_size, cfg)
         self.prompts = ClassPrompts(clip, class_names, self.projector.n_context)
+        # Images per checkpointed text-encoder chunk while training (None: one pass, all kept
+        # for backward). Activations grow as images x classes: about 1.5 GB per image at 65
+        # classes on ViT-B/16; chunks of 4 keep that to one chunk's, for one more forward.
+        self.text_chunk: int | None = None
         self.to(clip.device)
 
     @property
@@ -154,7 +158,14 @@ class IPCLIP(nn.Module):
         and the domain tokens (B, L, D)."""
         ctx, dom = self.projector.context(mu, sigma)
         emb, eos = self.prompts.embeddings(ctx.to(self.clip.model.dtype))
-        feats = self.clip.text_features_from_embeddings(emb, eos).float()
+        step = (self.text_chunk or 0) * len(self.class_names)
+        if step and torch.is_grad_enabled() and len(emb) > step:
+            from torch.utils.checkpoint import checkpoint
+
+            feats = torch.cat([checkpoint(self.clip.text_features_from_embeddings, emb[i:i + step], eos[i:i + step],
+                                          use_reentrant=False) for i in range(0, len(emb), step)]).float()
+        else:
+            feats = self.clip.text_features_from_embeddings(emb, eos).float()
         return feats.view(len(mu), len(self.class_names), -1), dom
 
     def reference_text_features(self, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -120,10 +120,11 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     templates = _templates(eval_specs)
     tcfg = LockTrainConfig(method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                            weights=cfg.weights, clamp=cfg.clamp, train_attention=cfg.train_attention, seed=cfg.seed,
+                           text_chunk=cfg.text_chunk,
                            projector=ProjectorConfig(n_image_tokens=cfg.n_image_tokens,
                                                      shared_image_tokens=cfg.shared_image_tokens))
     sl_cfg = LockTrainConfig(method="supervised", steps=cfg.sl_steps or cfg.steps, batch_size=cfg.batch_size,
-                             lr=cfg.lr, seed=cfg.seed, projector=tcfg.projector)
+                             lr=cfg.lr, seed=cfg.seed, projector=tcfg.projector, text_chunk=cfg.text_chunk)
     log("[lock] training the SL reference (authorized cross-entropy only)")
     # each training resumes from its checkpoint in OUT/resume (the SL reference's is kept finished)
     ck_sl = TrainingCheckpoint.in_run(out, "lock-sl", "lock:supervised", log, final=True)

@@ -33,6 +33,7 @@ class LockTrainConfig:
     weights: str = "paper"        # IPLossWeights preset: paper | target-free-code | target-specified-code
     clamp: str = "batch"          # c5 on the batch-mean CE_u (paper) or on each image's ("sample")
     train_attention: bool = True  # the reference leaves the style attention at random init
+    text_chunk: int | None = None # images per checkpointed text-encoder chunk (IPCLIP.text_chunk)
     bank_k: int = 5
     seed: int = 0
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -59,6 +60,7 @@ class LockModel(torch.nn.Module):
     def __init__(self, clip, class_names, cfg: LockTrainConfig):
         super().__init__()
         self.ipclip = IPCLIP(clip, class_names, cfg.projector)
+        self.ipclip.text_chunk = cfg.text_chunk
         dim = clip.model.config.projection_dim
         self.att_s = StyleAttention(dim)
         self.att_t = StyleAttention(dim)
