@@ -217,7 +217,7 @@ def test_input_paths_are_checked_before_any_model_loads(tmp_path, capsys, monkey
     def no_load(*a, **k):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    for mod, name in ((attacks_run, "load_t2i"), (wm_run, "load_t2i"), (audit_run, "load_pair"),
+    for mod, name in ((attacks_run, "load_for"), (wm_run, "load_for"), (audit_run, "load_pair"),
                       (lock_run, "load_clip")):
         monkeypatch.setattr(mod, name, no_load)
     cases = [
