@@ -262,6 +262,7 @@ def test_delta_scale_moves_the_target_by_s_delta():
         with torch.no_grad():
             _, parts[s] = Stage2Loss(m, teacher, delta, EmbedOptions(eta=0.3, delta_scale=s))(
                 z0, ctx, ctx_tr, torch.Generator().manual_seed(3))
+    parts = {s: {k: float(v) for k, v in p.items()} for s, p in parts.items()}
     assert parts[1.0]["wm"] > 0 and parts[2.0]["wm"] == pytest.approx(4 * parts[1.0]["wm"], rel=1e-4)
     assert parts[2.0]["keep_trigger"] == parts[2.0]["keep_clean"] == 0
 
