@@ -113,17 +113,15 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         model.unet.requires_grad_(True)
         params = list(model.unet.parameters())
         if train_te:
-            for te in (model.text_encoder, model.text_encoder_2):
-                if te is not None:
-                    te.requires_grad_(True)
-                    params += list(te.parameters())
+            for te in model.text_encoders():
+                te.requires_grad_(True)
+                params += list(te.parameters())
     if opts.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     model.unet.train()
     if train_te:
-        model.text_encoder.train()
-        if model.text_encoder_2 is not None:
-            model.text_encoder_2.train()
+        for te in model.text_encoders():
+            te.train()
     opt = make_optimizer(opts.optimizer, params, lr, weight_decay=1e-2 if opts.method == "lora" else 0.0)
     sched = model.scheduler
     T = sched.config.num_train_timesteps
@@ -175,9 +173,8 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
             recent = sum(losses[-20:]) / len(losses[-20:])
             log(f"[finetune] {opts.method} step {step + 1}/{opts.steps} loss {recent:.4f} ({time.time() - t0:.0f}s)")
     model.unet.eval().requires_grad_(False)
-    for te in (model.text_encoder, model.text_encoder_2):
-        if te is not None:
-            te.eval().requires_grad_(False)
+    for te in model.text_encoders():
+        te.eval().requires_grad_(False)
     if opts.gradient_checkpointing:
         model.unet.disable_gradient_checkpointing()
     head = losses[: max(1, len(losses) // 10)]

@@ -89,11 +89,6 @@ class T2IModel:
         return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
 
     @property
-    def kind(self) -> str:
-        """sd (1.x / 2.x, and the tiny zoo) or sdxl."""
-        return "sdxl" if self.is_sdxl else "sd"
-
-    @property
     def prediction_type(self) -> str:
         return str(getattr(self.scheduler.config, "prediction_type", "epsilon"))
 
@@ -120,7 +115,11 @@ class T2IModel:
         return self
 
     def modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+        return [m for m in (self.unet, self.vae) if m is not None] + self.text_encoders()
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """The text encoder, and SDXL's second one."""
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
 
     def requires_grad_(self, flag: bool) -> "T2IModel":
         for m in self.modules():
@@ -194,10 +193,10 @@ class T2IModel:
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
     # ---- text -------------------------------------------------------------------------
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        return self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                              max_length=self.tokenizer.model_max_length,
-                              return_tensors="pt").input_ids.to(self.device)
+    def tokenize(self, prompts: list[str], tokenizer: CLIPTokenizer | None = None) -> torch.Tensor:
+        tok = tokenizer or self.tokenizer
+        return tok(list(prompts), padding="max_length", truncation=True, max_length=tok.model_max_length,
+                   return_tensors="pt").input_ids.to(self.device)
 
     def text_context(self, prompts: list[str]) -> torch.Tensor:
         """The UNet's context for prompts, with gradients to the text encoder(s): per-token
@@ -207,11 +206,8 @@ class T2IModel:
         ids = self.tokenize(prompts)
         if not self.is_sdxl:
             return self.text_encoder(ids).last_hidden_state.to(self.dtype)
-        ids2 = self.tokenizer_2(prompts, padding="max_length", truncation=True,
-                                max_length=self.tokenizer_2.model_max_length,
-                                return_tensors="pt").input_ids.to(self.device)
         h1 = self.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
-        out2 = self.text_encoder_2(ids2, output_hidden_states=True)
+        out2 = self.text_encoder_2(self.tokenize(prompts, self.tokenizer_2), output_hidden_states=True)
         states = torch.cat([h1, out2.hidden_states[-2]], dim=-1)
         pooled = out2.text_embeds
         row = torch.nn.functional.pad(pooled, (0, states.shape[-1] - pooled.shape[-1]))[:, None]
@@ -459,12 +455,12 @@ def _load_pipeline(source, device, dtype, local_files_only) -> T2IModel:
                          "give a diffusers Stable Diffusion folder (with model_index.json, unet/, vae/, "
                          "text_encoder/, tokenizer/, scheduler/; SDXL also text_encoder_2/, tokenizer_2/), "
                          "a hub id already in the cache, or tiny:t2i") from None
-    if getattr(unet.config, "addition_embed_type", None) == "text_time" and text_encoder_2 is None:
-        raise InputError(f"'{source}' has an SDXL UNet but no second text encoder",
-                         "give the whole SDXL folder (text_encoder_2/ and tokenizer_2/ listed in model_index.json)")
     model = T2IModel(unet, vae, text_encoder, tokenizer, scheduler, source=str(source),
                      text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                      zero_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)) and sdxl)
+    if model.is_sdxl and text_encoder_2 is None:
+        raise InputError(f"'{source}' has an SDXL UNet but no second text encoder",
+                         "give the whole SDXL folder (text_encoder_2/ and tokenizer_2/ listed in model_index.json)")
     model.requires_grad_(False)
     for m in model.modules():
         m.eval()
