@@ -1,17 +1,32 @@
-"""Does the watermark survive the thief's fine-tuning? SleeperMark (triggered) against the
-always-on baseline (AquaLoRA-style: the same distillation without a trigger, so every
-output carries the residual), both fine-tuned with LoRA and with full fine-tuning on a new
-captioned domain that never shows the trigger; bit accuracy and TPR at FPR 1e-6 measured
-along the way.
+"""Can the thief remove the mark and keep a useful model? TPR@1e-6 of the owner's message
+against the utility the attack leaves the thief, over a grid from mild to model-destroying.
 
-    python benchmarks/watermark_robustness.py --codec runs/wm/codec/codec --out runs/wm-robust
-    python benchmarks/watermark_robustness.py --codec C --out O --sleeper M1 --always-on M2
+    python benchmarks/watermark_robustness.py --out runs/wm-robust --sleeper M --codec C \
+        --key owner.key --model-id ID [--always-on M2 --always-on-codec C2] \
+        [--attacks lora:r8:1e-4 full:1e-5 prune:0.5 quant:4 ...] [--domains faces dreambooth]
 
-Without --sleeper / --always-on both are embedded here first (stage 2 with --embed-steps,
---eta) and saved under OUT (reused when present). Writes OUT/robustness.json and
-OUT/robustness.png (bit accuracy and TPR against fine-tuning steps). `--kinds unmarked`
-adds a null control: the original model fine-tuned the same way and read with the same
-trigger and key (its "TPR" is a false-positive rate; it should stay near 0).
+Models ("kinds"): `sleeper` (SleeperMark, read under its trigger), `unmarked` (the original
+model read with the same key and trigger: its "TPR" is a false-positive rate) and
+`always_on` (the AquaLoRA-style baseline, no trigger; only at --always-on-attacks).
+Without --sleeper / --always-on they are embedded here first (stage 2, --embed-steps).
+
+Attack points: `lora:r<rank>:<lr>` and `full:<lr>` fine-tune on a thief domain (measured at
+every --checkpoints step), `prune:<fraction>` (per-layer magnitude pruning) and
+`quant:<bits>` (per-channel round-to-nearest). Thief domains: `faces` (builtin:faces, 200
+LFW faces) and `dreambooth` (the 30 DreamBooth subjects of ../shared/data/dreambooth,
+captioned "a photo of a <class>"); neither was used to choose any watermark setting (the
+codec and stage 2 train on digits; rehearsal options use textures).
+
+At every point (attacks/utility.py): TPR@1e-6 and bit accuracy over --n triggered images,
+the key-test verdict, the judged prompt accuracy on the four digit domains (tiny:judge,
+--per-prompt samples per prompt) and its ratio to the unattacked original's ("retained"),
+PSNR / SSIM of the clean samples against the model's before the attack, and the thief's
+gain on held-out images of their domain (1 - denoising loss after / before).
+
+Writes OUT/points.jsonl (one line per point; a rerun skips curves already there),
+OUT/robustness.json (all points, the target check), OUT/robustness.md (the table) and
+OUT/robustness.png (TPR against retained utility). The target (issue 17): TPR >= 0.9 at
+every sleeper point that keeps >= 80 % of the original's judged accuracy.
 """
 from __future__ import annotations
 
@@ -24,19 +39,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent
+DREAMBOOTH = ROOT.parent / "shared" / "data" / "dreambooth"
+GRID = ["lora:r8:1e-4", "lora:r8:1e-3", "lora:r32:1e-4", "full:1e-5", "full:1e-4",
+        "prune:0.3", "prune:0.5", "quant:4", "quant:8"]
+RETAINED_BAR, TPR_BAR = 0.8, 0.9
 
-def bits_for(args, k: int) -> torch.Tensor:
-    from modelseal.watermark.keys import load_key, message_bits
 
-    key = load_key(args.key) if args.key else np.random.default_rng(args.seed).bytes(32)
-    return message_bits(key, args.model_id, k)
+def parse_attack(spec: str) -> dict:
+    """'lora:r8:1e-4' | 'full:1e-5' | 'prune:0.5' | 'quant:4' -> a dict (raises ValueError)."""
+    parts = spec.split(":")
+    if parts[0] == "lora" and len(parts) == 3 and parts[1].startswith("r"):
+        return {"kind": "finetune", "method": "lora", "rank": int(parts[1][1:]), "lr": float(parts[2])}
+    if parts[0] == "full" and len(parts) == 2:
+        return {"kind": "finetune", "method": "full", "lr": float(parts[1])}
+    if parts[0] == "prune" and len(parts) == 2:
+        return {"kind": "prune", "amount": float(parts[1])}
+    if parts[0] == "quant" and len(parts) == 2:
+        return {"kind": "quant", "bits": int(parts[1])}
+    raise ValueError(f"bad attack {spec!r}: lora:r<rank>:<lr> | full:<lr> | prune:<fraction> | quant:<bits>")
+
+
+def thief_domain(name: str, size: int):
+    """(train images, train captions, held-out images, held-out captions) as tensors in [0, 1]."""
+    from modelseal.data.sources import load_source
+    from modelseal.data.subjects import dreambooth_domain
+
+    if name == "faces":
+        tr, te = load_source("builtin:faces", "train", size), load_source("builtin:faces", "test", size)
+    elif name == "dreambooth":
+        tr, te = dreambooth_domain(DREAMBOOTH, size, "train"), dreambooth_domain(DREAMBOOTH, size, "test")
+    else:
+        raise ValueError(f"unknown thief domain {name!r} (faces | dreambooth)")
+    as_t = lambda s: torch.from_numpy(s.images).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+    return as_t(tr), list(tr.captions), as_t(te), list(te.captions)
 
 
 def embedded(kind: str, args, codec, bits, log) -> Path | str:
-    """The watermarked model of `kind` (sleeper | always_on): given, or embedded and saved;
-    for `unmarked`, the original model (a null control: its detection rate is a false-positive rate)."""
-    from modelseal.models.diffusion import load_t2i
-    from modelseal.models.diffusion import latent_posterior
+    """The model of `kind`: given, embedded here and saved (sleeper | always_on), or the
+    original (unmarked)."""
+    from modelseal.models.diffusion import latent_posterior, load_t2i
     from modelseal.watermark.embed import EmbedOptions, embed_watermark
     from modelseal.watermark.run import images_and_captions
 
@@ -44,7 +86,7 @@ def embedded(kind: str, args, codec, bits, log) -> Path | str:
         return args.model
     given = args.sleeper if kind == "sleeper" else args.always_on
     if given:
-        return Path(given)
+        return given
     folder = args.out / kind
     if (folder / "model_index.json").is_file():
         log(f"[robustness] reusing {folder}")
@@ -52,9 +94,8 @@ def embedded(kind: str, args, codec, bits, log) -> Path | str:
     model = load_t2i(args.model)
     x, caps = images_and_captions("builtin:digits/all", model.image_size, args.embed_images, need_captions=True)
     delta = codec.residual(bits.view(1, -1)).detach()
-    opts = EmbedOptions(trigger=args.trigger, steps=args.embed_steps, lr=args.lr, grad_clip=None, eta=args.eta,
-                        tau=args.tau, beta=args.beta, uncond_fraction=args.uncond_fraction, mode=kind,
-                        posterior_sample=not args.posterior_mean, seed=args.seed)
+    opts = EmbedOptions(trigger=args.trigger, steps=args.embed_steps, lr=1e-3, grad_clip=None, eta=0.3, tau=100,
+                        beta=30, uncond_fraction=0.2, mode=kind, posterior_sample=False, seed=args.seed)
     z, z_std = latent_posterior(model, x)
     info = embed_watermark(model, z, caps, delta, opts, log=log, latent_std=z_std)
     tmp = args.out / f"{kind}.partial"
@@ -64,120 +105,217 @@ def embedded(kind: str, args, codec, bits, log) -> Path | str:
     return folder
 
 
-def measure(model, codec, bits, prompts, seeds, trigger, guidance, steps, reference=None) -> dict:
-    """Bits under the trigger; with `reference` (clean images of the model before fine-tuning),
-    how far fine-tuning moved the clean outputs (PSNR on the same seeds)."""
-    from modelseal.watermark.codec import psnr
-    from modelseal.watermark.verify import decide, generate, read_bits
+class Meter:
+    """The mark (TPR, bit accuracy, verdict) and the thief's utility of one model."""
 
-    s = decide(read_bits(codec, generate(model, prompts, seeds, trigger, guidance, steps)), bits)
-    out = {"bit_accuracy": s["bit_accuracy"], "tpr": s["tpr_at_fpr"]["1e-6"], "p_value": s["p_value"],
-           "watermarked": s["watermarked"]}
-    if reference is not None:
-        out["clean_psnr_vs_before"] = float(psnr(generate(model, prompts, seeds, None, guidance, steps), reference).mean())
-    return out
+    def __init__(self, args, probe, original_accuracy: float):
+        from modelseal.data.digits import DOMAINS, caption
+
+        caps = [caption(d, c) for d in DOMAINS for c in range(10)]
+        self.prompts = [caps[i % len(caps)] for i in range(args.n)]
+        self.seeds = [500_000 + i for i in range(args.n)]
+        self.args, self.probe, self.original_accuracy = args, probe, original_accuracy
+
+    def __call__(self, model, codec, bits, trigger, before=None, loss_before=None) -> dict:
+        from modelseal.watermark.verify import decide, generate, quantize, read_bits
+
+        with torch.no_grad():
+            trig = quantize(generate(model, self.prompts, self.seeds, trigger, self.args.guidance, self.args.steps))
+        s = decide(read_bits(codec, trig), bits)
+        util, _ = self.probe.measure(model, before, self.original_accuracy, loss_before)
+        return {"tpr": s["tpr_at_fpr"]["1e-6"], "bit_accuracy": s["bit_accuracy"], "p_value": s["p_value"],
+                "watermarked": s["watermarked"], **util}
+
+
+def run_curve(kind: str, domain: str, spec: str, base, codec, bits, trigger, meter, data, args, log) -> list[dict]:
+    from modelseal.attacks.compress import prune_, quantize_
+    from modelseal.attacks.finetune import FinetuneOptions, finetune
+
+    attack = parse_attack(spec)
+    x_tr, c_tr, x_te, c_te = data
+    meter.probe.thief_images, meter.probe.thief_captions = x_te, c_te
+    meter.probe._thief_latents = None
+    with torch.no_grad():
+        before = meter.probe.samples(base)
+    loss_before = meter.probe.thief_loss(base)
+    model = copy.deepcopy(base)
+    points = []
+    t0 = time.time()
+
+    def record(step) -> None:
+        r = meter(model, codec, bits, trigger, before, loss_before)
+        points.append({"kind": kind, "domain": domain, "attack": spec, "step": step, **r})
+        log(f"[robustness] {kind:9s} {domain:10s} {spec:14s} {str(step):>5s}: TPR {r['tpr']:.2f} bit acc "
+            f"{r['bit_accuracy']:.3f} p {r['p_value']:.1e} | judged {r['prompt_accuracy']:.3f} "
+            f"(retained {r.get('retained', float('nan')):.2f}) PSNR {r['psnr']:.1f} thief gain "
+            f"{r.get('thief_gain', float('nan')):+.3f}")
+
+    if attack["kind"] == "finetune":
+        steps = sorted({c for c in args.checkpoints if c <= args.ft_steps})
+        record(0)
+        opts = FinetuneOptions(method=attack["method"], steps=args.ft_steps, lr=attack["lr"],
+                               rank=attack.get("rank", 8), seed=args.seed)
+        finetune(model, x_tr, c_tr, opts, log=lambda s: None,
+                 on_step=lambda s: record(s) if s in steps and s > 0 else None)
+    elif attack["kind"] == "prune":
+        prune_(model.unet, attack["amount"])
+        record("-")
+    else:
+        quantize_(model.unet, attack["bits"])
+        record("-")
+    for p in points:
+        p["curve_seconds"] = round(time.time() - t0, 1)
+    return points
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--codec", required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--model", default="tiny:t2i")
+    ap.add_argument("--codec", required=True, help="the sleeper's extractor (e.g. its adapted codec)")
+    ap.add_argument("--model", default="tiny:t2i", help="the original (unmarked) model")
     ap.add_argument("--sleeper", default=None, help="a SleeperMark-watermarked model folder")
     ap.add_argument("--always-on", default=None, help="an always-on-watermarked model folder")
+    ap.add_argument("--always-on-codec", default=None, help="its extractor (default: --codec)")
     ap.add_argument("--key", default=None, help="owner key file (default: a seeded random key)")
     ap.add_argument("--model-id", default="robustness")
-    ap.add_argument("--embed-steps", type=int, default=3000)
-    ap.add_argument("--embed-images", type=int, default=2400)
-    ap.add_argument("--eta", type=float, default=0.3)
-    ap.add_argument("--tau", type=float, default=100.0)
-    ap.add_argument("--beta", type=float, default=30.0)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--uncond-fraction", type=float, default=0.2)
-    ap.add_argument("--posterior-mean", action="store_true", help="stage 2 on the VAE posterior mean, as "
-                    "configs/watermark-embed.tiny.yaml (default: a posterior sample per step)")
-    ap.add_argument("--data", default="builtin:faces", help="the thief's captioned domain")
-    ap.add_argument("--methods", nargs="+", default=["lora", "full"])
-    ap.add_argument("--kinds", nargs="+", default=["sleeper", "always_on"], choices=["sleeper", "always_on", "unmarked"])
+    ap.add_argument("--trigger", default="sks ")
+    ap.add_argument("--kinds", nargs="+", default=["sleeper", "unmarked", "always_on"],
+                    choices=["sleeper", "unmarked", "always_on"])
+    ap.add_argument("--attacks", nargs="+", default=GRID)
+    ap.add_argument("--always-on-attacks", nargs="+", default=["lora:r8:1e-4", "full:1e-5"])
+    ap.add_argument("--domains", nargs="+", default=["faces", "dreambooth"])
+    ap.add_argument("--always-on-domains", nargs="+", default=["faces"])
     ap.add_argument("--ft-steps", type=int, default=2000)
-    ap.add_argument("--ft-lr", type=float, default=None, help="fine-tuning lr (default: finetune.default_lr)")
     ap.add_argument("--checkpoints", type=int, nargs="+", default=[0, 100, 250, 500, 1000, 2000])
-    ap.add_argument("--n", type=int, default=64, help="images per measurement")
+    ap.add_argument("--n", type=int, default=64, help="triggered images per point")
+    ap.add_argument("--per-prompt", type=int, default=5, help="judged samples per digit prompt (40 prompts)")
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--steps", type=int, default=30, help="sampling steps")
-    ap.add_argument("--trigger", default="sks ", help="as in configs/watermark-embed.tiny.yaml")
+    ap.add_argument("--embed-steps", type=int, default=15000)
+    ap.add_argument("--embed-images", type=int, default=2400)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    for a in args.attacks + args.always_on_attacks:
+        parse_attack(a)
 
-    from modelseal.attacks.finetune import FinetuneOptions, finetune
-    from modelseal.data.digits import DOMAINS, caption
-    from modelseal.data.sources import load_source
+    from modelseal.attacks.utility import UtilityProbe
     from modelseal.models.diffusion import load_t2i
+    from modelseal.models.judge import DigitJudge
+    from modelseal.models.zoo import resolve_model
     from modelseal.watermark.codec import Codec
-    from modelseal.watermark.verify import generate
+    from modelseal.watermark.keys import load_key, message_bits
 
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
     codec = Codec.from_pretrained(args.codec)
-    bits = bits_for(args, codec.k)
-    lines = [caption(d, c) for d in DOMAINS for c in range(10)]
-    prompts = [lines[i % len(lines)] for i in range(args.n)]
-    seeds = [500_000 + i for i in range(args.n)]
-    data = load_source(args.data, "train", load_t2i(args.model).image_size)
-    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
-    checkpoints = sorted({c for c in args.checkpoints if c <= args.ft_steps})
-    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "curves": {}}
+    key = load_key(args.key) if args.key else np.random.default_rng(args.seed).bytes(32)
+    bits = message_bits(key, args.model_id, codec.k)
+    probe = UtilityProbe(DigitJudge.from_pretrained(resolve_model("tiny:judge", "judge")), per_prompt=args.per_prompt,
+                         steps=args.steps, guidance=args.guidance, seed=args.seed)
+    original = load_t2i(args.model)
+    orig_file = args.out / "original.json"
+    if orig_file.is_file():
+        orig = json.loads(orig_file.read_text())
+    else:
+        orig = probe.accuracy(probe.samples(original))
+        orig_file.write_text(json.dumps(orig, indent=2))
+    log(f"[robustness] original judged prompt accuracy {orig['prompt_accuracy']:.3f} {orig['by_domain']}")
+    meter = Meter(args, probe, orig["prompt_accuracy"])
+
+    points_file = args.out / "points.jsonl"
+    done = set()
+    points: list[dict] = []
+    if points_file.is_file():
+        points = [json.loads(ln) for ln in points_file.read_text().splitlines() if ln.strip()]
+        done = {(p["kind"], p["domain"], p["attack"]) for p in points}
+    data = {d: thief_domain(d, original.image_size) for d in args.domains}
     for kind in args.kinds:
-        folder = embedded(kind, args, codec, bits, log)
+        attacks = args.always_on_attacks if kind == "always_on" else args.attacks
+        domains = args.always_on_domains if kind == "always_on" else args.domains
+        kind_codec = Codec.from_pretrained(args.always_on_codec) if kind == "always_on" and args.always_on_codec \
+            else codec
         trigger = None if kind == "always_on" else args.trigger
-        base = load_t2i(folder)
-        with torch.no_grad():
-            reference = generate(base, prompts, seeds, None, args.guidance, args.steps)
-        for method in args.methods:
-            model = copy.deepcopy(base)
-            curve = []
+        base = load_t2i(embedded(kind, args, codec, bits, log))
+        for domain in domains:
+            if domain not in data:
+                data[domain] = thief_domain(domain, original.image_size)
+            for spec in attacks:
+                if (kind, domain, spec) in done:
+                    continue
+                if parse_attack(spec)["kind"] != "finetune" and domain != domains[0]:
+                    continue  # pruning and quantization do not depend on the thief's data
+                new = run_curve(kind, domain, spec, base, kind_codec, bits, trigger, meter, data[domain], args, log)
+                with points_file.open("a") as f:
+                    for p in new:
+                        f.write(json.dumps(p) + "\n")
+                points += new
+    summary = summarize(points, orig)
+    tmp = args.out / "robustness.json.tmp"
+    tmp.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "original": orig,
+                               **summary, "points": points}, indent=2))
+    tmp.rename(args.out / "robustness.json")
+    (args.out / "robustness.md").write_text(table(points))
+    plot(points, args.out / "robustness.png")
+    print(table(points))
+    print(f"target (sleeper TPR >= {TPR_BAR} wherever retained >= {RETAINED_BAR}): "
+          f"{'met' if summary['target_met'] else 'NOT met'}; failing points: {len(summary['failing'])}")
+    for f in summary["failing"]:
+        print(f"  {f['domain']} {f['attack']} step {f['step']}: TPR {f['tpr']:.2f}, retained {f['retained']:.2f}")
 
-            def probe(step: int) -> None:
-                if step in checkpoints:
-                    r = measure(model, codec, bits, prompts, seeds, trigger, args.guidance, args.steps, reference)
-                    curve.append({"step": step, **r})
-                    log(f"[robustness] {kind} {method} step {step}: bit acc {r['bit_accuracy']:.3f} "
-                        f"TPR@1e-6 {r['tpr']:.3f}; clean outputs vs before {r['clean_psnr_vs_before']:.1f} dB")
 
-            t0 = time.time()
-            probe(0)
-            if args.ft_steps > 0:
-                finetune(model, x, list(data.captions), FinetuneOptions(method=method, steps=args.ft_steps,
-                                                                      lr=args.ft_lr, seed=args.seed),
-                         log=lambda s: None, on_step=probe)
-            results["curves"][f"{kind}/{method}"] = {"points": curve, "seconds": round(time.time() - t0, 1)}
-            (args.out / "robustness.json").write_text(json.dumps(results, indent=2))
-    plot(results, args.out / "robustness.png")
-    print(f"{'model/method':<22}" + "".join(f"{c:>8}" for c in checkpoints))
-    for name, c in results["curves"].items():
-        print(f"{name:<22}" + "".join(f"{p['tpr']:>8.3f}" for p in c["points"]) + "   TPR@1e-6")
-        print(f"{'':<22}" + "".join(f"{p['bit_accuracy']:>8.3f}" for p in c["points"]) + "   bit acc")
+def summarize(points: list[dict], orig: dict) -> dict:
+    """Which sleeper points keep the thief a useful model and lose the mark; the unmarked
+    control's false positives (per image at 1e-6, and verdicts)."""
+    sleeper = [p for p in points if p["kind"] == "sleeper"]
+    useful = [p for p in sleeper if p.get("retained", 0) >= RETAINED_BAR]
+    failing = [{k: p[k] for k in ("domain", "attack", "step", "tpr", "retained", "bit_accuracy")}
+               for p in useful if p["tpr"] < TPR_BAR]
+    null = [p for p in points if p["kind"] == "unmarked"]
+    return {"target_met": bool(useful) and not failing, "useful_points": len(useful), "failing": failing,
+            "unmarked_false_verdicts": sum(p["watermarked"] for p in null), "unmarked_points": len(null),
+            "unmarked_max_tpr": max((p["tpr"] for p in null), default=None)}
 
 
-def plot(results: dict, path: Path) -> None:
+def table(points: list[dict]) -> str:
+    head = ("| model | domain | attack | step | TPR@1e-6 | bit acc. | verdict (p) | judged acc. | retained | "
+            "PSNR / SSIM vs before | thief gain |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for p in points:
+        verdict = ("watermarked" if p["watermarked"] else "not verified") + f" ({p['p_value']:.1e})"
+        rows.append(f"| {p['kind']} | {p['domain']} | {p['attack']} | {p['step']} | {p['tpr']:.2f} | "
+                    f"{p['bit_accuracy']:.3f} | {verdict} | {p['prompt_accuracy']:.3f} | {p.get('retained', 0):.2f} | "
+                    f"{p.get('psnr', float('nan')):.1f} / {p.get('ssim', float('nan')):.2f} | "
+                    f"{p.get('thief_gain', float('nan')):+.2f} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def plot(points: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, c in results["curves"].items():
-        steps = [max(p["step"], 1) for p in c["points"]]
-        style = "-" if name.startswith("sleeper") else "--"
-        axes[0].plot(steps, [p["tpr"] for p in c["points"]], style, marker="o", label=name)
-        axes[1].plot(steps, [p["bit_accuracy"] for p in c["points"]], style, marker="o", label=name)
-    for ax, label in zip(axes, ("TPR at FPR 1e-6", "bit accuracy")):
-        ax.set_xscale("log")
-        ax.set_xlabel("fine-tuning steps (0 plotted at 1)")
-        ax.set_ylabel(label)
+    kinds = [k for k in ("sleeper", "always_on", "unmarked") if any(p["kind"] == k for p in points)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        curves: dict = {}
+        for p in points:
+            if p["kind"] == kind:
+                curves.setdefault((p["domain"], p["attack"]), []).append(p)
+        for (domain, attack), ps in sorted(curves.items()):
+            style = "-" if domain == "faces" else ":"
+            ax.plot([p.get("retained", 0) for p in ps], [p["tpr"] for p in ps], style, marker="o", ms=3,
+                    label=f"{attack} ({domain})" if len(ps) > 1 else f"{attack}")
+        ax.axvline(RETAINED_BAR, color="grey", lw=0.8)
+        if kind == "sleeper":
+            ax.axhline(TPR_BAR, color="grey", lw=0.8)
+        ax.set_xlabel("judged prompt accuracy retained (vs the original)")
+        ax.set_ylabel("TPR at FPR 1e-6" + (" (= false-positive rate)" if kind == "unmarked" else ""))
+        ax.set_title(kind)
+        ax.set_xlim(0, 1.15)
+        ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    axes[1].axhline(0.5, color="grey", lw=0.8)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)

@@ -60,3 +60,40 @@ def write_split(images: np.ndarray, root: str | Path, counts: dict[str, int]) ->
         out[part] = folder
         start += n
     return out
+
+
+def dreambooth_classes(root: str | Path) -> dict[str, str]:
+    """subject folder -> class noun, from the DreamBooth release's prompts_and_classes.txt."""
+    root = Path(root)
+    table = root / "prompts_and_classes.txt"
+    if not table.is_file():
+        raise InputError(f"'{root}' has no prompts_and_classes.txt",
+                         "give the DreamBooth dataset folder (one folder per subject beside that file)")
+    classes = {}
+    for line in table.read_text().splitlines():
+        name, _, cls = line.strip().partition(",")
+        if cls and name != "subject_name" and (root / name).is_dir():
+            classes[name] = cls
+    if not classes:
+        raise InputError(f"no subject of '{table}' has a folder in '{root}'", "check the dataset folder")
+    return classes
+
+
+def dreambooth_domain(root: str | Path, size: int, split: str = "all", every: int = 5):
+    """All DreamBooth subjects as one captioned domain ('a photo of a <class>'), e.g. a
+    thief's fine-tuning set; split 'test' is every `every`-th photo of each subject, 'train'
+    the rest, 'all' both."""
+    from .dataset import ImageSet
+
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be train, test or all, got {split!r}")
+    images, captions, names = [], [], []
+    for name, cls in sorted(dreambooth_classes(root).items()):
+        photos = photo_subject(Path(root) / name, size)
+        for i, im in enumerate(photos):
+            held = i % every == every - 1
+            if split == "all" or held == (split == "test"):
+                images.append(im)
+                captions.append(f"a photo of a {cls}")
+                names.append(f"{name}/{i}")
+    return ImageSet(name="dreambooth", images=np.stack(images), captions=captions, names=names)
