@@ -294,3 +294,51 @@ def test_shared_teacher_is_the_original_unet_after_the_student_moves():
     # only the trained weights are held twice
     assert sum(v.numel() for v in teacher.original.values()) == sum(p.numel() for p in params) < \
         sum(p.numel() for p in m.unet.parameters())
+
+
+def test_trainable_scopes_pick_their_weights_and_the_trunk_is_shared_only_inside_the_up_blocks():
+    from modelseal.models.diffusion import load_t2i
+    from modelseal.watermark.embed import TRAINABLE, UpPathReplay, prepare_student, trainable_parameters
+
+    m = load_t2i("tiny:t2i")
+    counts = {s: sum(p.numel() for p in trainable_parameters(m.unet, s)) for s in TRAINABLE}
+    assert counts["cross-kv"] < counts["up-attn-ff"] < counts["up"] < counts["unet"] < \
+        sum(p.numel() for p in m.unet.parameters())
+    kv = {id(p) for blk in m.unet.up_blocks for a in (getattr(blk, "attentions", None) or [])
+          for tb in a.transformer_blocks for p in (tb.attn2.to_k.weight, tb.attn2.to_v.weight)}
+    assert {id(p) for p in trainable_parameters(m.unet, "cross-kv")} == kv
+    assert not any("norm" in n for n, p in m.unet.named_parameters()
+                   if id(p) in {id(q) for q in trainable_parameters(m.unet, "unet")})
+    for scope, shared in (("up", True), ("unet", False)):
+        prepare_student(m, scope=scope)
+        assert UpPathReplay.applies(m.unet) is shared
+    with pytest.raises(ValueError, match="unknown trainable scope"):
+        trainable_parameters(m.unet, "down")
+
+
+def test_rehearsed_term_at_zero_drift_is_the_mark_term_and_the_simulated_thief_leaves_the_unet():
+    """With Delta = 0 and the student still equal to the teacher, the rehearsed term
+    w1 |(eps(y_tr) - eps(y)) - (eps_T(y_tr) - eps_T(y)) + sqrt(a/(1-a)) delta|^2 equals the
+    paper's first term w1 |eps_S(y_tr) - eps_wm|^2 exactly; simulate_drift moves a copy only."""
+    from modelseal.models.diffusion import load_t2i
+    from modelseal.watermark.embed import EmbedOptions, Stage2Loss, prepare_student, simulate_drift
+
+    m = load_t2i("tiny:t2i")
+    opts = EmbedOptions(trigger="sks ", eta=0.3, tau=100, beta=30, rehearsal=1.0, rehearsal_steps=3, batch_size=4)
+    teacher, _ = prepare_student(m)
+    before = {n: p.detach().clone() for n, p in m.unet.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(4, 4, m.latent_size, m.latent_size, generator=g)
+    ctx = m.encode_prompts(["a handwritten digit seven"] * 4)
+    drift = simulate_drift(m, z0, ctx, opts, seed=1)
+    assert all(torch.equal(p, before[n]) for n, p in m.unet.named_parameters())
+    assert sum(float(d.abs().sum()) for d in drift.values()) > 0
+    delta = 0.3 * torch.randn(1, 4, m.latent_size, m.latent_size, generator=g)
+    loss_fn = Stage2Loss(m, teacher, delta, opts)
+    loss_fn.drift = {n: torch.zeros_like(p) for n, p in m.unet.named_parameters()}
+    ctx_tr = m.encode_prompts(["sks a handwritten digit seven"] * 4)
+    _, parts = loss_fn(z0, ctx, ctx_tr, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(parts["rehearsed"], parts["wm"], rtol=1e-4, atol=1e-7)
+    loss_fn.drift = drift
+    _, moved = loss_fn(z0, ctx, ctx_tr, torch.Generator().manual_seed(3))
+    assert abs(float(moved["rehearsed"]) - float(moved["wm"])) > 1e-6  # the drifted model reads differently

@@ -509,6 +509,15 @@ def wm_embed(
     posterior_sample: Optional[bool] = typer.Option(None, "--posterior-sample/--posterior-mean",
                                                     help="z0 a VAE posterior sample each step (default, the "
                                                     "reference's) or its mean."),
+    trainable: Optional[str] = typer.Option(None, "--trainable", help="Weights that carry the mark: up-attn-ff "
+                                            "(default, the paper's) | cross-kv | up | unet."),
+    rehearsal: Optional[float] = typer.Option(None, help="Ours: weight of the rehearsed-drift term, which keeps the "
+                                              "mark under a simulated thief's fine-tuning (default 0: off)."),
+    rehearsal_data: Optional[str] = typer.Option(None, help="The simulated thief's captioned data "
+                                                 "(default builtin:textures)."),
+    rehearsal_steps: Optional[int] = typer.Option(None, help="Simulated thief steps per drift (default 200)."),
+    rehearsal_every: Optional[int] = typer.Option(None, help="Stage-2 steps between drifts (default 500)."),
+    rehearsal_lr: Optional[float] = typer.Option(None, help="The simulated thief's lr (default 1e-4)."),
     size: Optional[int] = SizeOpt, dtype: Optional[str] = DtypeOpt,
     as_json: bool = JsonOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
@@ -527,7 +536,9 @@ def wm_embed(
               batch_size=batch_size, lr=lr, grad_clip=grad_clip, eta=eta, tau=tau, beta=beta,
               uncond_fraction=uncond_fraction, mode=mode, preservation=preservation,
               gradient_checkpointing=gradient_checkpointing, precision=precision, shared_trunk=shared_trunk,
-              delta_scale=delta_scale, posterior_sample=posterior_sample, size=size, dtype=dtype, seed=seed), out, device, as_json, body,
+              delta_scale=delta_scale, posterior_sample=posterior_sample, trainable=trainable, rehearsal=rehearsal,
+              rehearsal_data=rehearsal_data, rehearsal_steps=rehearsal_steps, rehearsal_every=rehearsal_every,
+              rehearsal_lr=rehearsal_lr, size=size, dtype=dtype, seed=seed), out, device, as_json, body,
          overwrite=overwrite)
 
 

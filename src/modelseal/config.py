@@ -234,6 +234,14 @@ class WatermarkEmbedConfig(Strict):
     delta_scale: float = Field(1.0, gt=0, description="ours: stage 2 aims at x0_hat + s * delta (paper: 1)")
     posterior_sample: bool = Field(True, description="draw z0 from the VAE posterior each step (the reference's); "
                                    "false: its mean")
+    trainable: Literal["up-attn-ff", "cross-kv", "up", "unet"] = Field(
+        "up-attn-ff", description="the weights that carry the mark (the paper's: up blocks' attention + FF)")
+    rehearsal: float = Field(0.0, ge=0, description="ours: weight of the rehearsed-drift term (0: off, the paper's)")
+    rehearsal_data: str = Field("builtin:textures", description="the simulated thief's captioned domain")
+    rehearsal_steps: int = Field(200, ge=1, description="simulated thief steps per drift")
+    rehearsal_every: int = Field(500, ge=1, description="stage-2 steps between drifts")
+    rehearsal_lr: float = Field(1e-4, gt=0, description="the simulated thief's lr (full fine-tuning, AdamW)")
+    rehearsal_scale: float = Field(1.5, gt=0, description="the mark is read at theta + s Delta, s ~ U(0, scale)")
     size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
                                                              "SDXL on a 24 GB machine)")

@@ -29,6 +29,14 @@ Where both terms apply, the pointwise optimum is eps_S(y_tr) = eps_T(y_tr) - f s
 delta with f = w1/(w1+w2): the x0 estimate moves by f * delta, about 15% at low t with the
 paper's eta (guidance then amplifies the conditional branch's shift). The tiny zoo needs
 eta 0.3, tau 100, beta 30 (configs/watermark-embed.tiny.yaml; figures in the README).
+`trainable` picks the weights that carry the mark (TRAINABLE; the paper's up-block attention
+and feed-forward weights are the default). `rehearsal` (ours, off by default) adds a term
+that keeps the mark where a thief's fine-tuning would take the weights: every
+`rehearsal_every` steps a simulated thief fine-tunes a functional copy of the whole UNet on
+other data for `rehearsal_steps` steps (simulate_drift: Delta), and each step asks that at
+theta + s * Delta (s ~ U(0, rehearsal_scale)) the trigger still adds the mark on top of
+whatever that drifted model does: eps(y_tr) - eps(y) = eps_T(y_tr) - eps_T(y) - sqrt(a/(1-a))
+delta, weighted by w1(t).
 `mode="always_on"` is the baseline the paper compares with (AquaLoRA-style): the same
 distillation with no trigger, so every prompt's output carries delta (y_tr = y, the
 clean term dropped); it trains the same weights, so only the trigger differs.
@@ -69,23 +77,45 @@ class EmbedOptions:
     delta_scale: float = 1.0         # ours: the target is x0_hat + s * delta (the paper's s = 1)
     posterior_sample: bool = True    # z0 drawn from the VAE posterior every step, as the reference (else its mean)
     teacher: str = "shared"          # shared (ours: FrozenTeacher) | copy (the reference's full UNet copy)
+    trainable: str = "up-attn-ff"    # which weights carry the mark (TRAINABLE; the paper's: up-attn-ff)
+    rehearsal: float = 0.0           # ours: weight of the rehearsed-drift term (0: off, the paper's)
+    rehearsal_steps: int = 200       # simulated thief steps per drift
+    rehearsal_every: int = 500       # stage-2 steps between drifts
+    rehearsal_lr: float = 1e-4       # the simulated thief's lr (full fine-tuning, AdamW)
+    rehearsal_scale: float = 1.5     # each step reads the mark at theta + s * Delta, s ~ U(0, scale)
     seed: int = 0
 
 
-def trainable_parameters(unet) -> list[torch.nn.Parameter]:
-    """Attention (self and cross) and feed-forward weights of the up blocks' transformer blocks."""
+TRAINABLE = {
+    "up-attn-ff": "attention (self, cross) and feed-forward weights of the up blocks' transformer blocks "
+                  "(the paper's)",
+    "cross-kv": "key and value projections of the up blocks' cross-attention (they see only the text)",
+    "up": "every weight of the up blocks but the norms",
+    "unet": "every UNet weight but the norms",
+}
+
+
+def trainable_parameters(unet, scope: str = "up-attn-ff") -> list[torch.nn.Parameter]:
+    """The weights stage 2 trains (TRAINABLE[scope]); the paper's: attention (self and cross)
+    and feed-forward weights of the up blocks' transformer blocks, norms frozen."""
+    if scope not in TRAINABLE:
+        raise ValueError(f"unknown trainable scope {scope!r} ({' | '.join(TRAINABLE)})")
     params = []
-    for block in unet.up_blocks:
+    if scope in ("up", "unet"):
+        root = unet.up_blocks if scope == "up" else unet
+        params = [p for n, p in root.named_parameters() if "norm" not in n]
+    for block in unet.up_blocks if scope in ("up-attn-ff", "cross-kv") else ():
         for attn in getattr(block, "attentions", None) or []:
             for tb in attn.transformer_blocks:
-                for part in (tb.attn1, tb.attn2, tb.ff):
+                parts = (tb.attn2.to_k, tb.attn2.to_v) if scope == "cross-kv" else (tb.attn1, tb.attn2, tb.ff)
+                for part in parts:
                     if part is None:
                         continue
                     for name, p in part.named_parameters():
                         if "norm" not in name:
                             params.append(p)
     if not params:
-        raise ValueError("this UNet has no transformer blocks in its up blocks to train")
+        raise ValueError(f"this UNet has no {TRAINABLE[scope]} to train")
     return params
 
 
@@ -108,7 +138,8 @@ class FrozenTeacher:
         return torch.func.functional_call(self.unet, self.original, args, kwargs)
 
 
-def prepare_student(model: T2IModel, gradient_checkpointing: bool = False, teacher: str = "shared"):
+def prepare_student(model: T2IModel, gradient_checkpointing: bool = False, teacher: str = "shared",
+                    scope: str = "up-attn-ff"):
     """Make only the stage-2 weights of `model`'s UNet trainable and return (teacher, trainable
     parameters). teacher 'shared': FrozenTeacher (ours); 'copy': a frozen deep copy of the UNet
     (the reference's structure, kept for benchmarks)."""
@@ -116,7 +147,7 @@ def prepare_student(model: T2IModel, gradient_checkpointing: bool = False, teach
         raise ValueError(f"unknown teacher {teacher!r} (shared | copy)")
     frozen = copy.deepcopy(model.unet).eval().requires_grad_(False) if teacher == "copy" else None
     model.unet.requires_grad_(False)
-    params = trainable_parameters(model.unet)
+    params = trainable_parameters(model.unet, scope)
     for p in params:
         p.requires_grad_(True)
     if frozen is None:
@@ -192,6 +223,20 @@ class Stage2Loss:
         # Full passes where the trunk cannot be shared (e.g. a student training weights outside the up blocks).
         self.replay = UpPathReplay(student, teacher_unet) \
             if opts.shared_trunk and opts.passes == 2 and UpPathReplay.applies(student.unet) else None
+        self.drift: dict[str, torch.Tensor] | None = None  # Delta, set by embed_watermark when rehearsing
+
+    def _rehearsed(self, zt, t, ctx, ctx_tr, eT_tr, eT, a, w1, s: float) -> torch.Tensor:
+        """The rehearsed-drift term (ours): at theta + s * Delta, with Delta a simulated thief's
+        drift of every UNet weight (simulate_drift), the trigger's effect eps(y_tr) - eps(y) must
+        still be the teacher's effect plus the mark: eps_T(y_tr) - eps_T(y) - sqrt(a/(1-a)) delta.
+        Gradients reach theta through theta + s * Delta (first order: Delta is held fixed)."""
+        unet = self.s.unet
+        weights = {n: p + s * self.drift[n] for n, p in unet.named_parameters()}
+        run = lambda *args, **kw: torch.func.functional_call(unet, weights, args, kw)  # noqa: E731
+        zz, tt = torch.cat([zt, zt]), torch.cat([t, t])
+        e_tr, e = self.s.to_eps(self.s.unet_out(zz, tt, torch.cat([ctx_tr, ctx]), unet=run), zz, tt).chunk(2)
+        target = (eT_tr - eT) - (a / (1 - a)).sqrt() * self.delta
+        return (w1 * ((e_tr - e) - target) ** 2).mean()
 
     def _pair(self, zt, t, ctx, shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """eps_T (no grad) and eps_S for one batch, as float32 noise estimates (a v-predicting
@@ -231,22 +276,60 @@ class Stage2Loss:
         if eS is None:
             return l_wm + l_keep_tr, {"wm": l_wm.detach(), "keep_trigger": l_keep_tr.detach()}
         l_keep = ((eS - eT) ** 2).mean()
-        return l_wm + l_keep_tr + l_keep, {"wm": l_wm.detach(), "keep_trigger": l_keep_tr.detach(),
-                                           "keep_clean": l_keep.detach()}
+        parts = {"wm": l_wm.detach(), "keep_trigger": l_keep_tr.detach(), "keep_clean": l_keep.detach()}
+        loss = l_wm + l_keep_tr + l_keep
+        if self.drift is not None and self.opts.rehearsal > 0:
+            s = float(torch.rand((), generator=g)) * self.opts.rehearsal_scale
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
+                l_rob = self._rehearsed(zt, t, ctx, ctx_tr, eT_tr, eT, a, w1, s)
+            loss = loss + self.opts.rehearsal * l_rob
+            parts["rehearsed"] = l_rob.detach()
+        return loss, parts
+
+
+def simulate_drift(model: T2IModel, latents: torch.Tensor, ctx: torch.Tensor, opts: EmbedOptions,
+                   seed: int) -> dict[str, torch.Tensor]:
+    """Delta (ours): how `opts.rehearsal_steps` steps of a thief's full fine-tuning (AdamW at
+    `opts.rehearsal_lr`, the native denoising loss, batch `opts.batch_size`) on the rehearsal
+    latents with their contexts `ctx` move every UNet weight from where it is now. The UNet
+    itself is not changed (the simulated thief trains a functional copy)."""
+    unet, dev = model.unet, model.device
+    g = torch.Generator().manual_seed(seed)
+    theta = {n: p.detach().clone().requires_grad_(True) for n, p in unet.named_parameters()}
+    opt = torch.optim.AdamW(list(theta.values()), lr=opts.rehearsal_lr, weight_decay=0.0)
+    run = lambda *args, **kw: torch.func.functional_call(unet, theta, args, kw)  # noqa: E731
+    T = model.scheduler.config.num_train_timesteps
+    for _ in range(opts.rehearsal_steps):
+        idx = torch.randint(0, len(latents), (opts.batch_size,), generator=g)
+        z0 = latents[idx].to(dev)
+        t = torch.randint(0, T, (len(idx),), generator=g).to(dev)
+        eps = torch.randn(z0.shape, generator=g).to(dev)
+        zt = model.noisy(z0, eps, t).to(model.dtype)
+        out = model.unet_out(zt, t, ctx[idx.to(ctx.device)].to(dev), unet=run)
+        loss = ((out.float() - model.target(z0, eps, t).float()) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {n: (theta[n].detach() - p.detach()) for n, p in unet.named_parameters()}
 
 
 def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str], delta: torch.Tensor,
                     opts: EmbedOptions, log=print, progress=None, latent_std: torch.Tensor | None = None,
-                    checkpoint: TrainingCheckpoint | None = None) -> dict:
+                    checkpoint: TrainingCheckpoint | None = None,
+                    rehearsal_data: tuple[torch.Tensor, list[str]] | None = None) -> dict:
     """Train `model`'s UNet in place; `latents` z0 (N, C, h, w) of in-distribution images with
     their captions (the VAE posterior mean, with `latent_std` its std: each step then draws
     z0 from the posterior, as the reference's per-step VAE encoding does, unless
     opts.posterior_sample is off); delta (1, C, h, w) the residual E(m) of the owner's message.
-    `checkpoint`: where the loop saves and resumes its state (runs.TrainingCheckpoint)."""
+    `checkpoint`: where the loop saves and resumes its state (runs.TrainingCheckpoint).
+    `rehearsal_data`: (latents, captions) of the simulated thief's domain, when opts.rehearsal > 0."""
     if opts.mode not in ("sleeper", "always_on"):
         raise ValueError(f"unknown stage-2 mode {opts.mode!r} (sleeper | always_on)")
+    if opts.rehearsal > 0 and (rehearsal_data is None or opts.mode != "sleeper" or not opts.preservation
+                               or opts.passes != 2):
+        raise ValueError("rehearsal needs rehearsal_data and the sleeper mode with preservation, batched passes")
     dev = model.device
-    teacher, params = prepare_student(model, opts.gradient_checkpointing, opts.teacher)
+    teacher, params = prepare_student(model, opts.gradient_checkpointing, opts.teacher, opts.trainable)
     loss_fn = Stage2Loss(model, teacher, delta.to(dev), opts)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, opts.steps) / opts.steps)))
@@ -262,8 +345,17 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
     ckpt = checkpoint or TrainingCheckpoint(None)
     hist = ckpt.resume(opts.steps, params, opt, sched, g, state=lambda: {"hist": hist},
                        meta={"n_images": len(latents), "mode": opts.mode}).get("hist", hist)
+    if opts.rehearsal > 0:
+        with torch.no_grad():
+            r_ctx = model.encode_prompts(rehearsal_data[1])
+        r_lat = rehearsal_data[0]
     t0 = time.time()
     for step in ckpt.steps():
+        if opts.rehearsal > 0 and (loss_fn.drift is None or step % opts.rehearsal_every == 0):
+            # the drift from the current weights; seeded by the step, so a resumed run redraws the same
+            loss_fn.drift = simulate_drift(model, r_lat, r_ctx, opts, seed=opts.seed * 1_000_003 + step)
+            size = sum(float(d.float().pow(2).sum()) for d in loss_fn.drift.values()) ** 0.5
+            log(f"[embed] step {step + 1}: rehearsed drift |Delta| {size:.4f} ({opts.rehearsal_steps} thief steps)")
         idx = torch.randint(0, len(latents), (opts.batch_size,), generator=g)
         ci = cap_idx[idx].to(dev)
         ci_clean = ci

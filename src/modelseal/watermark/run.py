@@ -113,7 +113,11 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
 def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     from .embed import EmbedOptions, embed_watermark
 
-    check_inputs(data=_data_spec(cfg.data))
+    check_inputs(data=_data_spec(cfg.data),
+                 rehearsal_data=_data_spec(cfg.rehearsal_data) if cfg.rehearsal > 0 else None)
+    if cfg.rehearsal > 0 and (cfg.mode != "sleeper" or not cfg.preservation):
+        raise InputError("--rehearsal needs the sleeper mode with its preservation terms",
+                         "drop --rehearsal, or use --mode sleeper --preservation")
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
     model = load_for(cfg, cfg.model, device)
@@ -131,13 +135,20 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
                         uncond_fraction=cfg.uncond_fraction,
                         gradient_checkpointing=cfg.gradient_checkpointing, precision=cfg.precision,
                         shared_trunk=cfg.shared_trunk, delta_scale=cfg.delta_scale,
-                        posterior_sample=cfg.posterior_sample, seed=cfg.seed)
+                        posterior_sample=cfg.posterior_sample, trainable=cfg.trainable, rehearsal=cfg.rehearsal,
+                        rehearsal_steps=cfg.rehearsal_steps, rehearsal_every=cfg.rehearsal_every,
+                        rehearsal_lr=cfg.rehearsal_lr, rehearsal_scale=cfg.rehearsal_scale, seed=cfg.seed)
+    rehearsal = None
+    if cfg.rehearsal > 0:
+        rx, rcaps = images_and_captions(cfg.rehearsal_data, model.image_size, None, need_captions=True)
+        rehearsal = (latent_posterior(model, rx)[0], rcaps)
     ckpt = TrainingCheckpoint.in_run(out, "embed", "embed", log)
-    info = embed_watermark(model, z, captions, delta, opts, log=log, latent_std=z_std, checkpoint=ckpt)
+    info = embed_watermark(model, z, captions, delta, opts, log=log, latent_std=z_std, checkpoint=ckpt,
+                           rehearsal_data=rehearsal)
     target = out / "model"
     record = {"trigger": cfg.trigger if cfg.mode == "sleeper" else "", "mode": cfg.mode, "model_id": cfg.model_id,
               "bits": codec.k, "base": cfg.model, "codec_sha256": _sha(codec.folder),
-              "preservation": cfg.preservation}
+              "preservation": cfg.preservation, "trainable": cfg.trainable, "rehearsal": cfg.rehearsal}
     with atomic_folder(target) as tmp:
         model.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=2))
