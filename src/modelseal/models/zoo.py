@@ -19,6 +19,9 @@ from pathlib import Path
 from ..errors import InputError
 
 TINY_MODELS = ("clip", "t2i", "judge", "codec")
+# Shipped beside the zoo (models/sleeper_entry.py): SleeperMark in the shipped tiny:t2i and its
+# adapted extractor; name -> the kind of model it is.
+TINY_EXTRAS = {"sleeper": "t2i", "sleeper-codec": "codec"}
 SHIPPED_ZOO = Path(__file__).resolve().parent.parent / "zoo_weights"
 
 
@@ -54,10 +57,22 @@ def resolve_model(name: str, kind: str) -> str:
     (a local folder, or a hub id for from_pretrained)."""
     if name.startswith("tiny:"):
         which = name.split(":", 1)[1]
-        if which not in TINY_MODELS:
-            raise InputError(f"unknown tiny model '{name}'", f"use one of: {', '.join('tiny:' + m for m in TINY_MODELS)}")
-        if which != kind:
-            raise InputError(f"'{name}' is not a {kind} model", f"use tiny:{kind}")
+        if which not in TINY_MODELS and which not in TINY_EXTRAS:
+            raise InputError(f"unknown tiny model '{name}'",
+                             f"use one of: {', '.join('tiny:' + m for m in (*TINY_MODELS, *TINY_EXTRAS))}")
+        if TINY_EXTRAS.get(which, which) != kind:
+            raise InputError(f"'{name}' is not a {kind} model",
+                             "use " + " or ".join(f"tiny:{m}" for m in (*TINY_MODELS, *TINY_EXTRAS)
+                                                  if TINY_EXTRAS.get(m, m) == kind))
+        if which == "sleeper":
+            from .sleeper_entry import materialize_sleeper
+
+            return str(materialize_sleeper())
+        if which == "sleeper-codec":
+            from .sleeper_entry import ENTRY, entry_record
+
+            entry_record()
+            return str(ENTRY / "codec")
         folder, _ = zoo_dir()
         return str(folder / which)
     p = Path(name).expanduser()

@@ -24,8 +24,9 @@ KEY_BYTES = 32
 MAX_BITS = 256
 
 
-def generate_key(path: str | Path, overwrite: bool = False) -> bytes:
-    """Write a new random key to `path` (JSON, mode 0600) and return its bytes.
+def generate_key(path: str | Path, overwrite: bool = False, secret: bytes | None = None) -> bytes:
+    """Write a new random key (or the given `secret`, e.g. the demo's published one) to `path`
+    (JSON, mode 0600) and return its bytes.
 
     The file is written to a temporary name, made private, then moved into place, so it is
     never readable by others and never half-written. An existing file is kept (InputError)
@@ -38,7 +39,9 @@ def generate_key(path: str | Path, overwrite: bool = False) -> bytes:
     if not path.parent.is_dir():  # a typo in the folder must not scatter secrets into new directories
         raise InputError(f"folder '{path.parent}' of the key file does not exist",
                          "create it first (mkdir), or give --key in an existing folder")
-    key = secrets.token_bytes(KEY_BYTES)
+    if secret is not None and len(secret) != KEY_BYTES:
+        raise ValueError(f"a key is {KEY_BYTES} bytes, got {len(secret)}")
+    key = secrets.token_bytes(KEY_BYTES) if secret is None else bytes(secret)
     text = json.dumps({"format": KEY_FORMAT, "version": KEY_VERSION, "secret": key.hex()}, indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
