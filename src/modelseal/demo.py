@@ -274,31 +274,43 @@ def _verdict(r: dict) -> str:
 def run_demo(cfg, out: Path, device: str = "cpu", log=print) -> dict:
     out = Path(out)
     t0 = time.time()
-    summary = {"quick": cfg.quick, "classes": CLASS_NAMES}
+    summary = {"quick": cfg.quick, "classes": CLASS_NAMES, "section_seconds": {}}
     sections = []
-    if "zoo" in cfg.sections:
+
+    def zoo():
         zoo_cfg = (cfg.zoo_quick if cfg.quick else cfg.zoo).model_copy(update={"seed": cfg.seed})
         log("[demo] tiny zoo: evaluating CLIP zero-shot and T2I samples")
-        summary["zoo"], sec = zoo_section_results(zoo_cfg, out, log=log, device=device)
-        sections.append(sec)
-    if "lock" in cfg.sections:
+        return zoo_section_results(zoo_cfg, out, log=log, device=device)
+
+    def lock():
         lock_cfg = (cfg.lock_quick if cfg.quick else cfg.lock).to_train_config(cfg.seed)
         log("[demo] lock: IP-CLIP target-specified (mnist licensed, mnist-m not)")
-        summary["lock"], sec = lock_section_results(lock_cfg, out, log=log, device=device)
-        sections.append(sec)
-    if "audit" in cfg.sections:
+        return lock_section_results(lock_cfg, out, log=log, device=device)
+
+    def audit():
         audit_cfg = cfg.audit_quick if cfg.quick else cfg.audit
         log(f"[demo] audit: CGI-DM on a DreamBooth suspect ({audit_cfg.subject})")
-        summary["audit"], sec = audit_section_results(audit_cfg, out, cfg.seed, log=log, device=device)
-        sections.append(sec)
-    if "watermark" in cfg.sections:
+        return audit_section_results(audit_cfg, out, cfg.seed, log=log, device=device)
+
+    def watermark():
         wm_cfg = cfg.watermark_quick if cfg.quick else cfg.watermark
         log("[demo] watermark: SleeperMark in tiny:t2i")
-        summary["watermark"], sec = watermark_section_results(wm_cfg, out, cfg.seed, log=log, device=device)
+        return watermark_section_results(wm_cfg, out, cfg.seed, log=log, device=device)
+
+    for name, run in (("zoo", zoo), ("lock", lock), ("audit", audit), ("watermark", watermark)):
+        if name not in cfg.sections:
+            continue
+        ts = time.time()
+        summary[name], sec = run()
+        summary["section_seconds"][name] = round(time.time() - ts, 1)
+        sec.text += f" (This section took {summary['section_seconds'][name]:.0f} s.)"
         sections.append(sec)
+        log(f"[demo] {name} section done in {summary['section_seconds'][name]:.0f} s "
+            f"({time.time() - t0:.0f} s so far)")
     summary["wall_time_s"] = round(time.time() - t0, 1)
     html = render("modelseal demo", sections, meta={"quick": cfg.quick, "device": device,
-                                                    "wall time (s)": summary["wall_time_s"]})
+                                                    "wall time (s)": summary["wall_time_s"],
+                                                    **{f"{k} (s)": v for k, v in summary["section_seconds"].items()}})
     atomic_write_text(out / "report.html", html)
     write_json(out / "summary.json", summary)
     log(f"[demo] report: {out / 'report.html'}")
