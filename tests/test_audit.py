@@ -94,6 +94,8 @@ def test_cgi_dm_separates_members_and_the_null_suspect_does_not(subject, capsys)
     assert res["prompt"] == "a sks digit"  # read from the suspect's finetune record
     assert res["auroc"] >= 0.85, res["metrics"]
     assert abs(res["baselines"]["null_suspect"] - 0.5) <= 0.3
+    # the published baselines on the same suspect (measured alone: PIA 1.00, CLiD_th 0.83)
+    assert res["baselines"]["pia"] >= 0.8 and res["baselines"]["clid"] >= 0.6, res["baselines"]
     assert set(res["tpr_at_fpr"]) == {"0.01", "0.05"} and len(res["auroc_ci"]) == 2
     assert len(res["scores"]) == 16 and (out / res["scores"][0]["evidence"]).is_file()
     assert (out / "report.html").read_text().count("<img") >= 17 and (out / "roc.png").is_file()
@@ -205,3 +207,22 @@ def test_audit_bad_input_exits_2(case, subject, tmp_path, capsys, random_clip_di
                        str(folders["holdout"])]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and err.strip().splitlines()[-1].startswith("error:"), err
+
+
+def test_pia_and_clid_are_reproducible_and_follow_their_definitions(pair):
+    """PIA needs no randomness and CLiD's draws are seeded (the same scores twice); CLiD's
+    simple clipping gives the prompt's thirds and the empty prompt; the robust scaler centres
+    on the median and divides by the interquartile range."""
+    from modelseal.audit.baselines import clid_terms, clid_th, pia_scores, reduced_prompts, robust_scale
+
+    pre, _ = pair
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    a, b = pia_scores(pre, x, ["a sks digit"] * 3), pia_scores(pre, x, ["a sks digit"] * 3)
+    assert torch.equal(a, b) and (a < 0).all()
+    assert reduced_prompts("a photo of sks dog on the beach") == ["a photo", "of sks dog", "on the beach", ""]
+    d, l_cond = clid_terms(pre, x, ["a sks digit"] * 3)
+    d2, l2 = clid_terms(pre, x, ["a sks digit"] * 3)
+    assert torch.equal(d, d2) and torch.equal(l_cond, l2) and (l_cond < 0).all()
+    s = robust_scale(torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0]))
+    assert s[2] == 0 and s[3] == 0.5
+    assert clid_th(d, l_cond, alpha=1.0).allclose(robust_scale(d))

@@ -315,8 +315,13 @@ def audit_summary(res: dict) -> list[str]:
 
 
 def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> dict:
-    extra = {}
+    from .baselines import clid_terms, clid_th, pia_scores
+
     xs = torch.cat([sets["members"][0], sets["holdout"][0]])
+    prompts = [prompt] * len(xs)
+    d, l_cond = clid_terms(ft, xs, prompts, seed=cfg.seed)
+    extra = {"pia": stats.auroc(pia_scores(ft, xs, prompts).numpy(), labels),
+             "clid": stats.auroc(clid_th(d, l_cond).numpy(), labels)}
     if cfg.ablations:
         for obj in ("ft-only", "pre-only"):
             log(f"[audit] ablation: PGD on {obj}")
