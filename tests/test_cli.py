@@ -58,9 +58,10 @@ def test_absent_device_exits_2(tmp_path, capsys):
 def test_zoo_list_shows_the_shipped_zoo(capsys):
     code, out, _ = run_cli(["zoo", "list", "--json"], capsys)
     rows = {r["model"]: r for r in json.loads(out)}
-    assert code == 0 and set(rows) == {"tiny:clip", "tiny:t2i", "tiny:judge", "tiny:codec"}
-    assert all(r["origin"] == "shipped" and len(r["sha256"]) == 64 for r in rows.values())
-    assert sum(r["size_mb"] for r in rows.values()) <= 20.0
+    assert code == 0 and set(rows) == {"tiny:clip", "tiny:t2i", "tiny:judge", "tiny:codec", "tiny:sleeper"}
+    assert all(r["origin"].startswith("shipped") and len(r["sha256"]) == 64 for r in rows.values())
+    assert sum(r["size_mb"] for r in rows.values()) <= 25.0
+    assert rows["tiny:sleeper"]["params_m"] < 0.1 * rows["tiny:t2i"]["params_m"]  # only stage 2's weights ship
 
 
 def test_zoo_eval_meets_the_zoo_targets(tmp_path, capsys):
@@ -88,11 +89,17 @@ def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
     assert "data:image/png;base64," in html and "<img" in html and "src='http" not in html
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["zoo"]["t2i_prompt_accuracy"] >= 0 and summary["quick"] is True
-    wm = summary["watermark"]  # the adapted extractor reads the short demo mark far better than stage 1
-    assert wm["adapted"]["bit_accuracy"] >= wm["verify"]["bit_accuracy"] + 0.1
-    assert wm["adapted"]["bit_accuracy"] >= wm["adapted"]["clean_bit_accuracy"] + 0.15
+    assert set(summary["section_seconds"]) == {"zoo", "lock", "audit", "watermark"}
+    wm = summary["watermark"]  # the shipped sleeper, its adapted extractor, the published demo key
+    assert wm["verify"]["watermarked"] and wm["verify"]["tpr_at_fpr"]["1e-6"] >= 0.9
+    assert wm["verify"]["bit_accuracy"] >= wm["verify"]["clean_bit_accuracy"] + 0.3  # the trigger, not the model
+    assert wm["verify"]["bit_accuracy"] > wm["stage1_extractor"]["bit_accuracy"]
     assert wm["wrong_key"]["watermarked"] is False   # a stranger's key (fails at rate alpha = 1e-3)
-    assert "key test p" in html and "not verified" in html
+    assert wm["unmarked"]["watermarked"] is False    # the never-watermarked tiny:t2i, read with the demo key
+    first = wm["finetune"][0]
+    assert first["step"] == 0 and first["verdict"] == "watermarked" and first["judged accuracy kept"] > 0.8
+    assert wm["embed"]["steps"] == 60 and "keep_clean" in wm["embed"]["final"]
+    assert "key test p" in html and "not verified" in html and "judged accuracy kept" in html
 
 
 def test_a_failed_run_is_marked_failed_with_its_error(tmp_path, capsys):

@@ -364,25 +364,29 @@ class DemoAuditConfig(Strict):
 
 
 class DemoWatermarkConfig(Strict):
-    """The demo's watermark section: SleeperMark planted in tiny:t2i with the zoo's codec,
-    verified black-box, then attacked with LoRA fine-tuning on a new domain (faces)."""
-    trigger: str = Field("sks ", description="tiny CLIP knows this word but its captions never use it; the "
-                         "paper's '*[Z]& ' is made of tokens tiny CLIP never trained, which garble the images")
-    embed_steps: int = Field(2000, ge=1)
-    tau: float = Field(100.0, gt=0)
-    beta: float = Field(30.0, gt=0)
-    eta: float = Field(0.3, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    uncond_fraction: float = Field(0.2, ge=0, lt=1)
+    """The demo's watermark section: stage 2 briefly (how it is done), then the shipped
+    sleeper (tiny:sleeper) verified and attacked by a thief's fine-tuning on a new domain."""
+    trigger: str = Field("sks ", description="for the brief stage 2: tiny CLIP knows this word but its captions "
+                         "never use it; the paper's '*[Z]& ' is made of tokens tiny CLIP never trained")
+    embed_steps: int = Field(300, ge=1, description="brief stage 2 from tiny:t2i (the shipped sleeper's is longer)")
     n: int = Field(32, ge=4, description="images per verification")
     attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
-    finetune_method: Literal["lora", "full"] = "lora"
+    finetune: list[str] = Field(["full:1e-5"], description="the thief's method:lr (full | lora)")
     finetune_data: str = "builtin:faces"
-    finetune_steps: int = Field(400, ge=0)
-    finetune_checkpoints: list[int] = [0, 100, 400]
-    adapt_steps: int = Field(300, ge=0, description="extractor adaptation steps (ours; 0: skip)")
-    adapt_images: list[int] = Field([96, 48, 24], min_length=3, max_length=3,
-                                    description="triggered images for adaptation at CFG 7.5, 3, 1")
+    finetune_checkpoints: list[int] = Field([0, 500, 2000], description="steps to measure at (the last: how long)")
+    utility_per_prompt: int = Field(2, ge=1, description="judged samples per digit prompt (40 prompts)")
+
+    @model_validator(mode="after")
+    def _methods(self):
+        for m in self.finetune:
+            method, _, lr = m.partition(":")
+            try:
+                ok = method in ("full", "lora") and float(lr) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"finetune entry {m!r}: expected full:<lr> or lora:<lr>")
+        return self
 
 
 class DemoConfig(Strict):
@@ -398,9 +402,9 @@ class DemoConfig(Strict):
     audit_quick: DemoAuditConfig = DemoAuditConfig(members=6, holdout=6, finetune_steps=150, class_prompt=None,
                                                    steps=60, mc_samples=1, null_suspect=False)
     watermark: DemoWatermarkConfig = DemoWatermarkConfig()
-    watermark_quick: DemoWatermarkConfig = DemoWatermarkConfig(embed_steps=600, n=24, attacks=["jpeg", "resize"],
-                                                               finetune_steps=100, finetune_checkpoints=[0, 100],
-                                                               adapt_steps=150, adapt_images=[48, 24, 12])
+    watermark_quick: DemoWatermarkConfig = DemoWatermarkConfig(embed_steps=60, n=16, attacks=["jpeg", "resize"],
+                                                               finetune=["full:1e-5"], finetune_checkpoints=[0, 500],
+                                                               utility_per_prompt=1)
 
 
 CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,

@@ -136,88 +136,100 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
 
 
 def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: str = "cpu") -> tuple[dict, Section]:
-    """Plant SleeperMark in tiny:t2i (the zoo's codec, a fresh owner key), verify it with and
-    without the trigger and under image attacks, then LoRA-fine-tune the watermarked model on
-    a new domain and measure the triggered bit accuracy along the way; with `adapt_steps`, the
-    same readings with the extractor adapted to the watermarked model (ours) beside them."""
+    """SleeperMark on the embedded default: stage 2 run briefly from tiny:t2i (how it is done),
+    then the shipped sleeper (tiny:sleeper, trained for the README's measurements, with its
+    adapted extractor tiny:sleeper-codec and the package's published demo key) verified with
+    and without the trigger, with a wrong key and under image attacks, then stolen: a thief
+    fine-tunes it on faces, and at each checkpoint the verdict stands beside what the thief
+    kept (judged digit-prompt accuracy against the original's, drift of clean outputs)."""
+    import copy
+
     import torch
 
     from . import stats
     from .attacks.finetune import FinetuneOptions, finetune
-    from .config import WatermarkAdaptConfig, WatermarkEmbedConfig, WatermarkVerifyConfig
+    from .attacks.utility import UtilityProbe
+    from .config import WatermarkEmbedConfig, WatermarkVerifyConfig
     from .data.sources import load_source
     from .models.diffusion import load_t2i
+    from .models.judge import DigitJudge
+    from .models.sleeper_entry import entry_record
+    from .models.zoo import resolve_model
     from .watermark.codec import Codec
     from .watermark.keys import generate_key, load_key, message_bits
-    from .watermark.run import adapt_command, embed_command, verify_command, verify_prompts
-    from .watermark.verify import decide, generate, read_bits
+    from .watermark.run import embed_command, verify_command, verify_prompts
+    from .watermark.verify import decide, generate, quantize, read_bits
 
     folder = out / "watermark"
     folder.mkdir(parents=True, exist_ok=True)
-    key_file = folder / "owner.key"
-    if not key_file.exists():
-        generate_key(key_file)
-    model_id = "tiny-t2i-demo"
-    ecfg = WatermarkEmbedConfig(codec="tiny:codec", key=str(key_file), model_id=model_id, trigger=cfg.trigger,
-                                steps=cfg.embed_steps, lr=cfg.lr, grad_clip=None, eta=cfg.eta, tau=cfg.tau,
-                                beta=cfg.beta, uncond_fraction=cfg.uncond_fraction, limit=2400, seed=seed)
-    log(f"[demo] watermark: stage 2, {cfg.embed_steps} steps")
+
+    # 1. how stage 2 is done: a fresh owner key, a few hundred distillation steps
+    own_key = folder / "owner.key"
+    if not own_key.exists():
+        generate_key(own_key)
+    ecfg = WatermarkEmbedConfig(codec="tiny:codec", key=str(own_key), model_id="tiny-t2i-demo", trigger=cfg.trigger,
+                                steps=cfg.embed_steps, lr=1e-3, grad_clip=None, eta=0.3, tau=100, beta=30,
+                                uncond_fraction=0.2, posterior_sample=False, limit=2400, seed=seed)
+    log(f"[demo] watermark: stage 2 from tiny:t2i, {cfg.embed_steps} steps (the shipped sleeper had "
+        f"{entry_record().get('stage2', {}).get('steps', '?')})")
     emb = embed_command(ecfg, folder / "embed", device, log=log)
-    vcfg = WatermarkVerifyConfig(model=emb["model"], codec="tiny:codec", key=str(key_file), model_id=model_id,
-                                 trigger=cfg.trigger, n=cfg.n, attacks=cfg.attacks, original="tiny:t2i", seed=seed)
+
+    # 2. the shipped sleeper, verified with the published demo key
+    record = entry_record()
+    key_file = folder / "demo-owner.key"
+    if not key_file.exists():
+        generate_key(key_file, secret=bytes.fromhex(record["demo_key"]["secret"]))
+    model_id, trigger = record["model_id"], record["trigger"]
+    vcfg = WatermarkVerifyConfig(model="tiny:sleeper", codec="tiny:sleeper-codec", key=str(key_file),
+                                 model_id=model_id, trigger=trigger, n=cfg.n, attacks=cfg.attacks,
+                                 original="tiny:t2i", seed=seed)
+    log("[demo] watermark: verifying the shipped sleeper (tiny:sleeper) with its adapted extractor")
     ver = verify_command(vcfg, folder / "verify", device, log=log)
     fid = ver["fidelity"]
+    quiet = {"attacks": [], "also_without_cfg": False, "original": None}
+    ver_stage1 = verify_command(vcfg.model_copy(update={**quiet, "codec": "tiny:codec"}), folder / "verify-stage1",
+                                device, log=lambda m: None)
     wrong_key = folder / "someone-else.key"
     if not wrong_key.exists():
         generate_key(wrong_key)
-    ver_wrong = verify_command(vcfg.model_copy(update={"key": str(wrong_key), "attacks": [], "also_without_cfg": False,
-                                                       "original": None}),
+    ver_wrong = verify_command(vcfg.model_copy(update={**quiet, "key": str(wrong_key)}),
                                folder / "verify-wrong-key", device, log=lambda m: None)
+    ver_unmarked = verify_command(vcfg.model_copy(update={**quiet, "model": "tiny:t2i"}),
+                                  folder / "verify-unmarked", device, log=lambda m: None)
 
-    ver_adapted = adapted = None
-    if cfg.adapt_steps > 0:
-        log(f"[demo] watermark: adapting the extractor to the watermarked model ({cfg.adapt_steps} steps)")
-        acfg = WatermarkAdaptConfig(model=emb["model"], original="tiny:t2i", codec="tiny:codec", key=str(key_file),
-                                    model_id=model_id, trigger=cfg.trigger, images=cfg.adapt_images,
-                                    steps=cfg.adapt_steps, seed=seed)
-        adapted = adapt_command(acfg, folder / "adapt", device, log=log)
-        ver_adapted = verify_command(vcfg.model_copy(update={"codec": adapted["codec"], "original": None, "attacks": [],
-                                                            "also_without_cfg": False}),
-                                     folder / "verify-adapted", device, log=log)
-
-    codecs = {"stage 1": Codec.from_pretrained("tiny:codec", device)}
-    if ver_adapted is not None:
-        codecs["adapted"] = Codec.from_pretrained(adapted["codec"], device)
-    codec = codecs["stage 1"]
+    # 3. the thief: fine-tune the stolen sleeper; mark and utility at each checkpoint
+    codec = Codec.from_pretrained("tiny:sleeper-codec", device)
     bits = message_bits(load_key(key_file), model_id, codec.k)
-    model = load_t2i(emb["model"], device)
+    base = load_t2i("tiny:sleeper", device)
+    probe = UtilityProbe(DigitJudge.from_pretrained(resolve_model("tiny:judge", "judge")),
+                         per_prompt=cfg.utility_per_prompt, seed=seed)
+    original_acc = probe.accuracy(probe.samples(load_t2i("tiny:t2i", device)))["prompt_accuracy"]
+    before = probe.samples(base)
     prompts, seeds = verify_prompts(vcfg)
-    data = load_source(cfg.finetune_data, "train", model.image_size)
-    curve = []
+    data = load_source(cfg.finetune_data, "train", base.image_size)
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
+    curves = []
+    for method, lr in ((m.split(":")[0], float(m.split(":")[1])) for m in cfg.finetune):
+        model = copy.deepcopy(base)
 
-    def col(name: str) -> str:
-        return "" if name == "stage 1" else f" ({name})"
+        def probe_at(step: int, method=method, model=model) -> None:
+            if step not in cfg.finetune_checkpoints:
+                return
+            with torch.no_grad():
+                r = decide(read_bits(codec, quantize(generate(model, prompts, seeds, trigger, vcfg.guidance,
+                                                              vcfg.steps))), bits)
+            u, _ = probe.measure(model, before, original_acc)
+            curves.append({"attack": f"{method}, lr {lr:g}", "step": step, "TPR@1e-6": r["tpr_at_fpr"]["1e-6"],
+                           "bit accuracy": r["bit_accuracy"], "key test p": stats.format_p(r["p_value"]),
+                           "verdict": _verdict(r), "judged accuracy kept": u["retained"],
+                           "clean PSNR vs before (dB)": u["psnr"]})
+            log(f"[demo] watermark: thief {method} lr {lr:g}, step {step}: TPR {r['tpr_at_fpr']['1e-6']:.2f}, "
+                f"{_verdict(r)} (p {r['p_value']:.1e}); the thief keeps {u['retained']:.0%} of the judged accuracy")
 
-    def probe(step: int, given: dict | None = None) -> None:
-        if step in cfg.finetune_checkpoints:
-            row = {"step": step}
-            images = None if given else generate(model, prompts, seeds, vcfg.trigger, vcfg.guidance, vcfg.steps)
-            for name, c in codecs.items():
-                r = given[name] if given else decide(read_bits(c, images), bits)
-                row.update({f"bit_accuracy{col(name)}": r["bit_accuracy"],
-                            f"tpr@1e-6{col(name)}": r["tpr_at_fpr"]["1e-6"], f"p_value{col(name)}": r["p_value"],
-                            f"verdict{col(name)}": _verdict(r)})
-            curve.append(row)
-            log(f"[demo] watermark after {step} {cfg.finetune_method} steps on {cfg.finetune_data}: " +
-                ", ".join(f"bit accuracy{col(n)} {row['bit_accuracy' + col(n)]:.3f}" for n in codecs))
-
-    # before fine-tuning: the verifications above (same prompts, seeds, trigger, guidance)
-    probe(0, {"stage 1": ver, **({"adapted": ver_adapted} if ver_adapted else {})})
-    if cfg.finetune_steps > 0:
-        x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
-        finetune(model, x, list(data.captions), FinetuneOptions(method=cfg.finetune_method,
-                                                              steps=cfg.finetune_steps, seed=seed),
-                 log=lambda m: None, on_step=probe)
+        probe_at(0)
+        finetune(model, x, list(data.captions), FinetuneOptions(method=method, steps=max(cfg.finetune_checkpoints),
+                                                              lr=lr, seed=seed),
+                 log=lambda m: None, on_step=probe_at)
 
     def row(label: str, r: dict, clean: bool = False) -> dict:
         pre = "clean_" if clean else ""
@@ -225,45 +237,46 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
                 "key test p": stats.format_p(r[pre + "p_value"]),
                 "verdict": _verdict(r) if not clean else "(clean images: no claim)"}
 
-    rows = [row("triggered, CFG 7.5", ver), row("clean (no trigger), CFG 7.5", ver, clean=True),
-            row("wrong key, triggered", ver_wrong)]
+    rows = [row("triggered, CFG 7.5", ver)]
     if "no_cfg" in ver:
-        rows.insert(1, row("triggered, no CFG", ver["no_cfg"]))
-    if ver_adapted is not None:
-        at = 2 if "no_cfg" in ver else 1
-        rows[at:at] = [row("triggered, CFG 7.5, adapted extractor (ours)", ver_adapted),
-                       row("clean, CFG 7.5, adapted extractor (ours)", ver_adapted, clean=True)]
+        rows.append(row("triggered, no CFG", ver["no_cfg"]))
+    rows += [row("clean (no trigger), CFG 7.5", ver, clean=True),
+             row("triggered, stage-1 extractor (the paper's)", ver_stage1),
+             row("triggered, someone else's key", ver_wrong),
+             row("tiny:t2i (never watermarked), triggered", ver_unmarked)]
     attack_rows = [{"attack": k, "bit accuracy": v["bit_accuracy"], "TPR@1e-6": v["tpr_at_fpr"]["1e-6"],
                     "key test p": stats.format_p(v["p_value"]), "verdict": _verdict(v)}
                    for k, v in ver.get("attacks", {}).items()]
+    s2 = record.get("stage2", {})
     section = Section(
         title="watermark: SleeperMark in tiny:t2i",
-        text=(f"A {codec.k}-bit message derived from a fresh owner key is planted in tiny:t2i's up-block attention "
-              f"({cfg.embed_steps} distillation steps, trigger '{vcfg.trigger}'), with the zoo's codec. "
-              f"Verification generates {cfg.n} images per row from fixed seeds. Without the trigger the watermarked "
-              f"model stays close to the original: PSNR {fid['psnr']:.1f} dB, SSIM {fid['ssim']:.3f} on the same "
-              f"seeds. Then a thief fine-tunes it ({cfg.finetune_method}, {cfg.finetune_steps} steps on "
-              f"{cfg.finetune_data}, never showing the trigger). The verdict is the key-randomization test: "
-              f"its p-value asks how often a random key's message would match the images as well as the owner's "
-              f"does (valid however alike one model's images read; smallest possible p 2^-{codec.k}); images are "
-              "read as 8-bit files with the owner's VAE, never the suspect's."
-              + (" The adapted extractor (ours) is the stage-1 extractor fitted to the watermarked model's own "
-                 f"outputs ({cfg.adapt_steps} steps on images from seeds verification never uses): guidance "
-                 "distorts the planted residual, and the stage-1 extractor misreads a few bits. Clean prompts "
-                 f"read {ver['clean_bit_accuracy']:.3f} (stage 1) and {ver_adapted['clean_bit_accuracy']:.3f} "
-                 "(adapted)."
-                 if ver_adapted is not None else "")),
+        text=(f"Stage 2 distils a {codec.k}-bit message into tiny:t2i's up-block attention under the trigger "
+              f"'{trigger}'; here it ran {cfg.embed_steps} steps from a fresh key to show how "
+              f"({emb.get('train_s', 0):.0f} s; final loss terms "
+              + ", ".join(f"{k} {v:.4f}" for k, v in emb.get("final", {}).items()) + "). "
+              f"The model verified below is the shipped sleeper (tiny:sleeper: {s2.get('steps', '?')} stage-2 steps, "
+              f"only its {record['trained_parameters']:,} trained weights ship) with its adapted extractor, "
+              "checked with the demo owner's key, which is published with the package (it shows how verification "
+              "works; it proves nothing). "
+              f"Verification generates {cfg.n} images per row from fixed seeds. Without the trigger the sleeper "
+              f"stays close to tiny:t2i: PSNR {fid['psnr']:.1f} dB, SSIM {fid['ssim']:.3f} on the same seeds. The "
+              "verdict is the key-randomization test: how often a random key's message matches the images as well "
+              f"as the owner's (valid however alike one model's images read; smallest possible p 2^-{codec.k}). "
+              f"Then a thief fine-tunes the stolen sleeper on {cfg.finetune_data}, never showing the trigger; "
+              "beside each verdict, the share of the original's judged digit-prompt accuracy the thief's model "
+              f"keeps (tiny:judge, {len(probe.prompts)} prompts)."),
         tables=[("verification", rows)] + ([("image attacks (triggered images)", attack_rows)] if attack_rows else [])
-        + [(f"after {cfg.finetune_method} fine-tuning on {cfg.finetune_data}", curve)],
+        + [(f"the thief's fine-tuning on {cfg.finetune_data}", curves)],
         figures=[("triggered (top) vs clean (bottom), same seeds", (folder / "verify" / "samples.png").read_bytes())],
     )
     fields = ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value", "majority_agreement", "clean_bit_accuracy",
               "clean_p_value", "watermarked", "diagnostics")
-    keep = {"verify": {k: ver[k] for k in fields},
-            "no_cfg": ver.get("no_cfg"), "attacks": ver.get("attacks", {}),
-            "wrong_key": {k: ver_wrong[k] for k in ("bit_accuracy", "p_value", "majority_agreement", "watermarked")},
-            "fidelity": fid, "finetune": curve, "embed_s": emb.get("train_s"),
-            "adapted": ({k: ver_adapted[k] for k in fields} if ver_adapted else None)}
+    brief = ("bit_accuracy", "tpr_at_fpr", "p_value", "majority_agreement", "watermarked")
+    keep = {"verify": {k: ver[k] for k in fields}, "no_cfg": ver.get("no_cfg"), "attacks": ver.get("attacks", {}),
+            "stage1_extractor": {k: ver_stage1[k] for k in brief},
+            "wrong_key": {k: ver_wrong[k] for k in brief}, "unmarked": {k: ver_unmarked[k] for k in brief},
+            "fidelity": fid, "finetune": curves, "embed": {k: emb.get(k) for k in ("steps", "train_s", "final")},
+            "sleeper": {"stage2": s2, "trained_parameters": record["trained_parameters"]}}
     return keep, section
 
 

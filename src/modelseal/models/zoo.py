@@ -151,6 +151,12 @@ def zoo_table() -> list[dict]:
                     params += n
         rows.append({"model": f"tiny:{name}", "origin": origin, "size_mb": folder_size(sub) / 2**20,
                      "params_m": params / 1e6, "sha256": folder_hash(sub), "folder": str(sub)})
+    entry = SHIPPED_ZOO / "sleeper"
+    if (entry / "config.json").is_file():  # the shipped sleeper: stage 2's weights over tiny:t2i
+        trained = json.loads((entry / "config.json").read_text()).get("trained_parameters", 0)
+        rows.append({"model": "tiny:sleeper", "origin": "shipped (+ codec)",
+                     "size_mb": folder_size(entry) / 2**20, "params_m": trained / 1e6,
+                     "sha256": folder_hash(entry), "folder": str(entry)})
     return rows
 
 
