@@ -254,7 +254,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
               f"'{trigger}'; here it ran {cfg.embed_steps} steps from a fresh key to show how "
               f"({emb.get('train_s', 0):.0f} s; final loss terms "
               + ", ".join(f"{k} {v:.4f}" for k, v in emb.get("final", {}).items()) + "). "
-              f"The model verified below is the shipped sleeper (tiny:sleeper: {s2.get('steps', '?')} stage-2 steps, "
+              f"The model verified below is the shipped sleeper (tiny:sleeper: {s2.get('steps', 0):,} stage-2 steps, "
               f"only its {record['trained_parameters']:,} trained weights ship) with its adapted extractor, "
               "checked with the demo owner's key, which is published with the package (it shows how verification "
               "works; it proves nothing). "
