@@ -133,8 +133,7 @@ def run_curve(kind: str, domain: str, spec: str, base, codec, bits, trigger, met
 
     attack = parse_attack(spec)
     x_tr, c_tr, x_te, c_te = data
-    meter.probe.thief_images, meter.probe.thief_captions = x_te, c_te
-    meter.probe._thief_latents = None
+    meter.probe.set_thief_data(x_te, c_te)
     with torch.no_grad():
         before = meter.probe.samples(base)
     loss_before = meter.probe.thief_loss(base)

@@ -170,12 +170,12 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     ecfg = WatermarkEmbedConfig(codec="tiny:codec", key=str(own_key), model_id="tiny-t2i-demo", trigger=cfg.trigger,
                                 steps=cfg.embed_steps, lr=1e-3, grad_clip=None, eta=0.3, tau=100, beta=30,
                                 uncond_fraction=0.2, posterior_sample=False, limit=2400, seed=seed)
+    record = entry_record()
     log(f"[demo] watermark: stage 2 from tiny:t2i, {cfg.embed_steps} steps (the shipped sleeper had "
-        f"{entry_record().get('stage2', {}).get('steps', '?')})")
+        f"{record.get('stage2', {}).get('steps', '?')})")
     emb = embed_command(ecfg, folder / "embed", device, log=log)
 
     # 2. the shipped sleeper, verified with the published demo key
-    record = entry_record()
     key_file = folder / "demo-owner.key"
     if not key_file.exists():
         generate_key(key_file, secret=bytes.fromhex(record["demo_key"]["secret"]))

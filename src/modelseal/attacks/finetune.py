@@ -199,11 +199,12 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
 
 
 def training_loss(model: T2IModel, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                  ctx: torch.Tensor) -> torch.Tensor:
+                  ctx: torch.Tensor, unet=None) -> torch.Tensor:
     """Per-image MSE of the UNet's output against its native target at z_t (eps, or
-    v = sqrt(a) eps - sqrt(1 - a) z0 for a v-prediction model), as the usual training scripts."""
+    v = sqrt(a) eps - sqrt(1 - a) z0 for a v-prediction model), as the usual training scripts
+    (`unet`: another callable of the same architecture, e.g. a functional copy)."""
     zt = model.noisy(z0, eps, t)
-    pred = model.unet_out(zt.to(model.dtype), t, ctx.to(model.dtype))
+    pred = model.unet_out(zt.to(model.dtype), t, ctx.to(model.dtype), unet=unet)
     return ((pred.float() - model.target(z0, eps, t).float()) ** 2).flatten(1).mean(1)
 
 

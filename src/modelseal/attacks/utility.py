@@ -34,8 +34,12 @@ class UtilityProbe:
                     self.targets.append(c)
                     self.domains.append(d)
         self.seeds = [700_000 + seed * 10_000 + i for i in range(len(self.prompts))]
-        self.thief_images, self.thief_captions, self.loss_samples = thief_images, thief_captions, loss_samples
-        self._thief_latents: torch.Tensor | None = None
+        self.loss_samples = loss_samples
+        self.set_thief_data(thief_images, thief_captions)
+
+    def set_thief_data(self, images: torch.Tensor | None, captions: list[str] | None) -> None:
+        """The thief's held-out images and captions that thief_loss scores (None: none)."""
+        self.thief_images, self.thief_captions, self._thief_latents = images, captions, None
 
     @torch.no_grad()
     def samples(self, model: T2IModel) -> torch.Tensor:

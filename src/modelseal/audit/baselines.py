@@ -25,6 +25,16 @@ import torch
 from ..models.diffusion import T2IModel
 
 
+def _eps(model: T2IModel, zt: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
+         suspect: bool | None) -> torch.Tensor:
+    """A noise estimate. On a LoRA model (pretrained and suspect in one) the adapter is switched
+    on for the suspect (True) and off for the pretrained model (False); None runs it as loaded."""
+    if suspect is not None and model.has_adapter:
+        with model.adapter(suspect):
+            return model.eps(zt.to(model.dtype), t, ctx).float()
+    return model.eps(zt.to(model.dtype), t, ctx).float()
+
+
 @torch.no_grad()
 def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tensor, prompts: list[str],
                   samples: int = 32, seed: int = 0, t_min: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,25 +52,12 @@ def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tenso
         eps = torch.randn(z0.shape, generator=g).to(z0.device)
         zt = pretrained.noisy(z0, eps, t)
         for model, c, acc, on in ((pretrained, ctx, l_pre, False), (finetuned, ctx_ft, l_ft, True)):
-            if shared:
-                with model.adapter(on):
-                    pred = model.eps(zt.to(model.dtype), t, c)
-            else:
-                pred = model.eps(zt.to(model.dtype), t, c)
-            acc += ((pred - eps) ** 2).flatten(1).mean(1).cpu()
+            acc += ((_eps(model, zt, t, c, on if shared else None) - eps) ** 2).flatten(1).mean(1).cpu()
     return l_pre / samples, l_ft / samples
 
 
 def loss_scores(l_pre: torch.Tensor, l_ft: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"loss": -l_ft, "calibrated": l_pre - l_ft}
-
-
-def _eps(model: T2IModel, zt: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, suspect: bool) -> torch.Tensor:
-    """The suspect's noise estimate (a LoRA suspect: its adapter on)."""
-    if model.has_adapter:
-        with model.adapter(suspect):
-            return model.eps(zt.to(model.dtype), t, ctx).float()
-    return model.eps(zt.to(model.dtype), t, ctx).float()
 
 
 def _steps(model: T2IModel, t: int) -> int:

@@ -234,7 +234,7 @@ class Stage2Loss:
         weights = {n: p + s * self.drift[n] for n, p in unet.named_parameters()}
         run = lambda *args, **kw: torch.func.functional_call(unet, weights, args, kw)  # noqa: E731
         zz, tt = torch.cat([zt, zt]), torch.cat([t, t])
-        e_tr, e = self.s.to_eps(self.s.unet_out(zz, tt, torch.cat([ctx_tr, ctx]), unet=run), zz, tt).chunk(2)
+        e_tr, e = self.s.eps(zz, tt, torch.cat([ctx_tr, ctx]), unet=run).chunk(2)
         target = (eT_tr - eT) - (a / (1 - a)).sqrt() * self.delta
         return (w1 * ((e_tr - e) - target) ** 2).mean()
 
@@ -293,6 +293,8 @@ def simulate_drift(model: T2IModel, latents: torch.Tensor, ctx: torch.Tensor, op
     `opts.rehearsal_lr`, the native denoising loss, batch `opts.batch_size`) on the rehearsal
     latents with their contexts `ctx` move every UNet weight from where it is now. The UNet
     itself is not changed (the simulated thief trains a functional copy)."""
+    from ..attacks.finetune import training_loss
+
     unet, dev = model.unet, model.device
     g = torch.Generator().manual_seed(seed)
     theta = {n: p.detach().clone().requires_grad_(True) for n, p in unet.named_parameters()}
@@ -304,9 +306,7 @@ def simulate_drift(model: T2IModel, latents: torch.Tensor, ctx: torch.Tensor, op
         z0 = latents[idx].to(dev)
         t = torch.randint(0, T, (len(idx),), generator=g).to(dev)
         eps = torch.randn(z0.shape, generator=g).to(dev)
-        zt = model.noisy(z0, eps, t).to(model.dtype)
-        out = model.unet_out(zt, t, ctx[idx.to(ctx.device)].to(dev), unet=run)
-        loss = ((out.float() - model.target(z0, eps, t).float()) ** 2).mean()
+        loss = training_loss(model, z0, t, eps, ctx[idx.to(ctx.device)].to(dev), unet=run).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
