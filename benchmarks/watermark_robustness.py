@@ -117,14 +117,10 @@ class Meter:
         self.args, self.probe, self.original_accuracy = args, probe, original_accuracy
 
     def __call__(self, model, codec, bits, trigger, before=None, loss_before=None) -> dict:
-        from modelseal.watermark.verify import decide, generate, quantize, read_bits
+        from modelseal.attacks.utility import mark_and_utility
 
-        with torch.no_grad():
-            trig = quantize(generate(model, self.prompts, self.seeds, trigger, self.args.guidance, self.args.steps))
-        s = decide(read_bits(codec, trig), bits)
-        util, _ = self.probe.measure(model, before, self.original_accuracy, loss_before)
-        return {"tpr": s["tpr_at_fpr"]["1e-6"], "bit_accuracy": s["bit_accuracy"], "p_value": s["p_value"],
-                "watermarked": s["watermarked"], **util}
+        return mark_and_utility(model, codec, bits, trigger, self.prompts, self.seeds, self.probe, before,
+                                self.original_accuracy, loss_before, self.args.guidance, self.args.steps)
 
 
 def run_curve(kind: str, domain: str, spec: str, base, codec, bits, trigger, meter, data, args, log) -> list[dict]:

@@ -30,6 +30,8 @@ VARIANTS = {
     "cross-kv": ["--trainable", "cross-kv"],                       # only the text-facing projections
     "unet": ["--trainable", "unet", "--lr", "3e-4"],               # every weight
     "rehearsal-up": ["--rehearsal", "1", "--trainable", "up"],
+    "scale2": ["--delta-scale", "2"],                              # a twice stronger planted mark
+    "scale3": ["--delta-scale", "3"],
 }
 ATTACKS = ["full:1e-5", "lora:r8:1e-4"]
 

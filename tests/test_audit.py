@@ -99,6 +99,25 @@ def test_cgi_dm_separates_members_and_the_null_suspect_does_not(subject, capsys)
     assert set(res["tpr_at_fpr"]) == {"0.01", "0.05"} and len(res["auroc_ci"]) == 2
     assert len(res["scores"]) == 16 and (out / res["scores"][0]["evidence"]).is_file()
     assert (out / "report.html").read_text().count("<img") >= 17 and (out / "roc.png").is_file()
+    # every decision statistic beside the one that decides (CGI-DM by default)
+    dec = res["decision_scores"]
+    assert res["score"] == "cgi-dm" and res["auroc"] == pytest.approx(dec["cgi-dm"]["auroc"])
+    assert dec["calibrated"]["auroc"] == pytest.approx(res["baselines"]["calibrated"])
+    assert dec["combined"]["auroc"] >= 0.85 and set(dec["combined"]["tpr_at_fpr"]) == {"0.01", "0.05"}
+
+
+def test_decision_scores_are_label_free_and_symmetric():
+    from modelseal.audit.decision import decision_scores, robust_z
+
+    rng = np.random.default_rng(0)
+    cgi, l_pre, l_ft = rng.random(20), rng.random(20) + 1, rng.random(20)
+    d = decision_scores(cgi, l_pre, l_ft)
+    assert d["calibrated"] == pytest.approx(l_pre - l_ft)
+    assert d["combined"] == pytest.approx(robust_z(cgi) + robust_z(l_pre - l_ft))
+    perm = rng.permutation(20)  # the scaler treats images alike: permuting them permutes the scores
+    assert decision_scores(cgi[perm], l_pre[perm], l_ft[perm])["combined"] == pytest.approx(d["combined"][perm])
+    # a monotone change of one statistic's units leaves the combination's ranking unchanged
+    assert np.argsort(decision_scores(cgi * 7 + 3, l_pre, l_ft)["combined"]).tolist() == np.argsort(d["combined"]).tolist()
 
 
 def test_audit_mode_gives_p_values_and_verdicts(subject, capsys):
@@ -175,6 +194,12 @@ def test_audit_resumes_from_its_cache(subject, capsys, tmp_path):
     code, second, _ = run_cli(args, capsys)
     a, b = json.loads(first), json.loads(second)
     assert code == 0 and [s["score"] for s in a["scores"]] == pytest.approx([s["score"] for s in b["scores"]])
+    # --score picks the statistic that decides; the inversion is reused from the cache
+    code, third, _ = run_cli(args + ["--score", "calibrated", "--overwrite"], capsys)
+    c = json.loads(third)
+    assert code == 0 and c["score"] == "calibrated"
+    assert [s["score"] for s in c["scores"]] == pytest.approx([s["L_pre"] - s["L_ft"] for s in c["scores"]])
+    assert c["auroc"] == pytest.approx(c["baselines"]["calibrated"])
 
 
 @pytest.mark.parametrize("case", ["no-holdout", "both-modes", "mismatch", "corrupt", "no-prompt"])

@@ -86,3 +86,30 @@ def test_finetune_bad_input_exits_2(args, tmp_path, capsys):
     code, _, err = run_cli(["finetune", "--out", str(tmp_path / "o"), "--steps", "2", *args], capsys)
     assert code == 2 and err.strip().splitlines()[-1].startswith("error:"), err
     assert not (tmp_path / "o" / "model").exists()
+
+
+def test_random_resized_crops_stay_inside_the_image_and_are_seeded():
+    from modelseal.attacks.finetune import random_resized_crops
+
+    x = torch.rand(4, 3, 32, 32)
+    a = random_resized_crops(x, 0.6, torch.Generator().manual_seed(0))
+    b = random_resized_crops(x, 0.6, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
+    assert a.min() >= 0 and a.max() <= 1
+    same = random_resized_crops(x, 0.9999, torch.Generator().manual_seed(1))  # side 1: the image itself
+    assert torch.allclose(same, x, atol=1e-5)
+
+
+def test_crops_make_full_finetuning_memorise_less():
+    """Random crops (as SD fine-tuning scripts use) still fit the images, but the exact
+    images less than plain fine-tuning does: membership is harder to see (CopyMark)."""
+    x = _images(12)[:6]
+    p = ["a sks digit"] * 6
+    gains = {}
+    for crop in (0.0, 0.9):
+        m = load_t2i("tiny:t2i")
+        z = m.encode_images(x)
+        before = denoising_loss(m, z, p, 32).mean()
+        finetune(m, x, p, FinetuneOptions(method="full", steps=150, batch_size=4, crop=crop), log=lambda s: None)
+        gains[crop] = float(1 - denoising_loss(m, z, p, 32).mean() / before)
+    assert 0.05 < gains[0.9] < gains[0.0] - 0.1, gains

@@ -352,6 +352,8 @@ def finetune_cmd(
     class_images: Optional[int] = typer.Option(None, help="Prior-preservation images to generate (default 50)."),
     prior_weight: Optional[float] = typer.Option(None, help="Weight of the prior-preservation loss (default 1)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips."),
+    crop: Optional[float] = typer.Option(None, "--crop", help="Random resized crops: side U(crop, 1) of the image "
+                                         "(default 0: none; e.g. 0.8)."),
     amount: Optional[float] = typer.Option(None, help="prune: fraction of weights zeroed per layer (default 0.3)."),
     bits: Optional[int] = typer.Option(None, help="quantize: 8 (default), 4, 3 or 2 bits."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
@@ -374,7 +376,7 @@ def finetune_cmd(
     _run("finetune", FinetuneConfig, config,
          dict(model=model, method=method, data=data, prompt=prompt, limit=limit, steps=steps, lr=lr,
               batch_size=batch_size, rank=rank, train_text_encoder=train_text_encoder, class_prompt=class_prompt,
-              class_images=class_images, prior_weight=prior_weight, flip=flip, amount=amount, bits=bits,
+              class_images=class_images, prior_weight=prior_weight, flip=flip, crop=crop, amount=amount, bits=bits,
               gradient_checkpointing=gradient_checkpointing, local_files_only=local_files_only, optimizer=optimizer, size=size, dtype=dtype, seed=seed),
          out, device, as_json, body, overwrite=overwrite)
 
@@ -400,7 +402,10 @@ def audit_cmd(
     mask: Optional[str] = typer.Option(None, help="checker (default) | random"),
     block: Optional[int] = typer.Option(None, help="Mask cell side in latent units (default 2)."),
     noise: Optional[str] = typer.Option(None, help="shared (default) | separate noise for the two models."),
-    metric: Optional[str] = typer.Option(None, help="Score: ssim_removed (default) | ssim | psnr_removed | features"),
+    metric: Optional[str] = typer.Option(None, help="CGI-DM's similarity: ssim_removed (default) | ssim | psnr_removed | "
+                                         "features"),
+    score: Optional[str] = typer.Option(None, "--score", help="The statistic that decides: cgi-dm (default, the "
+                                        "paper's) | calibrated (L_pre - L_ft) | combined (both, robust-scaled)."),
     features: Optional[str] = typer.Option(None, help="DINO or CLIP checkpoint for the features metric (default tiny:clip)."),
     ablations: Optional[bool] = typer.Option(None, "--ablations/--no-ablations", help="Also run the one-model ablations."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default 16)."),
@@ -426,7 +431,7 @@ def audit_cmd(
          dict(pretrained=pretrained, finetuned=finetuned, prompt=prompt, members=members, holdout=holdout,
               images=images, calibration=calibration, null_finetuned=null_finetuned, steps=steps,
               mc_samples=mc_samples, eps=eps, step_size=step_size, mask=mask, block=block, noise=noise, metric=metric,
-              features=features, ablations=ablations, batch_size=batch_size, alpha=alpha, control=control,
+              score=score, features=features, ablations=ablations, batch_size=batch_size, alpha=alpha, control=control,
               size=size, dtype=dtype, local_files_only=local_files_only, seed=seed), out, device, as_json, body,
          overwrite=overwrite)
 

@@ -131,6 +131,7 @@ class FinetuneConfig(Strict):
     class_images: int = Field(50, ge=1)
     prior_weight: float = Field(1.0, ge=0)
     flip: bool = False
+    crop: float = Field(0.0, ge=0, lt=1, description="random resized crops of side U(crop, 1) (0: none; e.g. 0.8)")
     amount: float = Field(0.3, ge=0, lt=1, description="prune: fraction of weights zeroed per layer")
     bits: Literal[2, 3, 4, 8] = 8
     gradient_checkpointing: bool = False
@@ -169,6 +170,8 @@ class AuditConfig(Strict):
     batch_size: int = Field(16, ge=1)
     t_min: int = Field(1, ge=0)
     metric: Literal["ssim", "ssim_removed", "psnr_removed", "features"] = "ssim_removed"
+    score: Literal["cgi-dm", "calibrated", "combined"] = Field(
+        "cgi-dm", description="the statistic that decides (audit/decision.py); CGI-DM's picture is the evidence")
     features: str | None = Field("tiny:clip", description="DINO / CLIP checkpoint for the features metric")
     loss_samples: int = Field(32, ge=1)
     ablations: bool = False

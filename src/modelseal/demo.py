@@ -117,7 +117,8 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
                         for r in strips]).float() / 255
     png = sample_grid(grid, [f"{'member' if r['member'] else 'hold-out'} {r['score']:.2f}" for r in strips],
                       ncols=1, cell=1.6, title="original | partial | recovered")
-    rows = [{"method": "CGI-DM (" + res["metric"] + ")", "AUROC": res["auroc"]}] + \
+    rows = [{"method": ("CGI-DM (" + res["metric"] + ")" if k == "cgi-dm" else k) + (" (decides)" if k == res["score"] else ""),
+             "AUROC": v["auroc"], "TPR@1%": v["tpr_at_fpr"]["0.01"]} for k, v in res["decision_scores"].items()] + \
         [{"method": k, "AUROC": v} for k, v in res["baselines"].items()]
     section = Section(
         title="audit: CGI-DM on a DreamBooth suspect",
@@ -127,9 +128,10 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
               f"AUROC {res['auroc']:.3f} (95% CI {res['auroc_ci'][0]:.2f}-{res['auroc_ci'][1]:.2f}); "
               f"{res['seconds_per_image']:.1f} s per image."),
         tables=[("members vs hold-out", rows)],
-        figures=[("evidence (score = SSIM of the removed region)", png), ("ROC", (folder / "run" / "roc.png").read_bytes())],
+        figures=[(f"evidence (score: {res['score']})", png), ("ROC", (folder / "run" / "roc.png").read_bytes())],
     )
-    keep = {k: res[k] for k in ("auroc", "auroc_ci", "tpr_at_fpr", "baselines", "metrics", "metric",
+    keep = {k: res[k] for k in ("auroc", "auroc_ci", "tpr_at_fpr", "baselines", "metrics", "metric", "score",
+                                "decision_scores",
                                 "seconds_per_image", "accuracy_crossfit")}
     keep["scores"] = [{k: r[k] for k in ("image", "member", "score")} for r in res["scores"]]
     return keep, section
@@ -148,7 +150,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
 
     from . import stats
     from .attacks.finetune import FinetuneOptions, finetune
-    from .attacks.utility import UtilityProbe
+    from .attacks.utility import UtilityProbe, mark_and_utility
     from .config import WatermarkEmbedConfig, WatermarkVerifyConfig
     from .data.sources import load_source
     from .models.diffusion import load_t2i
@@ -158,7 +160,6 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     from .watermark.codec import Codec
     from .watermark.keys import generate_key, load_key, message_bits
     from .watermark.run import embed_command, verify_command, verify_prompts
-    from .watermark.verify import decide, generate, quantize, read_bits
 
     folder = out / "watermark"
     folder.mkdir(parents=True, exist_ok=True)
@@ -215,16 +216,15 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
         def probe_at(step: int, method=method, model=model) -> None:
             if step not in cfg.finetune_checkpoints:
                 return
-            with torch.no_grad():
-                r = decide(read_bits(codec, quantize(generate(model, prompts, seeds, trigger, vcfg.guidance,
-                                                              vcfg.steps))), bits)
-            u, _ = probe.measure(model, before, original_acc)
-            curves.append({"attack": f"{method}, lr {lr:g}", "step": step, "TPR@1e-6": r["tpr_at_fpr"]["1e-6"],
+            r = mark_and_utility(model, codec, bits, trigger, prompts, seeds, probe, before, original_acc,
+                                 guidance=vcfg.guidance, steps=vcfg.steps)
+            verdict = _verdict(r)
+            curves.append({"attack": f"{method}, lr {lr:g}", "step": step, "TPR@1e-6": r["tpr"],
                            "bit accuracy": r["bit_accuracy"], "key test p": stats.format_p(r["p_value"]),
-                           "verdict": _verdict(r), "judged accuracy kept": u["retained"],
-                           "clean PSNR vs before (dB)": u["psnr"]})
-            log(f"[demo] watermark: thief {method} lr {lr:g}, step {step}: TPR {r['tpr_at_fpr']['1e-6']:.2f}, "
-                f"{_verdict(r)} (p {r['p_value']:.1e}); the thief keeps {u['retained']:.0%} of the judged accuracy")
+                           "verdict": verdict, "judged accuracy kept": r["retained"],
+                           "clean PSNR vs before (dB)": r["psnr"]})
+            log(f"[demo] watermark: thief {method} lr {lr:g}, step {step}: TPR {r['tpr']:.2f}, "
+                f"{verdict} (p {r['p_value']:.1e}); the thief keeps {r['retained']:.0%} of the judged accuracy")
 
         probe_at(0)
         finetune(model, x, list(data.captions), FinetuneOptions(method=method, steps=max(cfg.finetune_checkpoints),

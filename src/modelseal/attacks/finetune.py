@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .. import parallel
 from ..models.diffusion import ADAPTER_NAME, T2IModel, latent_posterior
@@ -42,6 +43,7 @@ class FinetuneOptions:
     class_images: int = 50
     prior_weight: float = 1.0
     flip: bool = False                # random horizontal flips (photos, not digits)
+    crop: float = 0.0                 # random resized crops: side a fraction U(crop, 1) of the image (0: none)
     gradient_checkpointing: bool = False
     optimizer: str = "adamw"          # adamw | adafactor (factored second moments: SDXL full on 24 GB)
     seed: int = 0
@@ -133,7 +135,13 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
 
     def batch_of(m, s, c, n):
         idx = torch.randint(0, len(m), (n,), generator=g)
-        z = m[idx] + s[idx] * torch.randn(m[idx].shape, generator=g).to(dev)
+        if opts.crop > 0 and m is mean:  # the instance images, not the prior class's
+            with torch.no_grad():
+                x = random_resized_crops(images[idx], opts.crop, g)
+                z = model.encode_images(x, sample=True, generator=g).float() if model.vae is not None \
+                    else model.encode_images(x).float()
+        else:
+            z = m[idx] + s[idx] * torch.randn(m[idx].shape, generator=g).to(dev)
         if opts.flip:
             flip = torch.rand(n, generator=g) < 0.5
             z[flip] = z[flip].flip(-1)
@@ -183,6 +191,22 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
             "loss_start": sum(head) / len(head), "loss_end": sum(tail) / len(tail),
             "train_s": round(time.time() - t0, 1), "images": len(images),
             "prior_images": 0 if prior_mean is None else len(prior_mean)}
+
+
+def random_resized_crops(images: torch.Tensor, min_side: float, g: torch.Generator) -> torch.Tensor:
+    """Each image cropped to a random square of side U(min_side, 1) x its side, at a random
+    place, and resized back (bilinear, antialiased): the crop augmentation of SD fine-tuning
+    scripts, for square training images."""
+    n, _, h, w = images.shape
+    out = torch.empty_like(images)
+    for i in range(n):
+        side = float(min_side + (1 - min_side) * torch.rand((), generator=g))
+        ch, cw = max(1, round(h * side)), max(1, round(w * side))
+        top = int(torch.randint(0, h - ch + 1, (), generator=g))
+        left = int(torch.randint(0, w - cw + 1, (), generator=g))
+        crop = images[i:i + 1, :, top:top + ch, left:left + cw]
+        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+    return out
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):

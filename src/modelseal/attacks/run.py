@@ -69,7 +69,7 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
         opts = FinetuneOptions(method=cfg.method, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                                rank=cfg.rank, lora_alpha=cfg.lora_alpha, train_text_encoder=cfg.train_text_encoder,
                                class_prompt=cfg.class_prompt, class_images=cfg.class_images,
-                               prior_weight=cfg.prior_weight, flip=cfg.flip,
+                               prior_weight=cfg.prior_weight, flip=cfg.flip, crop=cfg.crop,
                                gradient_checkpointing=cfg.gradient_checkpointing, optimizer=cfg.optimizer,
                                seed=cfg.seed)
         log(f"[finetune] {cfg.method} on {desc}, {cfg.steps} steps")

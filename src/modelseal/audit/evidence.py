@@ -40,12 +40,11 @@ def write_evidence(folder: Path, names: list[str], images: torch.Tensor, scored:
     return paths
 
 
-def roc_figure_file(out: Path, scores, labels, calibrated: torch.Tensor, metric: str) -> None:
+def roc_figure_file(out: Path, curves: dict, labels) -> None:
+    """roc.png: one ROC curve per named score (higher = member)."""
     from ..report.figures import roc_figure
 
-    curves = {f"CGI-DM ({metric})": stats.roc_curve(scores, labels)[:2],
-              "calibrated loss": stats.roc_curve(calibrated.numpy(), labels)[:2]}
-    png = roc_figure(curves)
+    png = roc_figure({name: stats.roc_curve(np.asarray(v), labels)[:2] for name, v in curves.items()})
     with atomic_path(out / "roc.png") as tmp:
         tmp.write_bytes(png)
 
@@ -64,9 +63,13 @@ def write_report(out: Path, res: dict) -> None:
     tables = []
     figures = []
     if res["mode"] == "evaluation":
-        tables.append(("detection", [{"method": f"CGI-DM ({res['metric']})", "AUROC": res["auroc"],
+        name = f"CGI-DM ({res['metric']})" if res["score"] == "cgi-dm" else res["score"]
+        tables.append(("detection", [{"method": f"{name} (decides)", "AUROC": res["auroc"],
                                       "95% CI": f"{res['auroc_ci'][0]:.3f}-{res['auroc_ci'][1]:.3f}",
                                       "TPR@1%": res["tpr_at_fpr"]["0.01"], "TPR@5%": res["tpr_at_fpr"]["0.05"]}]
+                       + [{"method": k, "AUROC": v["auroc"], "TPR@1%": v["tpr_at_fpr"]["0.01"],
+                           "TPR@5%": v["tpr_at_fpr"]["0.05"]} for k, v in res["decision_scores"].items()
+                          if k != res["score"]]
                        + [{"method": k, "AUROC": v} for k, v in res["baselines"].items()]))
         if (out / "roc.png").is_file():
             figures.append(("ROC curves", (out / "roc.png").read_bytes()))

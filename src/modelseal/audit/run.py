@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..models.diffusion import DTYPES, T2IModel, is_lora_folder, load_t2i
 from ..runs import atomic_path
 from .baselines import loss_scores, paired_losses
+from .decision import decision_scores
 from .evidence import roc_figure_file, write_evidence, write_report
 from .inversion import InversionOptions, invert
 from .scoring import FeatureExtractor, similarity
@@ -240,41 +241,47 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     images = torch.cat([x for x, _ in sets.values()])
     merged = {k: torch.cat([scored[r][k] for r in sets]) for k in ("partial", "recovered", "keep")}
     metric_vals = {m: torch.cat([scored[r]["metrics"][m] for r in sets]).numpy() for m in scored[next(iter(sets))]["metrics"]}
-    primary = metric_vals[cfg.metric]
+    l_pre = torch.cat([losses[r][0] for r in sets])
+    l_ft = torch.cat([losses[r][1] for r in sets])
+    decision = decision_scores(metric_vals[cfg.metric], l_pre.numpy(), l_ft.numpy())
+    primary = decision[cfg.score]
     evidence = write_evidence(out / "evidence", names, images, merged) if cfg.evidence else [None] * len(names)
 
     res = {"mode": mode, "prompt": prompt, "pretrained": cfg.pretrained, "finetuned": cfg.finetuned,
-           "suspect_kind": "lora" if pre is ft else "full", "metric": cfg.metric, "image_size": size,
-           "inversion": asdict(opts), "seconds_per_image": invert_s / max(1, len(names)),
+           "suspect_kind": "lora" if pre is ft else "full", "metric": cfg.metric, "score": cfg.score,
+           "image_size": size, "inversion": asdict(opts), "seconds_per_image": invert_s / max(1, len(names)),
            "invert_s": round(invert_s, 1)}
+
+    def row(i: int) -> dict:
+        return {**{m: float(metric_vals[m][i]) for m in metric_vals},
+                **{f"score_{k.replace('-', '_')}": float(v[i]) for k, v in decision.items()},
+                "L_pre": float(l_pre[i]), "L_ft": float(l_ft[i])}
+
     if mode == "evaluation":
         labels = np.array([1] * len(sets["members"][0]) + [0] * len(sets["holdout"][0]))
         res.update(stats.summarize_audit(primary, labels, seed=cfg.seed))
         res["accuracy_crossfit"] = stats.crossfit_accuracy(primary, labels, seed=cfg.seed)
         res["metrics"] = {m: stats.auroc(v, labels) for m, v in metric_vals.items()}
-        l_pre = torch.cat([losses["members"][0], losses["holdout"][0]])
-        l_ft = torch.cat([losses["members"][1], losses["holdout"][1]])
+        res["decision_scores"] = {k: {"auroc": stats.auroc(v, labels), "tpr_at_fpr": {
+            stats.fpr_key(f): stats.tpr_at_fpr(v, labels, f) for f in (0.01, 0.05)}} for k, v in decision.items()}
         base = {k: stats.auroc(v.numpy(), labels) for k, v in loss_scores(l_pre, l_ft).items()}
         base.update(_extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log))
         res["baselines"] = base
-        res["scores"] = [{"image": n, "member": bool(y), "score": float(s), "evidence": e,
-                          **{m: float(metric_vals[m][i]) for m in metric_vals},
-                          "L_pre": float(l_pre[i]), "L_ft": float(l_ft[i])}
+        res["scores"] = [{"image": n, "member": bool(y), "score": float(s), "evidence": e, **row(i)}
                          for i, (n, y, s, e) in enumerate(zip(names, labels, primary, evidence))]
-        roc_figure_file(out, primary, labels, l_pre - l_ft, cfg.metric)
+        roc_figure_file(out, {(f"CGI-DM ({cfg.metric})" if k == "cgi-dm" else k)
+                              + (" (decides)" if k == cfg.score else ""): v for k, v in decision.items()}, labels)
     else:
         n_img = len(sets["images"][0])
         calib = primary[n_img:]
         d = audit_decisions(primary[:n_img], calib, cfg.alpha, cfg.control, cfg.seed)
-        l_pre = torch.cat([losses["images"][0], losses["calibration"][0]])
-        l_ft = torch.cat([losses["images"][1], losses["calibration"][1]])
         rows = []
         for i in range(len(names)):
             test = i < n_img
             rows.append({"image": names[i], "role": "test" if test else "calibration", "score": float(primary[i]),
                          "p_value": float(d["p_values"][i]) if test else None,
                          "verdict": ("member" if d["member"][i] else "not shown") if test else None,
-                         "evidence": evidence[i], "L_pre": float(l_pre[i]), "L_ft": float(l_ft[i])})
+                         "evidence": evidence[i], **row(i)})
         res.update({"alpha": cfg.alpha, "control": cfg.control, "control_note": stats.CONTROLS[cfg.control],
                     "set_p_value": d["set_p_value"], "set_test": d["set_test"],
                     "set_verdict": "used" if d["set_used"] else "not shown to be used",

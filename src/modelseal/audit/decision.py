@@ -1,0 +1,34 @@
+"""The statistic an audit decides with (`--score`).
+
+CGI-DM's recovered picture is always the evidence shown; the number that ranks the images
+and feeds the verdicts can be:
+
+  cgi-dm      the CGI-DM similarity of the recovered image to the original (--metric), the
+              paper's score
+  calibrated  L_pre(z0) - L_ft(z0): the denoising loss of the suspect calibrated by the
+              pretrained model, on the whole image with shared (t, noise) draws; the same
+              access to the two models as CGI-DM, no inversion needed for the number
+  combined    S(cgi-dm) + S(calibrated) with S a robust scaler (median, interquartile range)
+              fitted on every image scored together, without labels. Fixed equal weights: no
+              weight is fitted on the images being audited, and because the scaler treats
+              the images symmetrically, test and calibration images stay exchangeable under
+              the null (conformal p-values keep their level)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SCORES = ("cgi-dm", "calibrated", "combined")
+
+
+def robust_z(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    q1, med, q3 = np.quantile(x, [0.25, 0.5, 0.75])
+    return (x - med) / max(q3 - q1, 1e-12)
+
+
+def decision_scores(cgi_dm, l_pre, l_ft) -> dict[str, np.ndarray]:
+    """Every decision statistic (higher = member) for images scored together."""
+    cgi = np.asarray(cgi_dm, dtype=np.float64)
+    cal = np.asarray(l_pre, dtype=np.float64) - np.asarray(l_ft, dtype=np.float64)
+    return {"cgi-dm": cgi, "calibrated": cal, "combined": robust_z(cgi) + robust_z(cal)}
