@@ -265,9 +265,11 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
         res["decision_scores"] = {k: {"auroc": stats.auroc(v, labels), "tpr_at_fpr": {
             stats.fpr_key(f): stats.tpr_at_fpr(v, labels, f) for f in (0.01, 0.05)}} for k, v in decision.items()}
         base = {k: stats.auroc(v.numpy(), labels) for k, v in loss_scores(l_pre, l_ft).items()}
-        base.update(_extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log))
+        extra, raw = _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log)
+        base.update(extra)
         res["baselines"] = base
-        res["scores"] = [{"image": n, "member": bool(y), "score": float(s), "evidence": e, **row(i)}
+        res["scores"] = [{"image": n, "member": bool(y), "score": float(s), "evidence": e, **row(i),
+                          **{k: float(v[i]) for k, v in raw.items()}}
                          for i, (n, y, s, e) in enumerate(zip(names, labels, primary, evidence))]
         roc_figure_file(out, {(f"CGI-DM ({cfg.metric})" if k == "cgi-dm" else k)
                               + (" (decides)" if k == cfg.score else ""): v for k, v in decision.items()}, labels)
@@ -321,14 +323,15 @@ def audit_summary(res: dict) -> list[str]:
     return lines
 
 
-def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> dict:
+def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> tuple[dict, dict]:
+    """(AUROC per extra baseline, per-image raw values: pia, clid_d, clid_l)."""
     from .baselines import clid_terms, clid_th, pia_scores
 
     xs = torch.cat([sets["members"][0], sets["holdout"][0]])
     prompts = [prompt] * len(xs)
     d, l_cond = clid_terms(ft, xs, prompts, seed=cfg.seed)
-    extra = {"pia": stats.auroc(pia_scores(ft, xs, prompts).numpy(), labels),
-             "clid": stats.auroc(clid_th(d, l_cond).numpy(), labels)}
+    pia = pia_scores(ft, xs, prompts)
+    extra = {"pia": stats.auroc(pia.numpy(), labels), "clid": stats.auroc(clid_th(d, l_cond).numpy(), labels)}
     if cfg.ablations:
         for obj in ("ft-only", "pre-only"):
             log(f"[audit] ablation: PGD on {obj}")
@@ -339,4 +342,4 @@ def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> dict:
         npre, nft = load_pair(cfg.pretrained, cfg.null_finetuned, str(pre.device), cfg.dtype, cfg.local_files_only, cfg.size)
         r = score_set(npre, nft, xs, prompt, inversion_options(cfg), features, None)
         extra["null_suspect"] = stats.auroc(r["metrics"][cfg.metric].numpy(), labels)
-    return extra
+    return extra, {"pia": pia.numpy(), "clid_d": d.numpy(), "clid_l": l_cond.numpy()}

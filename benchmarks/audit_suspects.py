@@ -1,0 +1,321 @@
+"""Audit evidence on subjects and suspects like users' (issue 18): every decision statistic
+and published baseline, as the suspect gets lighter, and the set-level test's power against
+the collection's size.
+
+    python benchmarks/audit_suspects.py --out runs/audit-suspects [--photos ../shared/data/dreambooth]
+                                        [--suspects dreambooth-200 ...] [--pgd-steps 1000] [--quick]
+
+Subjects (real photos): DreamBooth subjects (objects, animals, toys, a cartoon figure) from
+--photos, each split into its first half (members) and the rest (hold-out), and people: the
+LFW faces that ship with scikit-image (8 members, 8 hold-out). TUNE subjects are the only
+ones any choice (the default --score) is made on; HELD subjects are reported beside them
+and never looked at while choosing.
+
+Suspects (tiny:t2i fine-tuned on the members of every subject at once, each subject under
+its own identifier prompt 'a sks <class>', faces under 'a photo of a sks face'), from heavy
+to light: DreamBooth (full UNet on the instance prompts, no prior preservation: one class
+prompt cannot serve nine subjects) at 200 / 100 / 50 steps per member image, LoRA r8 at lr
+1e-3 and 1e-4 (100 steps per image), full fine-tuning at lr 1e-4 with random flips and
+random resized crops (side 0.8-1; 100 steps per image), and a null suspect: DreamBooth at
+200 steps per image on other subjects' photos under the same prompts (nothing audited is a
+member: every score should read AUROC ~0.5). Steps are counted at batch 4.
+
+Per suspect, pooled over the images of the TUNE (or HELD) subjects (one model, one
+threshold): AUROC and TPR at 1 % FPR of cgi-dm, calibrated, combined (audit/decision.py,
+the robust scaler fitted on the pooled images without labels), the loss, PIA and CLiD_th
+(its scaler likewise pooled).
+
+The collection (set-level) test: tiny:t2i fully fine-tuned with flips and crops on 60 LFW
+faces ("a photo of a face", 50 steps per image); per statistic, the share of 500 random
+member sets of size 5 / 10 / 20 / 40 that the one-sided rank-sum test (stats.rank_set_test)
+finds used at alpha 0.05 and 0.01 against 70 calibration faces (power), and the share of
+sets of non-members it finds used (false-positive rate). Each draw splits the 140
+non-member faces afresh into 70 calibration images and 70 innocent ones, so the false-positive
+rate is over splits, not the luck of one split.
+
+Writes OUT/table.json, OUT/table.md, OUT/power.json, OUT/power.md, OUT/power.png; each
+fine-tune and audit is saved under OUT and skipped when rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TUNE = ["backpack", "dog", "teapot", "bear_plushie"]
+HELD = ["cat", "clock", "red_cartoon", "wolf_plushie", "faces"]
+NULL_SUBJECTS = ["can", "candle", "dog2", "duck_toy", "fancy_boot", "grey_sloth_plushie", "monster_toy", "vase"]
+SUSPECTS = {  # name: (method, steps per member image, lr, extra options)
+    "dreambooth-200": ("dreambooth", 200, None, {}),
+    "dreambooth-100": ("dreambooth", 100, None, {}),
+    "dreambooth-50": ("dreambooth", 50, None, {}),
+    "lora-1e-3": ("lora", 100, 1e-3, {}),
+    "lora-1e-4": ("lora", 100, 1e-4, {}),
+    "full-flip-crop": ("full", 100, 1e-4, {"flip": True, "crop": 0.8}),
+    "null": ("dreambooth", 200, None, {}),
+}
+SCORES = ["cgi-dm", "calibrated", "combined", "loss", "pia", "clid"]
+SET_SIZES = [5, 10, 20, 40]
+BATCH = 4
+
+
+def subjects(photos: Path, size: int, names: list[str]) -> dict:
+    """name -> (images uint8 (N, H, W, 3), prompt, class noun)."""
+    from modelseal.data.faces import load_faces
+    from modelseal.data.subjects import dreambooth_classes, photo_subject
+
+    classes = dreambooth_classes(photos)
+    out = {}
+    for name in names:
+        if name == "faces":
+            out[name] = (load_faces(size).images[:16], "a photo of a sks face", "face")
+        else:
+            out[name] = (photo_subject(photos / name, size), f"a sks {classes[name]}", classes[name])
+    return out
+
+
+def write_subject(images: np.ndarray, folder: Path) -> dict:
+    from modelseal.data.subjects import write_split
+
+    n_mem = (len(images) + 1) // 2
+    return write_split(images, folder, {"members": n_mem, "holdout": len(images) - n_mem})
+
+
+def captioned_folder(items: list[tuple[Path, str]], folder: Path) -> int:
+    """One folder of images with metadata.jsonl (file_name, text); returns the image count."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for src, prompt in items:
+        name = f"{src.parent.parent.name}_{src.parent.name}_{src.name}"
+        (folder / name).write_bytes(src.read_bytes())
+        lines.append(json.dumps({"file_name": name, "text": prompt}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def train_suspect(name: str, data: Path, n_images: int, out: Path, seed: int, scale: float = 1.0,
+                  prompt: str | None = None) -> str:
+    from modelseal.attacks.run import finetune_command
+    from modelseal.config import FinetuneConfig
+
+    target = out / "model"
+    if (target / "model_index.json").is_file() or (target / "adapter_config.json").is_file() \
+            or any(target.glob("*.safetensors")):
+        return str(target)
+    method, per_image, lr, extra = SUSPECTS[name]
+    steps = max(1, round(n_images * per_image * scale / BATCH))
+    cfg = FinetuneConfig(method=method, data=str(data), prompt=prompt, steps=steps, batch_size=BATCH, lr=lr, seed=seed,
+                         **extra)
+    t0 = time.time()
+    finetune_command(cfg, out, "cpu", log=lambda m: None)
+    print(f"[suspects] {name}: {method} {steps} steps on {n_images} images ({time.time() - t0:.0f} s)", flush=True)
+    return str(target)
+
+
+def audit_subject(suspect: str, folders: dict, prompt: str, out: Path, args) -> dict:
+    from modelseal.audit.run import audit_command
+    from modelseal.config import AuditConfig
+
+    f = out / "results.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    cfg = AuditConfig(finetuned=suspect, prompt=prompt, members=folders["members"], holdout=folders["holdout"],
+                      steps=args.pgd_steps, seed=args.seed, evidence=False)
+    res = audit_command(cfg, out, "cpu", log=lambda m: None)
+    keep = {k: res[k] for k in ("auroc", "decision_scores", "baselines", "scores", "seconds_per_image")}
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(keep, default=float))
+    tmp.rename(f)
+    return keep
+
+
+def statistics(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Every statistic for images scored together (scalers fitted on all of them, no labels)."""
+    from modelseal.audit.baselines import robust_scale
+    from modelseal.audit.decision import decision_scores
+
+    import torch
+
+    col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
+    out = decision_scores(col("ssim_removed"), col("L_pre"), col("L_ft"))
+    out["loss"] = -col("L_ft")
+    out["pia"] = col("pia")
+    out["clid"] = (0.5 * robust_scale(torch.tensor(col("clid_d"))) + 0.5 * robust_scale(torch.tensor(col("clid_l")))).numpy()
+    return out
+
+
+def detection(rows: list[dict]) -> dict:
+    from modelseal import stats
+
+    labels = np.array([r["member"] for r in rows], dtype=int)
+    vals = statistics(rows)
+    return {"images": len(rows), "members": int(labels.sum()),
+            **{k: {"auroc": stats.auroc(v, labels), "tpr_1": stats.tpr_at_fpr(v, labels, 0.01),
+                   "tpr_5": stats.tpr_at_fpr(v, labels, 0.05)} for k, v in vals.items()}}
+
+
+def realistic(args) -> dict:
+    names = TUNE + HELD
+    subj = subjects(args.photos, args.size, names)
+    folders = {n: write_subject(im, args.out / "data" / n) for n, (im, _, _) in subj.items()}
+    members = [(p, subj[n][1]) for n in names for p in sorted(folders[n]["members"].iterdir())]
+    n_mem = captioned_folder(members, args.out / "data" / "train")
+    # the null suspect: other subjects' photos under the audited subjects' prompts
+    others = subjects(args.photos, args.size, NULL_SUBJECTS)
+    null_items = []
+    for j, o in enumerate(NULL_SUBJECTS):
+        f = write_subject(others[o][0], args.out / "data" / "null" / o)
+        null_items += [(p, subj[names[j % len(names)]][1]) for p in sorted(f["members"].iterdir())]
+    n_null = captioned_folder(null_items, args.out / "data" / "null-train")
+    table = {}
+    for name in args.suspects:
+        data, n = (args.out / "data" / "null-train", n_null) if name == "null" else (args.out / "data" / "train", n_mem)
+        model = train_suspect(name, data, n, args.out / "suspects" / name, args.seed, args.ft_scale)
+        rows = {"tune": [], "held": []}
+        t0 = time.time()
+        for s in names:
+            res = audit_subject(model, folders[s], subj[s][1], args.out / "audits" / name / s, args)
+            rows["tune" if s in TUNE else "held"] += [{**r, "subject": s} for r in res["scores"]]
+        table[name] = {part: detection(r) for part, r in rows.items()}
+        table[name]["per_subject"] = {s: json.loads((args.out / "audits" / name / s / "results.json").read_text())["auroc"]
+                                      for s in names}
+        table[name]["audit_s"] = round(time.time() - t0, 1)
+        line = "  ".join(f"{k} {table[name]['held'][k]['auroc']:.3f}/{table[name]['held'][k]['tpr_1']:.2f}" for k in SCORES)
+        print(f"[suspects] {name} held-out subjects (AUROC/TPR@1%): {line}", flush=True)
+    return table
+
+
+def collection(args) -> dict:
+    """The set-level test's power and false-positive rate against the collection's size."""
+    from modelseal import stats
+    from modelseal.data.faces import load_faces
+    from modelseal.data.subjects import write_split
+
+    faces = load_faces(args.size).images
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(faces))
+    n_mem, n_cal = 60, 70
+    f = write_split(faces[order], args.out / "collection" / "data",
+                    {"members": n_mem, "calibration": n_cal, "null": len(faces) - n_mem - n_cal})
+    prompt = "a photo of a face"
+    model = train_suspect("full-flip-crop", f["members"], n_mem, args.out / "collection" / "suspect", args.seed,
+                          0.5 * args.ft_scale, prompt)
+    # one evaluation-mode audit scores every face: members vs the rest (calibration + null)
+    rest = args.out / "collection" / "data" / "rest"
+    if not rest.is_dir():
+        rest.mkdir()
+        for part in ("calibration", "null"):
+            for p in sorted(f[part].iterdir()):
+                (rest / f"{part}_{p.name}").write_bytes(p.read_bytes())
+    res = audit_subject(model, {"members": f["members"], "holdout": rest}, prompt,
+                        args.out / "collection" / "audit", args)
+    rows = res["scores"]
+    vals = statistics(rows)
+    role = np.array(["members" if r["member"] else ("calibration" if "/calibration_" in r["image"] else "null")
+                     for r in rows])
+    labels = (role == "members").astype(int)
+    out = {"images": {k: int((role == k).sum()) for k in ("members", "calibration", "null")},
+           "image_level": {k: {"auroc": stats.auroc(v, labels), "tpr_1": stats.tpr_at_fpr(v, labels, 0.01)}
+                           for k, v in vals.items()},
+           "draws": args.draws, "power": {}, "fpr": {}}
+    for k, v in vals.items():
+        mem, non = v[role == "members"], v[role != "members"]
+        out["power"][k], out["fpr"][k] = {}, {}
+        for size in SET_SIZES:
+            pm, pn = [], []
+            for d in range(args.draws):  # a fresh split of the non-members into calibration / innocent sets
+                split = rng.permutation(len(non))
+                cal, null = non[split[:n_cal]], non[split[n_cal:]]
+                pm.append(stats.rank_set_test(rng.choice(mem, size, replace=False), cal, seed=d)[0])
+                pn.append(stats.rank_set_test(rng.choice(null, size, replace=False), cal, seed=d)[0])
+            out["power"][k][str(size)] = {a: float(np.mean(np.array(pm) <= float(a))) for a in ("0.05", "0.01")}
+            out["fpr"][k][str(size)] = {a: float(np.mean(np.array(pn) <= float(a))) for a in ("0.05", "0.01")}
+        print(f"[suspects] collection {k}: power at 0.05 " + " ".join(
+            f"{s}:{out['power'][k][str(s)]['0.05']:.2f}" for s in SET_SIZES) + "; false positives " + " ".join(
+            f"{s}:{out['fpr'][k][str(s)]['0.05']:.2f}" for s in SET_SIZES), flush=True)
+    return out
+
+
+def markdown(table: dict, power: dict | None) -> tuple[str, str]:
+    head = "| suspect | subjects | " + " | ".join(SCORES) + " |\n|---|---|" + "---|" * len(SCORES) + "\n"
+    lines = []
+    for name, t in table.items():
+        for part in ("tune", "held"):
+            d = t[part]
+            lines.append(f"| {name} | {part} ({d['members']} / {d['images'] - d['members']}) | " + " | ".join(
+                f"{d[k]['auroc']:.3f} / {d[k]['tpr_1']:.2f}" for k in SCORES) + " |")
+    md = head + "\n".join(lines) + "\n\ncells: pooled AUROC / TPR at 1 % FPR (members / hold-out images)\n"
+    if not power:
+        return md, ""
+    ph = "| statistic | " + " | ".join(f"power n={s}" for s in SET_SIZES) + " | false positives n=5 / 40 |\n|---|" \
+        + "---|" * (len(SET_SIZES) + 1) + "\n"
+    pl = [f"| {k} | " + " | ".join(f"{power['power'][k][str(s)]['0.05']:.2f} ({power['power'][k][str(s)]['0.01']:.2f})"
+                                   for s in SET_SIZES)
+          + f" | {power['fpr'][k]['5']['0.05']:.3f} / {power['fpr'][k]['40']['0.05']:.3f} |" for k in power["power"]]
+    return md, ph + "\n".join(pl) + "\n\ncells: share of sets found used at alpha 0.05 (0.01)\n"
+
+
+def plot(power: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for k in power["power"]:
+        ax.plot(SET_SIZES, [power["power"][k][str(s)]["0.05"] for s in SET_SIZES], marker="o", label=k)
+    ax.plot(SET_SIZES, [max(power["fpr"][k][str(s)]["0.05"] for k in power["fpr"]) for s in SET_SIZES], "k:",
+            label="largest false-positive rate")
+    ax.axhline(0.05, color="grey", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(SET_SIZES, [str(s) for s in SET_SIZES])
+    ax.set_xlabel("images in the collection")
+    ax.set_ylabel("share found used (rank-sum, alpha 0.05)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.rename(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "dreambooth")
+    ap.add_argument("--suspects", nargs="+", default=list(SUSPECTS), choices=list(SUSPECTS))
+    ap.add_argument("--pgd-steps", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--draws", type=int, default=500, help="random sets per size in the collection test")
+    ap.add_argument("--ft-scale", type=float, default=1.0, help="multiply every suspect's steps (smoke runs)")
+    ap.add_argument("--no-collection", dest="collection", action="store_false")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20 PGD steps, 2 suspects, 1/20 of the steps")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.quick:
+        args.pgd_steps, args.ft_scale, args.draws = 20, 0.05, 20
+        args.suspects = args.suspects[:1] + ["null"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    table = realistic(args)
+    power = collection(args) if args.collection else None
+    md, pmd = markdown(table, power)
+    (args.out / "table.json").write_text(json.dumps(table, indent=1))
+    (args.out / "table.md").write_text(md)
+    if power:
+        (args.out / "power.json").write_text(json.dumps(power, indent=1))
+        (args.out / "power.md").write_text(pmd)
+        plot(power, args.out / "power.png")
+    print(md)
+    print(pmd)
+    print(f"[suspects] {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
