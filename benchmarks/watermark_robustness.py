@@ -95,7 +95,8 @@ def embedded(kind: str, args, codec, bits, log) -> Path | str:
     x, caps = images_and_captions("builtin:digits/all", model.image_size, args.embed_images, need_captions=True)
     delta = codec.residual(bits.view(1, -1)).detach()
     opts = EmbedOptions(trigger=args.trigger, steps=args.embed_steps, lr=1e-3, grad_clip=None, eta=0.3, tau=100,
-                        beta=30, uncond_fraction=0.2, mode=kind, posterior_sample=False, seed=args.seed)
+                        beta=30, uncond_fraction=0.2, mode=kind, posterior_sample=False, seed=args.seed,
+                        delta_scale=args.embed_delta_scale)
     z, z_std = latent_posterior(model, x)
     info = embed_watermark(model, z, caps, delta, opts, log=log, latent_std=z_std)
     tmp = args.out / f"{kind}.partial"
@@ -188,6 +189,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="sampling steps")
     ap.add_argument("--embed-steps", type=int, default=15000)
     ap.add_argument("--embed-images", type=int, default=2400)
+    ap.add_argument("--embed-delta-scale", type=float, default=1.0, help="delta_scale of a model embedded here "
+                    "(the always-on baseline: give the sleeper's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     for a in args.attacks + args.always_on_attacks:

@@ -32,6 +32,7 @@ VARIANTS = {
     "rehearsal-up": ["--rehearsal", "1", "--trainable", "up"],
     "scale2": ["--delta-scale", "2"],                              # a twice stronger planted mark
     "scale3": ["--delta-scale", "3"],
+    "scale4": ["--delta-scale", "4"],
 }
 ATTACKS = ["full:1e-5", "lora:r8:1e-4"]
 
