@@ -135,16 +135,13 @@ def audit_subject(suspect: str, folders: dict, prompt: str, out: Path, args) -> 
 
 def statistics(rows: list[dict]) -> dict[str, np.ndarray]:
     """Every statistic for images scored together (scalers fitted on all of them, no labels)."""
-    from modelseal.audit.baselines import robust_scale
-    from modelseal.audit.decision import decision_scores
-
-    import torch
+    from modelseal.audit.decision import decision_scores, robust_z
 
     col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
     out = decision_scores(col("ssim_removed"), col("L_pre"), col("L_ft"))
     out["loss"] = -col("L_ft")
     out["pia"] = col("pia")
-    out["clid"] = (0.5 * robust_scale(torch.tensor(col("clid_d"))) + 0.5 * robust_scale(torch.tensor(col("clid_l")))).numpy()
+    out["clid"] = 0.5 * robust_z(col("clid_d")) + 0.5 * robust_z(col("clid_l"))  # CLiD_th, alpha 0.5
     return out
 
 

@@ -14,8 +14,9 @@ Attack points: `lora:r<rank>:<lr>` and `full:<lr>` fine-tune on a thief domain (
 every --checkpoints step), `prune:<fraction>` (per-layer magnitude pruning) and
 `quant:<bits>` (per-channel round-to-nearest). Thief domains: `faces` (builtin:faces, 200
 LFW faces) and `dreambooth` (the 30 DreamBooth subjects of ../shared/data/dreambooth,
-captioned "a photo of a <class>"); neither was used to choose any watermark setting (the
-codec and stage 2 train on digits; rehearsal options use textures).
+captioned "a photo of a <class>"). The codec and stage 2 train on digits and rehearsal options
+use textures; benchmarks/watermark_variants.py chooses among stage-2 variants by attacks on
+faces, so `dreambooth` is the thief domain nothing was chosen on (the held-out figure).
 
 At every point (attacks/utility.py): TPR@1e-6 and bit accuracy over --n triggered images,
 the key-test verdict, the judged prompt accuracy on the four digit domains (tiny:judge,
@@ -24,8 +25,10 @@ PSNR / SSIM of the clean samples against the model's before the attack, and the 
 gain on held-out images of their domain (1 - denoising loss after / before).
 
 Writes OUT/points.jsonl (one line per point; a rerun skips curves already there),
-OUT/robustness.json (all points, the target check), OUT/robustness.md (the table) and
-OUT/robustness.png (TPR against retained utility). The target (issue 17): TPR >= 0.9 at
+OUT/robustness.json (all points, the target check), OUT/robustness.md (the table),
+OUT/compact.md (TPR and retained accuracy per curve and step) and OUT/robustness.png (TPR
+against retained utility). `--merge DIR ...` writes these from the points of runs made
+apart (e.g. the sleeper in one process, the controls in another) without measuring. The target (issue 17): TPR >= 0.9 at
 every sleeper point that keeps >= 80 % of the original's judged accuracy.
 """
 from __future__ import annotations
@@ -167,7 +170,8 @@ def run_curve(kind: str, domain: str, spec: str, base, codec, bits, trigger, met
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--codec", required=True, help="the sleeper's extractor (e.g. its adapted codec)")
+    ap.add_argument("--codec", default=None, help="the sleeper's extractor (e.g. its adapted codec); required "
+                    "unless --merge")
     ap.add_argument("--model", default="tiny:t2i", help="the original (unmarked) model")
     ap.add_argument("--sleeper", default=None, help="a SleeperMark-watermarked model folder")
     ap.add_argument("--always-on", default=None, help="an always-on-watermarked model folder")
@@ -192,7 +196,12 @@ def main() -> None:
     ap.add_argument("--embed-delta-scale", type=float, default=1.0, help="delta_scale of a model embedded here "
                     "(the always-on baseline: give the sleeper's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, help="summarise these runs' points into --out")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
+    if not args.codec:
+        ap.error("--codec is required (the sleeper's extractor)")
     for a in args.attacks + args.always_on_attacks:
         parse_attack(a)
 
@@ -247,18 +256,54 @@ def main() -> None:
                     for p in new:
                         f.write(json.dumps(p) + "\n")
                 points += new
+    write_summary(args.out, points, orig, {k: str(v) for k, v in vars(args).items()})
+
+
+def write_summary(out: Path, points: list[dict], orig: dict, run_args: dict) -> None:
     summary = summarize(points, orig)
-    tmp = args.out / "robustness.json.tmp"
-    tmp.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "original": orig,
-                               **summary, "points": points}, indent=2))
-    tmp.rename(args.out / "robustness.json")
-    (args.out / "robustness.md").write_text(table(points))
-    plot(points, args.out / "robustness.png")
-    print(table(points))
+    tmp = out / "robustness.json.tmp"
+    tmp.write_text(json.dumps({"args": run_args, "original": orig, **summary, "points": points}, indent=2))
+    tmp.rename(out / "robustness.json")
+    (out / "robustness.md").write_text(table(points))
+    (out / "compact.md").write_text(compact(points))
+    plot(points, out / "robustness.png")
+    print(compact(points))
     print(f"target (sleeper TPR >= {TPR_BAR} wherever retained >= {RETAINED_BAR}): "
           f"{'met' if summary['target_met'] else 'NOT met'}; failing points: {len(summary['failing'])}")
     for f in summary["failing"]:
         print(f"  {f['domain']} {f['attack']} step {f['step']}: TPR {f['tpr']:.2f}, retained {f['retained']:.2f}")
+
+
+def merge(dirs: list[Path], out: Path) -> None:
+    """One summary from the points of several runs (their original.json must agree)."""
+    out.mkdir(parents=True, exist_ok=True)
+    points, origs = [], []
+    for d in dirs:
+        points += [json.loads(ln) for ln in (d / "points.jsonl").read_text().splitlines() if ln.strip()]
+        origs.append(json.loads((d / "original.json").read_text()))
+    if any(o["prompt_accuracy"] != origs[0]["prompt_accuracy"] for o in origs):
+        raise SystemExit(f"the runs measured different originals: {[o['prompt_accuracy'] for o in origs]}")
+    write_summary(out, points, origs[0], {"merged": [str(d) for d in dirs]})
+
+
+def compact(points: list[dict]) -> str:
+    """One row per curve: TPR@1e-6 (retained judged accuracy) at each step."""
+    curves: dict = {}
+    for p in points:
+        curves.setdefault((p["kind"], p["domain"], p["attack"]), []).append(p)
+    steps = sorted({p["step"] for p in points if isinstance(p["step"], int)})
+    head = ("| model | thief domain | attack | " + " | ".join(f"step {s}" for s in steps) + " |\n|---|---|---|"
+            + "---|" * len(steps) + "\n")
+    rows = []
+    for (kind, domain, attack), ps in curves.items():
+        by = {p["step"]: p for p in ps}
+        if "-" in by:  # pruning / quantization: one point, no thief data
+            cells = [f"{by['-']['tpr']:.2f} ({by['-']['retained']:.2f})"] + [""] * (len(steps) - 1)
+            domain = "-"
+        else:
+            cells = [f"{by[s]['tpr']:.2f} ({by[s]['retained']:.2f})" if s in by else "" for s in steps]
+        rows.append(f"| {kind} | {domain} | {attack} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n\ncells: TPR at FPR 1e-6 (judged prompt accuracy retained)\n"
 
 
 def summarize(points: list[dict], orig: dict) -> dict:

@@ -250,4 +250,4 @@ def test_pia_and_clid_are_reproducible_and_follow_their_definitions(pair):
     assert torch.equal(d, d2) and torch.equal(l_cond, l2) and (l_cond < 0).all()
     s = robust_scale(torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert s[2] == 0 and s[3] == 0.5
-    assert clid_th(d, l_cond, alpha=1.0).allclose(robust_scale(d))
+    assert clid_th(d, l_cond, alpha=1.0).allclose(robust_scale(d).float())

@@ -119,10 +119,11 @@ def clid_terms(model: T2IModel, images: torch.Tensor, prompts: list[str], timest
 
 
 def robust_scale(x: torch.Tensor) -> torch.Tensor:
+    """(x - median) / interquartile range, in float64."""
     q1, med, q3 = torch.quantile(x.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.double))
-    return ((x.double() - med) / (q3 - q1).clamp_min(1e-12)).float()
+    return (x.double() - med) / (q3 - q1).clamp_min(1e-12)
 
 
 def clid_th(d: torch.Tensor, l_cond: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """CLiD_th: alpha S(D) + (1 - alpha) S(L), scaled over the images given together."""
-    return alpha * robust_scale(d) + (1 - alpha) * robust_scale(l_cond)
+    return (alpha * robust_scale(d) + (1 - alpha) * robust_scale(l_cond)).float()

@@ -17,14 +17,16 @@ and feeds the verdicts can be:
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from .baselines import robust_scale
 
 SCORES = ("cgi-dm", "calibrated", "combined")
 
 
 def robust_z(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    q1, med, q3 = np.quantile(x, [0.25, 0.5, 0.75])
-    return (x - med) / max(q3 - q1, 1e-12)
+    """(x - median) / interquartile range, over the values given together (CLiD's scaler)."""
+    return robust_scale(torch.as_tensor(np.asarray(x, dtype=np.float64))).double().numpy()
 
 
 def decision_scores(cgi_dm, l_pre, l_ft) -> dict[str, np.ndarray]:
