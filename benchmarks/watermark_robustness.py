@@ -345,10 +345,13 @@ def plot(points: list[dict], path: Path) -> None:
         for p in points:
             if p["kind"] == kind:
                 curves.setdefault((p["domain"], p["attack"]), []).append(p)
+        attacks = sorted({a for _, a in curves}, key=lambda a: (parse_attack(a)["kind"] != "finetune", a))
+        colour = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(attacks)}
         for (domain, attack), ps in sorted(curves.items()):
-            style = "-" if domain == "faces" else ":"
-            ax.plot([p.get("retained", 0) for p in ps], [p["tpr"] for p in ps], style, marker="o", ms=3,
-                    label=f"{attack} ({domain})" if len(ps) > 1 else f"{attack}")
+            single = len(ps) == 1
+            ax.plot([p.get("retained", 0) for p in ps], [p["tpr"] for p in ps], "" if single else
+                    ("-" if domain == "faces" else ":"), marker="s" if single else "o", ms=5 if single else 3,
+                    color=colour[attack], label=attack if single else f"{attack} ({domain})")
         ax.axvline(RETAINED_BAR, color="grey", lw=0.8)
         if kind == "sleeper":
             ax.axhline(TPR_BAR, color="grey", lw=0.8)
