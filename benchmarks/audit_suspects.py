@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelseal.runs import atomic_path, write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 TUNE = ["backpack", "dog", "teapot", "bear_plushie"]
 HELD = ["cat", "clock", "red_cartoon", "wolf_plushie", "faces"]
@@ -127,9 +129,7 @@ def audit_subject(suspect: str, folders: dict, prompt: str, out: Path, args) -> 
                       steps=args.pgd_steps, seed=args.seed, evidence=False)
     res = audit_command(cfg, out, "cpu", log=lambda m: None)
     keep = {k: res[k] for k in ("auroc", "decision_scores", "baselines", "scores", "seconds_per_image")}
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(keep, default=float))
-    tmp.rename(f)
+    write_json(f, keep)
     return keep
 
 
@@ -172,14 +172,14 @@ def realistic(args) -> dict:
     for name in args.suspects:
         data, n = (args.out / "data" / "null-train", n_null) if name == "null" else (args.out / "data" / "train", n_mem)
         model = train_suspect(name, data, n, args.out / "suspects" / name, args.seed, args.ft_scale)
-        rows = {"tune": [], "held": []}
+        rows, per_subject = {"tune": [], "held": []}, {}
         t0 = time.time()
         for s in names:
             res = audit_subject(model, folders[s], subj[s][1], args.out / "audits" / name / s, args)
             rows["tune" if s in TUNE else "held"] += [{**r, "subject": s} for r in res["scores"]]
+            per_subject[s] = res["auroc"]
         table[name] = {part: detection(r) for part, r in rows.items()}
-        table[name]["per_subject"] = {s: json.loads((args.out / "audits" / name / s / "results.json").read_text())["auroc"]
-                                      for s in names}
+        table[name]["per_subject"] = per_subject
         table[name]["audit_s"] = round(time.time() - t0, 1)
         line = "  ".join(f"{k} {table[name]['held'][k]['auroc']:.3f}/{table[name]['held'][k]['tpr_1']:.2f}" for k in SCORES)
         print(f"[suspects] {name} held-out subjects (AUROC/TPR@1%): {line}", flush=True)
@@ -276,10 +276,9 @@ def plot(power: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.rename(path)
 
 
 def main() -> None:

@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modelseal.runs import atomic_path, write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 DREAMBOOTH = ROOT.parent / "shared" / "data" / "dreambooth"
 GRID = ["lora:r8:1e-4", "lora:r8:1e-3", "lora:r32:1e-4", "full:1e-5", "full:1e-4",
@@ -261,9 +263,7 @@ def main() -> None:
 
 def write_summary(out: Path, points: list[dict], orig: dict, run_args: dict) -> None:
     summary = summarize(points, orig)
-    tmp = out / "robustness.json.tmp"
-    tmp.write_text(json.dumps({"args": run_args, "original": orig, **summary, "points": points}, indent=2))
-    tmp.rename(out / "robustness.json")
+    write_json(out / "robustness.json", {"args": run_args, "original": orig, **summary, "points": points})
     (out / "robustness.md").write_text(table(points))
     (out / "compact.md").write_text(compact(points))
     plot(points, out / "robustness.png")
@@ -363,10 +363,9 @@ def plot(points: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.rename(path)
 
 
 if __name__ == "__main__":

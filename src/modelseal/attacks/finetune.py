@@ -138,8 +138,7 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         if opts.crop > 0 and m is mean:  # the instance images, not the prior class's
             with torch.no_grad():
                 x = random_resized_crops(images[idx], opts.crop, g)
-                z = model.encode_images(x, sample=True, generator=g).float() if model.vae is not None \
-                    else model.encode_images(x).float()
+                z = model.encode_images(x, sample=True, generator=g).float()
         else:
             z = m[idx] + s[idx] * torch.randn(m[idx].shape, generator=g).to(dev)
         if opts.flip:

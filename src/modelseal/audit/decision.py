@@ -21,9 +21,6 @@ import torch
 
 from .baselines import robust_scale
 
-SCORES = ("cgi-dm", "calibrated", "combined")
-
-
 def robust_z(x) -> np.ndarray:
     """(x - median) / interquartile range, over the values given together (CLiD's scaler)."""
     return robust_scale(torch.as_tensor(np.asarray(x, dtype=np.float64))).double().numpy()
