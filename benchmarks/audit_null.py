@@ -22,7 +22,10 @@ treats images as independent, which images scored against one calibration set ar
 Caveats. Without tied scores a split's decisions depend only on ranks, which a random split
 makes uniform whatever the scores: the splits are independent draws from the tests' exact
 null (Holm's any-false rate is then 10/209 at 10 + 199), and the suspects change nothing but
-ties. Random splits make suspected and calibration images exchangeable by construction, so
+ties. With --score combined the robust scaler is refitted on each split's images, as one audit
+call fits it on its images and calibration images together: the scores then change with the
+split, but the scaler treats the images symmetrically, so they stay exchangeable and the
+tests keep their level; this measures that. Random splits make suspected and calibration images exchangeable by construction, so
 this checks the tests and the multiplicity control, not the assumption a user must meet
 (calibration images of the same kind as the suspected ones). The tests' validity does not
 depend on score quality, so fewer PGD steps than the 1,000 default are fine here; the power
@@ -34,14 +37,13 @@ control, and the AUROC of those scores. It needs --holdout never-seen images of 
 suspect's subject (a test split has about 100 per digit), so it is not run at 199
 calibration images (--no-power).
 
-    python benchmarks/audit_null.py --out runs/audit-null --steps 100
+    python benchmarks/audit_null.py --out runs/audit-null --steps 100 [--score combined]
     python benchmarks/audit_null.py --out runs/audit-null-199 --pool-source builtin:digits/mnist-m \
         --pool-class 3 --pool-size 220 --calibration 199 --no-power
 """
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -49,7 +51,9 @@ import numpy as np
 from audit_table import _finetune, add_suspect_options
 
 from modelseal import stats
+from modelseal.runs import write_json
 from modelseal.stats import format_p
+from modelseal.audit.decision import decision_scores
 from modelseal.audit.run import audit_command, audit_decisions
 from modelseal.config import AuditConfig
 from modelseal.data.sources import load_source
@@ -82,19 +86,27 @@ def load_pool(args, ap: argparse.ArgumentParser) -> tuple[np.ndarray, str]:
 
 def _audit(out: Path, ft: str, images: Path, calibration: Path, args) -> dict:
     cfg = AuditConfig(finetuned=ft, prompt=args.prompt, images=images, calibration=calibration, steps=args.steps,
-                      alpha=args.alpha, evidence=False, seed=args.seed)
+                      alpha=args.alpha, evidence=False, seed=args.seed, score=args.score)
     res = audit_command(cfg, out, "cpu", log=print)
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    write_json(out / "results.json", res)
     return res
 
 
-def null_splits(scores: np.ndarray, args, seed: int) -> dict:
+def split_scores(rows: list[dict], idx: np.ndarray, score: str, metric: str) -> np.ndarray:
+    """The decision statistic of the images idx as one audit call scores them together: `combined`'s
+    robust scaler is fitted on exactly those images (suspected + calibration), as audit mode does."""
+    col = lambda k: np.array([rows[i][k] for i in idx], dtype=np.float64)  # noqa: E731
+    return decision_scores(col(metric), col("L_pre"), col("L_ft"))[score]
+
+
+def null_splits(rows: list[dict], args, seed: int, metric: str) -> dict:
     """Counts of false positives over args.splits random suspected / calibration splits."""
     rng = np.random.default_rng(seed)
     k = {"set": 0, "bh": 0, "holm": 0, "none": 0, "false_images": 0}
     for _ in range(args.splits):
-        idx = rng.permutation(len(scores))[: args.suspected + args.calibration]
-        test, calib = scores[idx[: args.suspected]], scores[idx[args.suspected:]]
+        idx = rng.permutation(len(rows))[: args.suspected + args.calibration]
+        scores = split_scores(rows, idx, args.score, metric)
+        test, calib = scores[: args.suspected], scores[args.suspected:]
         d = audit_decisions(test, calib, args.alpha, "bh", seed)
         k["set"] += bool(d["set_used"])
         k["bh"] += bool(d["member"].any())
@@ -131,6 +143,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.05)
     add_suspect_options(ap)
     ap.add_argument("--steps", type=int, default=100, help="PGD steps")
+    ap.add_argument("--score", default="cgi-dm", choices=["cgi-dm", "calibrated", "combined"],
+                    help="the decision statistic (modelseal audit --score)")
     ap.add_argument("--no-power", dest="power", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -149,8 +163,7 @@ def main() -> None:
                               {"members": args.members, "holdout": args.holdout})
         ft = _finetune(base / "suspect", folders["members"], args.prompt, args, seed)
         res = _audit(base / "pool-audit", ft, pool["a"], pool["b"], args)
-        scores = np.array([r["score"] for r in res["scores"]])
-        k = null_splits(scores, args, seed)
+        k = null_splits(res["scores"], args, seed, res["metric"])
         for name in totals:
             totals[name] += k[name]
         per.append({"suspect": subject, **rates(k, args.splits, args.suspected)})
@@ -165,7 +178,7 @@ def main() -> None:
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "per_suspect": per, "pooled": rates(totals, args.splits * len(args.suspects), args.suspected),
                "power": power, "wall_s": round(time.time() - t0, 1)}
-    (args.out / "audit_null.json").write_text(json.dumps(summary, indent=2))
+    write_json(args.out / "audit_null.json", summary)
 
     def cell(x: dict) -> str:
         return f"{x['rate']:.3f} (<= {x['ci95'][1]:.3f})"

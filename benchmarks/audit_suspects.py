@@ -33,6 +33,10 @@ sets of non-members it finds used (false-positive rate). Each draw splits the 14
 non-member faces afresh into 70 calibration images and 70 innocent ones, so the false-positive
 rate is over splits, not the luck of one split.
 
+CGI-DM's own settings (VARIANTS: similarity metric, radius, mask, Monte Carlo samples) against
+the reference's, on the DreamBooth-50 suspect: each on the TUNE subjects, the best there also on
+the HELD ones (OUT/variants.json, OUT/variants.md).
+
 Writes OUT/table.json, OUT/table.md, OUT/power.json, OUT/power.md, OUT/power.png; each
 fine-tune and audit is saved under OUT and skipped when rerun.
 """
@@ -45,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelseal.runs import atomic_path, write_json
+from modelseal.runs import atomic_path, atomic_write_text, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNE = ["backpack", "dog", "teapot", "bear_plushie"]
@@ -60,6 +64,21 @@ SUSPECTS = {  # name: (method, steps per member image, lr, extra options)
     "full-flip-crop": ("full", 100, 1e-4, {"flip": True, "crop": 0.8}),
     "null": ("dreambooth", 200, None, {}),
 }
+# CGI-DM's own settings against the reference's (eps 8.75 = 70 rescaled to tiny:t2i's 4x8x8 latent, 2x2 checker,
+# 1,000 steps, one MC sample, SSIM of the removed region), on the lightest DreamBooth suspect
+VARIANT_SUSPECT = "dreambooth-50"
+VARIANTS = {  # name: (audit options, similarity metric)
+    "reference": ({}, "ssim_removed"),
+    "metric: ssim (whole image)": ({}, "ssim"),
+    "metric: psnr of the removed region": ({}, "psnr_removed"),
+    "metric: image features (tiny:clip)": ({}, "features"),
+    "radius x0.5 (eps 4.4)": ({"eps": 4.375}, "ssim_removed"),
+    "radius x2 (eps 17.5)": ({"eps": 17.5}, "ssim_removed"),
+    "random mask (half the cells)": ({"mask": "random"}, "ssim_removed"),
+    "1x1-latent checker": ({"block": 1}, "ssim_removed"),
+    "4 MC samples x 250 steps": ({"mc_samples": 4, "steps": 250}, "ssim_removed"),
+}
+DECIDERS = ["cgi-dm", "calibrated", "combined"]  # what `modelseal audit --score` can decide with
 SCORES = ["cgi-dm", "calibrated", "combined", "loss", "pia", "clid"]
 SET_SIZES = [5, 10, 20, 40]
 BATCH = 4
@@ -118,7 +137,7 @@ def train_suspect(name: str, data: Path, n_images: int, out: Path, seed: int, sc
     return str(target)
 
 
-def audit_subject(suspect: str, folders: dict, prompt: str, out: Path, args) -> dict:
+def audit_subject(suspect: str, folders: dict, prompt: str, out: Path, args, **options) -> dict:
     from modelseal.audit.run import audit_command
     from modelseal.config import AuditConfig
 
@@ -126,39 +145,37 @@ def audit_subject(suspect: str, folders: dict, prompt: str, out: Path, args) -> 
     if f.is_file():
         return json.loads(f.read_text())
     cfg = AuditConfig(finetuned=suspect, prompt=prompt, members=folders["members"], holdout=folders["holdout"],
-                      steps=args.pgd_steps, seed=args.seed, evidence=False)
+                      **{"steps": args.pgd_steps, "seed": args.seed, "evidence": False, **options})
     res = audit_command(cfg, out, "cpu", log=lambda m: None)
     keep = {k: res[k] for k in ("auroc", "decision_scores", "baselines", "scores", "seconds_per_image")}
     write_json(f, keep)
     return keep
 
 
-def statistics(rows: list[dict]) -> dict[str, np.ndarray]:
+def statistics(rows: list[dict], metric: str = "ssim_removed") -> dict[str, np.ndarray]:
     """Every statistic for images scored together (scalers fitted on all of them, no labels)."""
     from modelseal.audit.decision import decision_scores, robust_z
 
     col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
-    out = decision_scores(col("ssim_removed"), col("L_pre"), col("L_ft"))
+    out = decision_scores(col(metric), col("L_pre"), col("L_ft"))
     out["loss"] = -col("L_ft")
     out["pia"] = col("pia")
     out["clid"] = 0.5 * robust_z(col("clid_d")) + 0.5 * robust_z(col("clid_l"))  # CLiD_th, alpha 0.5
     return out
 
 
-def detection(rows: list[dict]) -> dict:
+def detection(rows: list[dict], metric: str = "ssim_removed") -> dict:
     from modelseal import stats
 
     labels = np.array([r["member"] for r in rows], dtype=int)
-    vals = statistics(rows)
+    vals = statistics(rows, metric)
     return {"images": len(rows), "members": int(labels.sum()),
             **{k: {"auroc": stats.auroc(v, labels), "tpr_1": stats.tpr_at_fpr(v, labels, 0.01),
                    "tpr_5": stats.tpr_at_fpr(v, labels, 0.05)} for k, v in vals.items()}}
 
 
-def realistic(args) -> dict:
+def realistic(args, subj: dict, folders: dict) -> dict:
     names = TUNE + HELD
-    subj = subjects(args.photos, args.size, names)
-    folders = {n: write_subject(im, args.out / "data" / n) for n, (im, _, _) in subj.items()}
     members = [(p, subj[n][1]) for n in names for p in sorted(folders[n]["members"].iterdir())]
     n_mem = captioned_folder(members, args.out / "data" / "train")
     # the null suspect: other subjects' photos under the audited subjects' prompts
@@ -184,6 +201,41 @@ def realistic(args) -> dict:
         line = "  ".join(f"{k} {table[name]['held'][k]['auroc']:.3f}/{table[name]['held'][k]['tpr_1']:.2f}" for k in SCORES)
         print(f"[suspects] {name} held-out subjects (AUROC/TPR@1%): {line}", flush=True)
     return table
+
+
+def variants(args, subj: dict, folders: dict) -> dict:
+    """CGI-DM's settings on VARIANT_SUSPECT: every variant on the TUNE subjects; the one with the best
+    TPR at 1 % FPR there (then AUROC) is run on the HELD subjects beside the reference."""
+    model = str(args.out / "suspects" / VARIANT_SUSPECT / "model")
+    res = {}
+
+    def rows_for(name: str, part: list[str]) -> list[dict]:
+        options, _ = VARIANTS[name]
+        base = args.out / "audits" / VARIANT_SUSPECT if not options else args.out / "variants" / name.split(" (")[0]
+        return [{**r, "subject": s} for s in part
+                for r in audit_subject(model, folders[s], subj[s][1], base / s, args, **options)["scores"]]
+
+    for name, (options, metric) in VARIANTS.items():
+        d = detection(rows_for(name, TUNE), metric)
+        res[name] = {"options": options, "metric": metric, "tune": {k: d[k] for k in ("cgi-dm", "combined")}}
+        print(f"[variants] {name}: tune cgi-dm {d['cgi-dm']['auroc']:.3f} / {d['cgi-dm']['tpr_1']:.2f}, "
+              f"combined {d['combined']['auroc']:.3f} / {d['combined']['tpr_1']:.2f}", flush=True)
+    best = max(res, key=lambda n: (res[n]["tune"]["cgi-dm"]["tpr_1"], res[n]["tune"]["cgi-dm"]["auroc"]))
+    for name in dict.fromkeys(["reference", best]):
+        d = detection(rows_for(name, HELD), res[name]["metric"])
+        res[name]["held"] = {k: d[k] for k in ("cgi-dm", "combined")}
+        print(f"[variants] {name}: held cgi-dm {d['cgi-dm']['auroc']:.3f} / {d['cgi-dm']['tpr_1']:.2f}", flush=True)
+    return {"suspect": VARIANT_SUSPECT, "chosen_on_tune": best, "variants": res}
+
+
+def variants_markdown(v: dict) -> str:
+    cell = lambda d: f"{d['auroc']:.3f} / {d['tpr_1']:.2f}"  # noqa: E731
+    lines = [f"| {n} | {cell(r['tune']['cgi-dm'])} | {cell(r['tune']['combined'])} | "
+             + (f"{cell(r['held']['cgi-dm'])} | {cell(r['held']['combined'])} |" if "held" in r else " | |")
+             for n, r in v["variants"].items()]
+    return ("| CGI-DM setting | tune: cgi-dm | tune: combined | held: cgi-dm | held: combined |\n|---|---|---|---|---|\n"
+            + "\n".join(lines) + f"\n\nsuspect {v['suspect']}; cells: pooled AUROC / TPR at 1 % FPR; chosen on the tune "
+            f"subjects: {v['chosen_on_tune']}\n")
 
 
 def collection(args) -> dict:
@@ -237,15 +289,33 @@ def collection(args) -> dict:
     return out
 
 
+def choose_score(table: dict) -> dict:
+    """The `--score` default by measured power: mean TPR at 1 % FPR over the non-null suspects on the
+    TUNE subjects (ties: mean AUROC); the HELD subjects' means are reported, never used."""
+    real = [n for n in table if n != "null"]
+    mean = {part: {k: {m: float(np.mean([table[n][part][k][m] for n in real])) for m in ("auroc", "tpr_1")}
+                   for k in DECIDERS} for part in ("tune", "held")}
+    best = max(DECIDERS, key=lambda k: (mean["tune"][k]["tpr_1"], mean["tune"][k]["auroc"]))
+    return {"suspects": real, "mean": mean, "chosen": best}
+
+
 def markdown(table: dict, power: dict | None) -> tuple[str, str]:
     head = "| suspect | subjects | " + " | ".join(SCORES) + " |\n|---|---|" + "---|" * len(SCORES) + "\n"
     lines = []
     for name, t in table.items():
+        if name == "choice":
+            continue
         for part in ("tune", "held"):
             d = t[part]
             lines.append(f"| {name} | {part} ({d['members']} / {d['images'] - d['members']}) | " + " | ".join(
                 f"{d[k]['auroc']:.3f} / {d[k]['tpr_1']:.2f}" for k in SCORES) + " |")
     md = head + "\n".join(lines) + "\n\ncells: pooled AUROC / TPR at 1 % FPR (members / hold-out images)\n"
+    if "choice" in table:
+        c = table["choice"]
+        md += "\nmean over the non-null suspects, tune / held: " + "; ".join(
+            f"{k} {c['mean']['tune'][k]['auroc']:.3f} / {c['mean']['tune'][k]['tpr_1']:.2f}, "
+            f"{c['mean']['held'][k]['auroc']:.3f} / {c['mean']['held'][k]['tpr_1']:.2f}" for k in DECIDERS) \
+            + f"; chosen on tune: {c['chosen']}\n"
     if not power:
         return md, ""
     ph = "| statistic | " + " | ".join(f"power n={s}" for s in SET_SIZES) + " | false positives n=5 / 40 |\n|---|" \
@@ -291,6 +361,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=500, help="random sets per size in the collection test")
     ap.add_argument("--ft-scale", type=float, default=1.0, help="multiply every suspect's steps (smoke runs)")
     ap.add_argument("--no-collection", dest="collection", action="store_false")
+    ap.add_argument("--no-variants", dest="variants", action="store_false", help="skip CGI-DM's settings study")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 PGD steps, 2 suspects, 1/20 of the steps")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -299,14 +370,23 @@ def main() -> None:
         args.suspects = args.suspects[:1] + ["null"]
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    table = realistic(args)
+    subj = subjects(args.photos, args.size, TUNE + HELD)
+    folders = {n: write_subject(im, args.out / "data" / n) for n, (im, _, _) in subj.items()}
+    table = realistic(args, subj, folders)
+    if any(n != "null" for n in table):
+        table["choice"] = choose_score(table)
+    if args.variants and VARIANT_SUSPECT in args.suspects:
+        v = variants(args, subj, folders)
+        write_json(args.out / "variants.json", v)
+        atomic_write_text(args.out / "variants.md", variants_markdown(v))
+        print(variants_markdown(v))
     power = collection(args) if args.collection else None
     md, pmd = markdown(table, power)
-    (args.out / "table.json").write_text(json.dumps(table, indent=1))
-    (args.out / "table.md").write_text(md)
+    write_json(args.out / "table.json", table)
+    atomic_write_text(args.out / "table.md", md)
     if power:
-        (args.out / "power.json").write_text(json.dumps(power, indent=1))
-        (args.out / "power.md").write_text(pmd)
+        write_json(args.out / "power.json", power)
+        atomic_write_text(args.out / "power.md", pmd)
         plot(power, args.out / "power.png")
     print(md)
     print(pmd)
