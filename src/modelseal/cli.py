@@ -404,8 +404,9 @@ def audit_cmd(
     noise: Optional[str] = typer.Option(None, help="shared (default) | separate noise for the two models."),
     metric: Optional[str] = typer.Option(None, help="CGI-DM's similarity: ssim_removed (default) | ssim | psnr_removed | "
                                          "features"),
-    score: Optional[str] = typer.Option(None, "--score", help="The statistic that decides: cgi-dm (default, the "
-                                        "paper's) | calibrated (L_pre - L_ft) | combined (both, robust-scaled)."),
+    score: Optional[str] = typer.Option(None, "--score", help="The statistic that decides: combined (default: "
+                                        "CGI-DM + calibrated loss, robust-scaled) | cgi-dm (the paper's) | calibrated "
+                                        "(L_pre - L_ft)."),
     features: Optional[str] = typer.Option(None, help="DINO or CLIP checkpoint for the features metric (default tiny:clip)."),
     ablations: Optional[bool] = typer.Option(None, "--ablations/--no-ablations", help="Also run the one-model ablations."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default 16)."),

@@ -125,7 +125,9 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
         text=(f"tiny:t2i fine-tuned (DreamBooth, '{prompt}', {cfg.finetune_steps} steps) on {cfg.members} images of "
               f"{cfg.subject} from the test split; {cfg.holdout} other images of it held out. Half of each image's "
               f"latent is removed and recovered with {cfg.steps} steps of contrasting gradient inversion. "
-              f"AUROC {res['auroc']:.3f} (95% CI {res['auroc_ci'][0]:.2f}-{res['auroc_ci'][1]:.2f}); "
+              f"AUROC {res['auroc']:.3f} (95% CI {res['auroc_ci'][0]:.2f}-{res['auroc_ci'][1]:.2f}) by the "
+              f"{res['score']} score, which decides; CGI-DM's similarity alone "
+              f"{res['decision_scores']['cgi-dm']['auroc']:.3f}; "
               f"{res['seconds_per_image']:.1f} s per image."),
         tables=[("members vs hold-out", rows)],
         figures=[(f"evidence (score: {res['score']})", png), ("ROC", (folder / "run" / "roc.png").read_bytes())],

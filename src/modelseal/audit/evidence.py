@@ -11,6 +11,14 @@ from .. import stats
 from ..runs import atomic_path, atomic_write_text
 
 
+DECIDES = {
+    "combined": "The number that decides is the combined score: CGI-DM's similarity plus the calibrated loss "
+                "L_pre - L_ft, each robust-scaled over the images scored together.",
+    "cgi-dm": "The number that decides is CGI-DM's similarity of the recovery to the original (the paper's score).",
+    "calibrated": "The number that decides is the calibrated loss L_pre - L_ft; the pictures are CGI-DM's.",
+}
+
+
 def _upscale(x: torch.Tensor, min_side: int = 128) -> torch.Tensor:
     side = x.shape[-1]
     if side >= min_side:
@@ -59,7 +67,7 @@ def write_report(out: Path, res: dict) -> None:
     text = (f"Suspect {res['finetuned']} ({res['suspect_kind']}) against {res['pretrained']}, prompt "
             f"'{res['prompt']}'. Each strip: original | partial (half of the latent removed) | recovered by "
             f"contrasting gradient inversion. A recovery close to the original is evidence that the suspect "
-            f"model was fine-tuned on the image.")
+            f"model was fine-tuned on the image. {DECIDES[res['score']]}")
     tables = []
     figures = []
     if res["mode"] == "evaluation":

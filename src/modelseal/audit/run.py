@@ -341,5 +341,7 @@ def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> tuple
         log(f"[audit] null suspect: {cfg.null_finetuned}")
         npre, nft = load_pair(cfg.pretrained, cfg.null_finetuned, str(pre.device), cfg.dtype, cfg.local_files_only, cfg.size)
         r = score_set(npre, nft, xs, prompt, inversion_options(cfg), features, None)
-        extra["null_suspect"] = stats.auroc(r["metrics"][cfg.metric].numpy(), labels)
+        l_pre, l_ft = paired_losses(npre, nft, xs, prompts, cfg.loss_samples, cfg.seed)
+        null = decision_scores(r["metrics"][cfg.metric].numpy(), l_pre.numpy(), l_ft.numpy())
+        extra["null_suspect"] = stats.auroc(null[cfg.score], labels)  # the statistic that decides
     return extra, {"pia": pia.numpy(), "clid_d": d.numpy(), "clid_l": l_cond.numpy()}
