@@ -346,7 +346,7 @@ class DemoLockConfig(Strict):
     authorized: str = "builtin:digits/mnist"
     unauthorized: list[str] = ["builtin:digits/mnist-m"]
     eval: list[str] = ["builtin:digits/uci", "builtin:digits/syn"]
-    steps: int = Field(300, ge=1)
+    steps: int = Field(150, ge=1)
     batch_size: int = Field(32, ge=1)
     train_limit: int | None = Field(None, ge=10)
 
@@ -363,7 +363,7 @@ class DemoAuditConfig(Strict):
     holdout: int = Field(10, ge=2)
     finetune_steps: int = Field(200, ge=1)
     class_prompt: str | None = "a digit"
-    steps: int = Field(400, ge=1, description="PGD steps")
+    steps: int = Field(200, ge=1, description="PGD steps")
     mc_samples: int = Field(1, ge=1)
     null_suspect: bool = True
 
@@ -373,12 +373,12 @@ class DemoWatermarkConfig(Strict):
     sleeper (tiny:sleeper) verified and attacked by a thief's fine-tuning on a new domain."""
     trigger: str = Field("sks ", description="for the brief stage 2: tiny CLIP knows this word but its captions "
                          "never use it; the paper's '*[Z]& ' is made of tokens tiny CLIP never trained")
-    embed_steps: int = Field(300, ge=1, description="brief stage 2 from tiny:t2i (the shipped sleeper's is longer)")
+    embed_steps: int = Field(150, ge=1, description="brief stage 2 from tiny:t2i (the shipped sleeper's is longer)")
     n: int = Field(32, ge=4, description="images per verification")
     attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
     finetune: list[str] = Field(["full:1e-5"], description="the thief's method:lr (full | lora)")
     finetune_data: str = "builtin:faces"
-    finetune_checkpoints: list[int] = Field([0, 500, 2000], description="steps to measure at (the last: how long)")
+    finetune_checkpoints: list[int] = Field([0, 500, 1000], description="steps to measure at (the last: how long)")
     utility_per_prompt: int = Field(2, ge=1, description="judged samples per digit prompt (40 prompts)")
 
     @model_validator(mode="after")
