@@ -10,7 +10,7 @@ embed` (the tiny config plus the variant's options), `watermark adapt` (its defa
 benchmarks/watermark_robustness.py on the thief domain --domain (default faces: the domain
 variants are chosen on; the DreamBooth photos stay held out for the final grid) with full
 fine-tuning at lr 1e-5 and LoRA r8 at lr 1e-4, measured at 0 / 500 / 2,000 steps. Writes
-OUT/variants.json and prints the comparison table.
+OUT/variants.json (adding to the rows of earlier runs in OUT) and prints the comparison table.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from modelseal.runs import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "src" / "modelseal" / "configs" / "watermark-embed.tiny.yaml"
@@ -62,7 +64,8 @@ def main() -> None:
     key = args.out / "owner.key"
     if not key.exists():
         sh(exe + ["watermark", "keygen", "--key", str(key)], args.out / "keygen.log")
-    rows = {}
+    summary = args.out / "variants.json"  # rows of earlier invocations' variants are kept
+    rows = json.loads(summary.read_text()) if summary.is_file() else {}
     for name in args.variants:
         d = args.out / name
         d.mkdir(exist_ok=True)
@@ -85,7 +88,7 @@ def main() -> None:
         rows[name] = {"options": VARIANTS[name], "embed_s": embed.get("train_s"),
                       "points": [{k: p.get(k) for k in ("attack", "step", "tpr", "bit_accuracy", "retained", "psnr")}
                                  for p in points]}
-        (args.out / "variants.json").write_text(json.dumps(rows, indent=2))
+        write_json(summary, rows)
     print(f"{'variant':<14}{'embed s':>9}" + "".join(f"{a + ' @' + str(s):>22}" for a in ATTACKS for s in (0, 500, 2000)))
     for name, r in rows.items():
         cells = []
