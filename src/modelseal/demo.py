@@ -87,6 +87,7 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
     import torch
 
     from .attacks.run import finetune_command
+    from .audit.evidence import baseline_rows
     from .audit.run import audit_command
     from .config import AuditConfig, FinetuneConfig
     from .data.subjects import builtin_subject, write_split
@@ -119,7 +120,7 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
                       ncols=1, cell=1.6, title="original | partial | recovered")
     rows = [{"method": ("CGI-DM (" + res["metric"] + ")" if k == "cgi-dm" else k) + (" (decides)" if k == res["score"] else ""),
              "AUROC": v["auroc"], "TPR@1%": v["tpr_at_fpr"]["0.01"]} for k, v in res["decision_scores"].items()] + \
-        [{"method": k, "AUROC": v} for k, v in res["baselines"].items()]
+        baseline_rows(res)
     section = Section(
         title="audit: CGI-DM on a DreamBooth suspect",
         text=(f"tiny:t2i fine-tuned (DreamBooth, '{prompt}', {cfg.finetune_steps} steps) on {cfg.members} images of "

@@ -19,6 +19,13 @@ DECIDES = {
 }
 
 
+def baseline_rows(res: dict) -> list[dict]:
+    """The baselines' AUROCs for a report table, less those already shown as decision statistics;
+    the null suspect is scored by the statistic that decides."""
+    return [{"method": f"null suspect ({res['score']})" if k == "null_suspect" else k, "AUROC": v}
+            for k, v in res["baselines"].items() if k not in res.get("decision_scores", {})]
+
+
 def _upscale(x: torch.Tensor, min_side: int = 128) -> torch.Tensor:
     side = x.shape[-1]
     if side >= min_side:
@@ -78,7 +85,7 @@ def write_report(out: Path, res: dict) -> None:
                        + [{"method": k, "AUROC": v["auroc"], "TPR@1%": v["tpr_at_fpr"]["0.01"],
                            "TPR@5%": v["tpr_at_fpr"]["0.05"]} for k, v in res["decision_scores"].items()
                           if k != res["score"]]
-                       + [{"method": k, "AUROC": v} for k, v in res["baselines"].items()]))
+                       + baseline_rows(res)))
         if (out / "roc.png").is_file():
             figures.append(("ROC curves", (out / "roc.png").read_bytes()))
     else:
