@@ -46,18 +46,19 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 from audit_table import _finetune, add_suspect_options
 
 from modelseal import stats
-from modelseal.runs import write_json
-from modelseal.stats import format_p
-from modelseal.audit.decision import decision_scores
+from modelseal.audit.decision import row_scores
 from modelseal.audit.run import audit_command, audit_decisions
 from modelseal.config import AuditConfig
 from modelseal.data.sources import load_source
 from modelseal.data.subjects import builtin_subject, write_split
+from modelseal.runs import write_json
+from modelseal.stats import format_p
 
 SUSPECTS = ["mnist/5", "syn/7", "uci/2"]
 
@@ -92,20 +93,14 @@ def _audit(out: Path, ft: str, images: Path, calibration: Path, args) -> dict:
     return res
 
 
-def split_scores(rows: list[dict], idx: np.ndarray, score: str, metric: str) -> np.ndarray:
-    """The decision statistic of the images idx as one audit call scores them together: `combined`'s
-    robust scaler is fitted on exactly those images (suspected + calibration), as audit mode does."""
-    col = lambda k: np.array([rows[i][k] for i in idx], dtype=np.float64)  # noqa: E731
-    return decision_scores(col(metric), col("L_pre"), col("L_ft"))[score]
-
-
 def null_splits(rows: list[dict], args, seed: int, metric: str) -> dict:
     """Counts of false positives over args.splits random suspected / calibration splits."""
     rng = np.random.default_rng(seed)
     k = {"set": 0, "bh": 0, "holm": 0, "none": 0, "false_images": 0}
     for _ in range(args.splits):
         idx = rng.permutation(len(rows))[: args.suspected + args.calibration]
-        scores = split_scores(rows, idx, args.score, metric)
+        # scored together as one audit call scores them: `combined`'s scaler sees exactly these images
+        scores = row_scores([rows[i] for i in idx], metric)[args.score]
         test, calib = scores[: args.suspected], scores[args.suspected:]
         d = audit_decisions(test, calib, args.alpha, "bh", seed)
         k["set"] += bool(d["set_used"])
@@ -143,7 +138,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.05)
     add_suspect_options(ap)
     ap.add_argument("--steps", type=int, default=100, help="PGD steps")
-    ap.add_argument("--score", default="cgi-dm", choices=["cgi-dm", "calibrated", "combined"],
+    ap.add_argument("--score", default="cgi-dm", choices=get_args(AuditConfig.model_fields["score"].annotation),
                     help="the decision statistic (modelseal audit --score)")
     ap.add_argument("--no-power", dest="power", action="store_false")
     ap.add_argument("--seed", type=int, default=0)

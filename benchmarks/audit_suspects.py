@@ -46,9 +46,11 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
+from modelseal.config import AuditConfig
 from modelseal.runs import atomic_path, atomic_write_text, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +80,7 @@ VARIANTS = {  # name: (audit options, similarity metric)
     "1x1-latent checker": ({"block": 1}, "ssim_removed"),
     "4 MC samples x 250 steps": ({"mc_samples": 4, "steps": 250}, "ssim_removed"),
 }
-DECIDERS = ["cgi-dm", "calibrated", "combined"]  # what `modelseal audit --score` can decide with
+DECIDERS = list(get_args(AuditConfig.model_fields["score"].annotation))  # what `modelseal audit --score` takes
 SCORES = ["cgi-dm", "calibrated", "combined", "loss", "pia", "clid"]
 SET_SIZES = [5, 10, 20, 40]
 BATCH = 4
@@ -154,10 +156,10 @@ def audit_subject(suspect: str, folders: dict, prompt: str, out: Path, args, **o
 
 def statistics(rows: list[dict], metric: str = "ssim_removed") -> dict[str, np.ndarray]:
     """Every statistic for images scored together (scalers fitted on all of them, no labels)."""
-    from modelseal.audit.decision import decision_scores, robust_z
+    from modelseal.audit.decision import robust_z, row_scores
 
     col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
-    out = decision_scores(col(metric), col("L_pre"), col("L_ft"))
+    out = row_scores(rows, metric)
     out["loss"] = -col("L_ft")
     out["pia"] = col("pia")
     out["clid"] = 0.5 * robust_z(col("clid_d")) + 0.5 * robust_z(col("clid_l"))  # CLiD_th, alpha 0.5

@@ -36,3 +36,10 @@ def decision_scores(cgi_dm, l_pre, l_ft) -> dict[str, np.ndarray]:
     cgi = np.asarray(cgi_dm, dtype=np.float64)
     cal = np.asarray(l_pre, dtype=np.float64) - np.asarray(l_ft, dtype=np.float64)
     return {"cgi-dm": cgi, "calibrated": cal, "combined": robust_z(cgi) + robust_z(cal)}
+
+
+def row_scores(rows: list[dict], metric: str = "ssim_removed") -> dict[str, np.ndarray]:
+    """Every decision statistic for per-image rows of an audit's results (`scores`: the CGI-DM
+    metrics, L_pre, L_ft), the rows scored together as one audit call scores its images."""
+    col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
+    return decision_scores(col(metric), col("L_pre"), col("L_ft"))
