@@ -63,9 +63,10 @@ def reference_invert(pre, ft, x, prompt, steps, eps_r, step_size, keep, g):
 
 
 def worker(args) -> dict:
-    from modelseal.audit.inversion import InversionOptions, block_mask, invert, radius
+    from modelseal.audit.inversion import block_mask, invert, radius
     from modelseal.audit.run import load_pair
     from modelseal.audit.scoring import similarity
+    from modelseal.config import InversionOptions
     from modelseal.data.folders import read_image_folder
     from modelseal.stats import auroc
 

@@ -122,7 +122,8 @@ def sd15(dtype=torch.float32, with_vae: bool = True):
 
 
 def stage2(batch: int, structure: str, precision: str, ckpt: bool, fake: bool = True, latent: int = 64):
-    from modelseal.watermark.embed import EmbedOptions, Stage2Loss, prepare_student
+    from modelseal.config import EmbedOptions
+    from modelseal.watermark.embed import Stage2Loss, prepare_student
 
     def build():
         torch.manual_seed(0)

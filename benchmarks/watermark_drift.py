@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from modelseal.attacks.finetune import FinetuneOptions, finetune
+    from modelseal.attacks.finetune import finetune
+    from modelseal.config import FinetuneOptions
     from modelseal.data.digits import DOMAINS, caption
     from modelseal.data.sources import load_source
     from modelseal.models.diffusion import load_t2i

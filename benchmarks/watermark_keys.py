@@ -81,7 +81,8 @@ def main() -> None:
     attacks = args.attack or ["lora:2000:1e-4", "full:2000:1e-5"]
 
     from modelseal import stats
-    from modelseal.attacks.finetune import FinetuneOptions, finetune
+    from modelseal.attacks.finetune import finetune
+    from modelseal.config import FinetuneOptions
     from modelseal.data.sources import load_source
     from modelseal.models.diffusion import load_t2i
     from modelseal.watermark.codec import Codec

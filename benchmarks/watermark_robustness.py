@@ -18,8 +18,8 @@ captioned "a photo of a <class>"). The codec and stage 2 train on digits and reh
 use textures; benchmarks/watermark_variants.py chooses among stage-2 variants by attacks on
 faces, so `dreambooth` is the thief domain nothing was chosen on (the held-out figure).
 
-At every point (attacks/utility.py): TPR@1e-6 and bit accuracy over --n triggered images,
-the key-test verdict, the judged prompt accuracy on the four digit domains (tiny:judge,
+At every point (watermark/robustness.py, attacks/utility.py): TPR@1e-6 and bit accuracy
+over --n triggered images, the key-test verdict, the judged prompt accuracy on the four digit domains (tiny:judge,
 --per-prompt samples per prompt) and its ratio to the unattacked original's ("retained"),
 PSNR / SSIM of the clean samples against the model's before the attack, and the thief's
 gain on held-out images of their domain (1 - denoising loss after / before).
@@ -84,7 +84,8 @@ def embedded(kind: str, args, codec, bits, log) -> Path | str:
     """The model of `kind`: given, embedded here and saved (sleeper | always_on), or the
     original (unmarked)."""
     from modelseal.models.diffusion import latent_posterior, load_t2i
-    from modelseal.watermark.embed import EmbedOptions, embed_watermark
+    from modelseal.config import WatermarkEmbedConfig, load_config
+    from modelseal.watermark.embed import embed_watermark
     from modelseal.watermark.run import images_and_captions
 
     if kind == "unmarked":
@@ -99,9 +100,9 @@ def embedded(kind: str, args, codec, bits, log) -> Path | str:
     model = load_t2i(args.model)
     x, caps = images_and_captions("builtin:digits/all", model.image_size, args.embed_images, need_captions=True)
     delta = codec.residual(bits.view(1, -1)).detach()
-    opts = EmbedOptions(trigger=args.trigger, steps=args.embed_steps, lr=1e-3, grad_clip=None, eta=0.3, tau=100,
-                        beta=30, uncond_fraction=0.2, mode=kind, posterior_sample=False, seed=args.seed,
-                        delta_scale=args.embed_delta_scale)
+    opts = load_config("watermark-embed.tiny", WatermarkEmbedConfig,  # the tiny zoo's stage-2 recipe
+                       {"trigger": args.trigger, "steps": args.embed_steps, "mode": kind, "seed": args.seed,
+                        "delta_scale": args.embed_delta_scale}, command="watermark embed")
     z, z_std = latent_posterior(model, x)
     info = embed_watermark(model, z, caps, delta, opts, log=log, latent_std=z_std)
     tmp = args.out / f"{kind}.partial"
@@ -123,7 +124,7 @@ class Meter:
         self.args, self.probe, self.original_accuracy = args, probe, original_accuracy
 
     def __call__(self, model, codec, bits, trigger, before=None, loss_before=None) -> dict:
-        from modelseal.attacks.utility import mark_and_utility
+        from modelseal.watermark.robustness import mark_and_utility
 
         return mark_and_utility(model, codec, bits, trigger, self.prompts, self.seeds, self.probe, before,
                                 self.original_accuracy, loss_before, self.args.guidance, self.args.steps)
@@ -131,7 +132,8 @@ class Meter:
 
 def run_curve(kind: str, domain: str, spec: str, base, codec, bits, trigger, meter, data, args, log) -> list[dict]:
     from modelseal.attacks.compress import prune_, quantize_
-    from modelseal.attacks.finetune import FinetuneOptions, finetune
+    from modelseal.attacks.finetune import finetune
+    from modelseal.config import FinetuneOptions
 
     attack = parse_attack(spec)
     x_tr, c_tr, x_te, c_te = data

@@ -33,7 +33,8 @@ VARIANTS = ["reference", "ours-2pass", "ours", "ours-bf16", "ours-ckpt", "ours-b
 
 def worker(args) -> dict:
     from modelseal.models.diffusion import latent_posterior
-    from modelseal.watermark.embed import EmbedOptions, Stage2Loss, prepare_student
+    from modelseal.config import EmbedOptions
+    from modelseal.watermark.embed import Stage2Loss, prepare_student
 
     dev = args.device
     if args.model == "sd15-random":

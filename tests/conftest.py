@@ -20,7 +20,7 @@ def random_clip_dir(tmp_path_factory):
     from transformers import CLIPModel
 
     from modelseal.models.tokenizer import build_tokenizer
-    from modelseal.models.zoo_build import clip_config
+    from modelseal.models.tiny import clip_config
 
     torch.manual_seed(0)
     tok = build_tokenizer(max_length=20)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from modelseal.audit.inversion import Contrast, InversionOptions, block_mask, invert, radius
+from modelseal.audit.inversion import Contrast, block_mask, invert, radius
+from modelseal.config import InversionOptions
 from modelseal.models.diffusion import load_t2i
 
 from test_cli import run_cli
@@ -83,6 +84,7 @@ def subject(tmp_path_factory):
     return root, folders
 
 
+@pytest.mark.slow
 def test_cgi_dm_separates_members_and_the_null_suspect_does_not(subject, capsys):
     root, folders = subject
     out = root / "audit"
@@ -121,6 +123,7 @@ def test_decision_scores_are_label_free_and_symmetric():
     assert np.argsort(decision_scores(cgi * 7 + 3, l_pre, l_ft)["combined"]).tolist() == np.argsort(d["combined"]).tolist()
 
 
+@pytest.mark.slow
 def test_audit_mode_gives_p_values_and_verdicts(subject, capsys):
     root, folders = subject
     code, stdout, err = run_cli(["audit", "--finetuned", str(root / "suspect" / "model"), "--images",
@@ -183,6 +186,7 @@ def test_lora_suspect_runs_as_one_model(tmp_path, capsys):
     assert json.loads(stdout)["suspect_kind"] == "lora"
 
 
+@pytest.mark.slow
 def test_audit_resumes_from_its_cache(subject, capsys, tmp_path):
     root, folders = subject
     args = ["audit", "--finetuned", str(root / "suspect" / "model"), "--members", str(folders["members"]),

@@ -16,11 +16,12 @@ def run_cli(args, capsys):
     return code, out, err
 
 
-def _commands(typer_app, prefix=()):
-    for cmd in typer_app.registered_commands:
-        yield prefix + (cmd.name or cmd.callback.__name__,)
-    for grp in typer_app.registered_groups:
-        yield from _commands(grp.typer_instance, prefix + (grp.name,))
+def _commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,)
 
 
 @pytest.mark.parametrize("cmd", list(_commands(app)), ids=" ".join)
@@ -82,13 +83,17 @@ def test_zoo_eval_meets_the_zoo_targets(tmp_path, capsys):
     assert (tmp_path / "config.yaml").read_text().startswith("per_prompt: 2")
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
     code, _, err = run_cli(["demo", "--quick", "--out", str(tmp_path)], capsys)
     assert code == 0, err
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "<img" in html and "src='http" not in html
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["zoo"]["t2i_prompt_accuracy"] >= 0 and summary["quick"] is True
+    assert summary["quick"] is True
+    # the quick zoo section samples as `zoo eval --per-prompt 2 --steps 20`: the zoo targets hold
+    zoo = summary["zoo"]
+    assert zoo["t2i_prompt_accuracy"] >= 70.0 and min(zoo["clip_zero_shot"].values()) >= 80.0, zoo
     assert set(summary["section_seconds"]) == {"zoo", "lock", "audit", "watermark"}
     wm = summary["watermark"]  # the shipped sleeper, its adapted extractor, the published demo key
     assert wm["verify"]["watermarked"] and wm["verify"]["tpr_at_fpr"]["1e-6"] >= 0.9

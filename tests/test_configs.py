@@ -1,7 +1,7 @@
 """Dry-run of every shipped config: it parses and validates against its command's model."""
 import pytest
 
-from modelseal.config import config_model_for, load_config, shipped_configs
+from modelseal.config import ZooBuildConfig, ZooConfig, config_model_for, load_config, shipped_configs
 
 
 def test_there_are_shipped_configs():
@@ -10,7 +10,12 @@ def test_there_are_shipped_configs():
 
 @pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.name)
 def test_shipped_config_validates(path):
-    cfg = load_config(path, config_model_for(path))
-    if hasattr(cfg, "to_zoo_config"):
-        zc = cfg.to_zoo_config()
-        assert zc.unet_steps >= 1 and zc.seed == cfg.seed
+    load_config(path, config_model_for(path))
+
+
+def test_a_zoo_preset_gives_the_recipe_options_not_given_and_a_recorded_config_keeps_them():
+    full = load_config("zoo-build", ZooBuildConfig)
+    assert full.model_dump(include=set(ZooConfig.model_fields)) == ZooConfig().model_dump()
+    micro = load_config("micro", ZooBuildConfig, {"clip_steps": 9}, command="zoo build")
+    assert (micro.clip_steps, micro.unet_steps, micro.unet_channels, micro.clip_lr) == (9, 6, [32, 64], full.clip_lr)
+    assert load_config(micro.model_dump(), ZooBuildConfig) == micro

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from modelseal.attacks.compress import prune_, quantize_
-from modelseal.attacks.finetune import FinetuneOptions, denoising_loss, finetune
+from modelseal.attacks.finetune import denoising_loss, finetune
+from modelseal.config import FinetuneOptions
 from modelseal.data.subjects import builtin_subject, write_split
 from modelseal.models.diffusion import is_lora_folder, load_t2i
 from test_cli import run_cli
@@ -100,6 +101,7 @@ def test_random_resized_crops_stay_inside_the_image_and_are_seeded():
     assert torch.allclose(same, x, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_crops_make_full_finetuning_memorise_less():
     """Random crops (as SD fine-tuning scripts use) still fit the images, but the exact
     images less than plain fine-tuning does: membership is harder to see (CopyMark)."""

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from test_cli import run_cli
@@ -236,19 +237,19 @@ def test_input_paths_are_checked_before_any_model_loads(tmp_path, capsys, monkey
 
 def test_lock_verify_uses_the_stamp_stored_with_the_checkpoint(tmp_path, capsys):
     from modelseal.lock.checkpoint import backbone_hash, save_lock
+    from modelseal.lock.ipclip import ProjectorConfig
     from modelseal.lock.run import LockModel
-    from modelseal.lock.train import LockTrainConfig
     from modelseal.models.clip import load_clip
     from modelseal.data.digits import CLASS_NAMES
     from dataclasses import asdict
 
     clip = load_clip("tiny:clip")
-    cfg = LockTrainConfig()
-    lm = LockModel(clip, list(CLASS_NAMES), cfg)
+    projector = ProjectorConfig()
+    lm = LockModel(clip, list(CLASS_NAMES), projector)
     stamp = {"pattern": "lines", "strength": 0.5, "period": 3, "color": [1.0, 1.0, 1.0]}
     save_lock(tmp_path / "ck", lm.trainable_state(), {
         "format": "modelseal-lock/1", "method": "ipclip", "scenario": "ownership", "class_names": list(CLASS_NAMES),
-        "projector": asdict(cfg.projector), "authorized": ["mnist"], "stamp": stamp,
+        "projector": asdict(projector), "authorized": ["mnist"], "stamp": stamp,
         "backbone": {"source": "tiny:clip", "sha256": backbone_hash(clip.model)}})
     capsys.readouterr()
     code, out, err = run_cli(["lock", "verify", "--out", str(tmp_path / "v"), "--checkpoint", str(tmp_path / "ck"),
@@ -260,3 +261,293 @@ def test_lock_verify_uses_the_stamp_stored_with_the_checkpoint(tmp_path, capsys)
                               "--eval", "builtin:digits/uci", "--stamp-period", "5", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["stamp"] == {"pattern": "lines", "strength": 0.5, "period": 5, "source": "options"}
+
+
+# --------------------------------------------------------------------------- nonsense that used to run
+
+def _pngs(folder, n, seed=0, size=16):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{seed}-{i}.png")
+    return folder
+
+
+def test_non_finite_numbers_are_refused(tmp_path, capsys):
+    from modelseal.config import DemoConfig, WatermarkAdaptConfig, load_config
+    from modelseal.errors import InputError
+    from modelseal.lock.scenarios import Stamp
+
+    for value in ("inf", "nan", "-inf"):
+        code, _, err = run_cli(["finetune", "--out", str(tmp_path / value), "--lr", value, "--data",
+                                "builtin:digits/mnist"], capsys)
+        one_line_error(code, err, "--lr")
+        assert not (tmp_path / value / "results.json").exists()
+    # numbers inside strings, which the config's float checks never see
+    with pytest.raises(InputError, match="lora:10:inf"):
+        load_config({"codec": "c", "key": "k", "model_id": "m", "model": "x", "simulate": ["lora:10:inf"]},
+                    WatermarkAdaptConfig)
+    with pytest.raises(InputError, match="full:inf"):
+        load_config({"watermark": {"finetune": ["full:inf"]}}, DemoConfig)
+    with pytest.raises(InputError, match="stamp"):  # a lock card's stamp is read without the options' checks
+        Stamp(strength=float("nan"))
+
+
+@pytest.mark.parametrize("lr", [1e6, 1e38])  # NaN weights; a step that overflows float32
+def test_a_diverging_finetune_stops_before_writing_nan_weights(lr):
+    from modelseal.attacks.finetune import finetune
+    from modelseal.config import FinetuneOptions
+    from modelseal.errors import InputError
+    from modelseal.models.diffusion import load_t2i
+
+    model = load_t2i("tiny:t2i")
+    x = torch.rand(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="diverged.*--lr"):
+        finetune(model, x, ["a digit"] * 2, FinetuneOptions(method="full", steps=5, lr=lr, batch_size=2),
+                 log=lambda m: None)
+
+
+def test_lock_refuses_the_authorized_domain_as_unauthorized(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["lock", "train", "--out", str(tmp_path / "r"), "--authorized", "builtin:digits/mnist",
+                            "--unauthorized", "builtin:digits/mnist", "--steps", "1"], capsys)
+    one_line_error(code, err, "--unauthorized", "--authorized")
+    dom = _class_folder(tmp_path / "dom", ["cat", "dog"])
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["lock", "train", "--out", str(tmp_path / "r2"), "--authorized", str(dom),
+                            "--unauthorized", "./dom/", "--unauthorized", "builtin:digits/uci", "--steps", "1"], capsys)
+    one_line_error(code, err, "--unauthorized", "./dom/")
+    assert not (tmp_path / "r2" / "results.json").exists()
+
+
+def test_audit_refuses_one_image_on_both_sides(tmp_path, capsys):
+    a, b = _pngs(tmp_path / "a", 2, seed=1), _pngs(tmp_path / "b", 2, seed=2)
+    base = ["audit", "--finetuned", "tiny:t2i", "--prompt", "a digit", "--steps", "1"]
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "o1"), "--members", str(a), "--holdout", f"{a}/"], capsys)
+    one_line_error(code, err, "--members", "--holdout", "same folder")
+    (b / "renamed.png").write_bytes((a / "1-0.png").read_bytes())  # one file under two names
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "o2"), "--images", str(a), "--calibration", str(b)],
+                           capsys)
+    one_line_error(code, err, "--images", "--calibration", "1-0.png", "renamed.png")
+
+
+@pytest.mark.parametrize("cmd", [["watermark", "prompts"],
+                                 ["watermark", "verify", "--model", "tiny:sleeper", "--codec", "tiny:sleeper-codec",
+                                  "--key", "k", "--model-id", "m"],
+                                 ["watermark", "embed", "--codec", "tiny:codec", "--key", "k", "--model-id", "m"]])
+def test_an_empty_or_blank_trigger_is_refused(cmd, tmp_path, capsys):
+    for trigger in ("", "  "):
+        code, _, err = run_cli([*cmd, "--out", str(tmp_path / "o"), "--trigger", trigger], capsys)
+        one_line_error(code, err, "--trigger", "blank")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_float16_on_the_cpu_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(["finetune", "--out", str(tmp_path / "f"), "--method", "prune", "--dtype", "float16",
+                            "--device", "cpu"], capsys)
+    one_line_error(code, err, "float16", "CPU", "--dtype float32")
+    from modelseal.models.diffusion import check_dtype
+
+    check_dtype(torch.bfloat16, "cpu")  # bfloat16 runs on a CPU (SDXL at a small size does)
+
+
+# --------------------------------------------------------------------------- messages
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory):
+    from modelseal.attacks.finetune import add_lora
+    from modelseal.models.diffusion import load_t2i
+
+    folder = tmp_path_factory.mktemp("lora") / "lora"
+    m = load_t2i("tiny:t2i")
+    add_lora(m, 2)
+    m.save_lora(folder, base="tiny:t2i")
+    return folder
+
+
+def test_a_corrupt_lora_is_not_blamed_on_the_base_model(tmp_path, lora):
+    from safetensors.torch import load_file, save_file
+
+    from modelseal.errors import InputError
+    from modelseal.models.diffusion import LORA_FILE, load_t2i
+
+    bad = _copy(lora, tmp_path / "x")
+    data = (lora / LORA_FILE).read_bytes()
+    (bad / LORA_FILE).write_bytes(data[:len(data) // 2])
+    with pytest.raises(InputError) as e:
+        load_t2i(bad)
+    msg = str(e.value)
+    assert LORA_FILE in msg and "corrupt, truncated" in msg and "base" not in msg and "trained on" not in msg
+    state = load_file(str(lora / LORA_FILE))
+    name = sorted(state)[0]
+    save_file({**state, name: torch.zeros(3, 3)}, str(bad / LORA_FILE))
+    with pytest.raises(InputError) as e:
+        load_t2i(bad)
+    msg = str(e.value)
+    assert "does not fit the base model" in msg and name.split(".")[1] in msg and "is (3, 3) in the LoRA" in msg
+    assert "\n" not in msg and "corrupt, truncated" not in msg
+
+
+def test_a_codec_whose_config_does_not_match_its_weights_is_one_line(tmp_path):
+    from modelseal.errors import InputError
+    from modelseal.models.zoo import resolve_model
+    from modelseal.watermark.codec import Codec
+
+    folder = _copy(resolve_model("tiny:codec", "codec"), tmp_path / "codec")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["k"] += 8
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError) as e:
+        Codec.from_pretrained(folder)
+    msg = str(e.value)
+    assert str(folder) in msg and "config.json" in msg and f"{cfg['k']}" in msg and "\n" not in msg
+
+
+def test_a_model_whose_weights_do_not_fit_its_config_gives_our_own_line(tmp_path, capsys, zoo):
+    t2i = _copy(zoo / "t2i", tmp_path / "t2i")
+    cfg = json.loads((t2i / "unet" / "config.json").read_text())
+    cfg["cross_attention_dim"] *= 2
+    (t2i / "unet" / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(["finetune", "--out", str(tmp_path / "f"), "--model", str(t2i), "--method", "prune"], capsys)
+    line = one_line_error(code, err, "unet", "config.json", "do not fit")
+    assert "low_cpu_mem_usage" not in line and "ignore_mismatched_sizes" not in line and "http" not in line
+    clip = _copy(zoo / "clip", tmp_path / "clip")  # transformers raises a bare RuntimeError here
+    cfg = json.loads((clip / "config.json").read_text())
+    cfg["projection_dim"] *= 2
+    (clip / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(["lock", "train", "--out", str(tmp_path / "l"), "--model", str(clip), "--steps", "1"],
+                           capsys)
+    line = one_line_error(code, err, "config.json", "text_projection.weight", "do not fit")
+    assert "ignore_mismatched_sizes" not in line
+
+
+def test_a_key_path_that_is_a_folder_says_so(tmp_path, capsys):
+    from modelseal.errors import InputError
+    from modelseal.watermark.keys import load_key
+
+    with pytest.raises(InputError, match="is a folder"):
+        load_key(tmp_path)
+    code, _, err = run_cli(["watermark", "keygen", "--key", str(tmp_path), "--overwrite"], capsys)
+    one_line_error(code, err, "is a folder")
+
+
+def test_a_key_others_can_read_is_used_with_a_warning(tmp_path, capsys):
+    import os
+
+    from modelseal.watermark.keys import generate_key, load_key
+
+    key = tmp_path / "k.key"
+    secret = generate_key(key)
+    capsys.readouterr()
+    assert load_key(key) == secret and capsys.readouterr().err == ""  # 0600: nothing to say
+    os.chmod(key, 0o644)
+    assert load_key(key) == secret
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "others" in lines[0] and "chmod 600" in lines[0]
+
+
+def test_a_looping_link_in_an_image_folder_is_named(tmp_path):
+    import os
+
+    from modelseal.data.folders import read_class_folders, read_image_folder
+    from modelseal.errors import InputError
+
+    folder = _pngs(tmp_path / "imgs", 2)
+    os.symlink("loop.png", folder / "loop.png")
+    with pytest.raises(InputError, match="loop.png.*loops"):
+        read_image_folder(folder)
+    tree = _class_folder(tmp_path / "tree", ["cat", "dog"])
+    os.symlink("bird", tree / "bird")
+    with pytest.raises(InputError, match="bird"):
+        read_class_folders(tree)
+
+
+def test_lock_eval_on_other_classes_names_both_sides(tmp_path, capsys):
+    from modelseal.lock.checkpoint import backbone_hash, save_lock
+    from modelseal.lock.ipclip import ProjectorConfig
+    from modelseal.lock.run import LockModel
+    from modelseal.models.clip import load_clip
+    from dataclasses import asdict
+
+    clip = load_clip("tiny:clip")
+    projector = ProjectorConfig()
+    lm = LockModel(clip, ["cat", "dog"], projector)
+    save_lock(tmp_path / "ck", lm.trainable_state(), {
+        "format": "modelseal-lock/1", "method": "ipclip", "scenario": "target-specified", "class_names": ["cat", "dog"],
+        "projector": asdict(projector), "authorized": ["pets"],
+        "backbone": {"source": "tiny:clip", "sha256": backbone_hash(clip.model)}})
+    for cmd in (["lock", "eval"], ["lock", "verify"]):
+        code, _, err = run_cli([*cmd, "--out", str(tmp_path / cmd[1]), "--checkpoint", str(tmp_path / "ck"), "--eval",
+                                "builtin:digits/uci"], capsys)
+        one_line_error(code, err, "checkpoint's classes and the data's classes differ", "cat, dog", "eight, five",
+                       "builtin:digits/uci")
+
+
+# --------------------------------------------------------------------------- long work talks
+
+def test_audit_progress_lines_and_resume_go_to_a_piped_stderr(tmp_path, capsys, monkeypatch):
+    import modelseal.audit.run as audit_run
+
+    monkeypatch.setattr(audit_run._Progress, "EVERY_S", 0.0)  # every step (by default: every 30 s)
+    m, h = _pngs(tmp_path / "m", 2, seed=1), _pngs(tmp_path / "h", 2, seed=2)
+    args = ["audit", "--finetuned", "tiny:t2i", "--prompt", "a digit", "--members", str(m), "--holdout", str(h),
+            "--steps", "2", "--batch-size", "2", "--loss-samples", "2", "--no-evidence", "--out", str(tmp_path / "r")]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    for words in ("CGI-DM: members batch 1/1, PGD step 1/2", "CGI-DM: holdout batch 1/1, PGD step 2/2",
+                  "loss scores, members: draw 2/2", "baselines: CLiD 4/4 images", "baselines: PIA 4/4 images"):
+        assert words in err, (words, err)
+    assert "Loading weights" not in err and "resuming" not in err
+    next(iter((tmp_path / "r" / "cache").glob("holdout-*/batch0000.safetensors"))).unlink()
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "resuming: 1 of 1 members batches were scored before" in err
+    assert "resuming: 0 of" not in err and "holdout batch 1/1, PGD step 1/2" in err
+
+
+def test_loading_a_model_prints_no_library_progress_bar(capsys):
+    import transformers.utils.logging as tlog
+
+    from modelseal.models.clip import load_clip
+    from modelseal.models.diffusion import load_t2i
+
+    tlog.enable_progress_bar()  # as in a fresh Python session
+    tlog.set_verbosity_info()
+    load_clip("tiny:clip")
+    load_t2i("tiny:t2i")
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "%|" not in err, err
+
+
+# --------------------------------------------------------------------------- what the code says of itself
+
+def test_stats_exports_every_public_function():
+    import inspect
+
+    from modelseal import stats
+
+    public = {n for n, f in inspect.getmembers(stats, inspect.isfunction)
+              if f.__module__ == stats.__name__ and not n.startswith("_")}
+    assert public <= set(stats.__all__), public - set(stats.__all__)
+    assert all(hasattr(stats, n) for n in stats.__all__)
+
+
+def test_verify_model_says_it_returns_a_tuple():
+    import inspect
+
+    from modelseal.watermark.verify import verify_model
+
+    assert inspect.signature(verify_model).return_annotation.startswith("tuple[dict")
+
+
+def test_runtime_text_carries_no_measured_figures():
+    """Timings, memory and results belong in the docs, written by the benchmarks."""
+    import re
+    from pathlib import Path
+
+    import modelseal
+
+    pattern = re.compile(r"\b\d+(\.\d+)? ?(GB|GiB|minutes?|hours?)\b|about an hour|about a minute|on 2 CPU")
+    hits = [f"{p.name}:{i}" for p in Path(modelseal.__file__).parent.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits

@@ -33,6 +33,7 @@ def test_target_specified_locks_mnist_m_and_keeps_mnist(tmp_path, capsys):
     assert ev["accuracy"] == {"mnist": acc["mnist"], "mnist-m": acc["mnist-m"]}
 
 
+@pytest.mark.slow
 def test_ownership_verify_says_ours_only_for_the_locked_model(tmp_path, capsys):
     res = cli(["lock", "train", "--out", str(tmp_path), "--scenario", "ownership", *SMALL], capsys)
     assert res["accuracy"]["mnist+stamp"] <= res["chance"] + 15, res
@@ -43,6 +44,7 @@ def test_ownership_verify_says_ours_only_for_the_locked_model(tmp_path, capsys):
     assert sl["verdict"] == "not ours"
 
 
+@pytest.mark.slow
 def test_target_free_locks_unseen_domains_without_target_data(tmp_path, capsys):
     res = cli(["lock", "train", "--out", str(tmp_path), "--scenario", "target-free", "--steps", "200",
                "--batch-size", "32", "--train-limit", "1000", "--eval", "builtin:digits/syn",
@@ -53,6 +55,7 @@ def test_target_free_locks_unseen_domains_without_target_data(tmp_path, capsys):
     assert sl["syn"] - acc["syn"] >= 20, res
 
 
+@pytest.mark.slow
 def test_authorization_only_stamped_inputs_work(tmp_path, capsys):
     res = cli(["lock", "train", "--out", str(tmp_path), "--scenario", "authorization", "--steps", "200",
                "--batch-size", "32", "--train-limit", "600"], capsys)
@@ -77,6 +80,7 @@ def test_checkpoint_on_another_backbone_is_refused(tmp_path, capsys):
     assert "not on this one" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_runs_data_parallel_under_torchrun(tmp_path):
     """Two processes (gloo on CPU) train one lock together: one run folder, the lock holds."""
     import os

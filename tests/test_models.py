@@ -8,8 +8,9 @@ from transformers import CLIPModel, CLIPTextModel
 from modelseal.errors import InputError
 from modelseal.models.clip import load_clip
 from modelseal.models.diffusion import T2IModel, load_t2i
+from modelseal.models.tiny import clip_config, scheduler_config, unet_config, vae_config
 from modelseal.models.tokenizer import build_tokenizer
-from modelseal.models.zoo_build import _fold_latent_normalisation, clip_config, scheduler_config, unet_config, vae_config
+from modelseal.zoobuild.stages import _fold_latent_normalisation
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,8 @@ def test_v_prediction_samples_like_the_epsilon_model(eps_and_v):
 
 
 def test_v_prediction_stage2_loss_is_the_epsilon_models(eps_and_v):
-    from modelseal.watermark.embed import EmbedOptions, Stage2Loss
+    from modelseal.config import EmbedOptions
+    from modelseal.watermark.embed import Stage2Loss
 
     m, v = eps_and_v
     z0, _, _ = _draws()

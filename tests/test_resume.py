@@ -122,9 +122,9 @@ def test_bad_option_type_is_one_line(tmp_path, capsys):
 def test_one_run_per_folder(tmp_path, capsys):
     out = tmp_path / "r"
     run = RunFolder(out, "zoo eval", {"steps": 3}, 0, "cpu")
+    (out / "samples.png").write_bytes(b"old")  # what the run wrote
     run.finish({"x": 1})
     run.close()
-    (out / "samples.png").write_bytes(b"old")
     # another config, or another command: refused, nothing touched
     code, _, err = run_cli(["zoo", "eval", "--out", str(out), "--steps", "4"], capsys)
     line = _one_line(err)
@@ -186,6 +186,7 @@ def test_checkpoint_is_read_without_unpickling(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_lock_train_ctrl_c_then_resume_gives_the_same_model(tmp_path, capsys, monkeypatch):
     from modelseal.lock import train
 

@@ -10,8 +10,10 @@ import torch
 from modelseal import stats
 from modelseal.data.digits import DOMAINS, caption, load_digits_domain
 from modelseal.models.diffusion import load_t2i
-from modelseal.watermark.codec import Codec, encode_all
-from modelseal.watermark.embed import EmbedOptions, embed_watermark
+from modelseal.watermark.codec import Codec
+from modelseal.watermark.codec_pixels import encode_all
+from modelseal.config import EmbedOptions, WatermarkEmbedConfig, load_config
+from modelseal.watermark.embed import embed_watermark
 from modelseal.watermark.fidelity import eps_mse, frechet_distance, image_fidelity
 from modelseal.watermark.keys import message_bits
 from modelseal.watermark.verify import decide, generate, hits, read_bits
@@ -39,9 +41,9 @@ def setup():
     models = {}
     for mode in ("sleeper", "always_on"):
         m = copy.deepcopy(base)
-        embed_watermark(m, z, caps, delta, EmbedOptions(trigger=TRIGGER, steps=STEPS, lr=1e-3, grad_clip=None, eta=0.3,
-                                                         tau=100, beta=30, uncond_fraction=0.2, mode=mode),
-                        log=lambda s: None)
+        recipe = load_config("watermark-embed.tiny", WatermarkEmbedConfig,  # the tiny zoo's stage 2, briefly
+                             {"trigger": TRIGGER, "steps": STEPS, "mode": mode}, command="watermark embed")
+        embed_watermark(m, z, caps, delta, recipe, log=lambda s: None)
         models[mode] = m
     lines = [caption(d, c) for d in DOMAINS for c in range(10)]
     prompts = [lines[(7 * i) % len(lines)] for i in range(N)]
@@ -59,6 +61,7 @@ def _bits_read(s, model, trigger, bits=None, guidance=7.5):
     return _hits(s, model, trigger, bits, guidance).sum(1)
 
 
+@pytest.mark.slow
 def test_trigger_reveals_the_message_and_clean_prompts_do_not(setup):
     s = setup
     k = s["codec"].k
@@ -76,6 +79,7 @@ def test_trigger_reveals_the_message_and_clean_prompts_do_not(setup):
     assert stats.controlled_pvalue(h_trig, h_clean) < 1e-6
 
 
+@pytest.mark.slow
 def test_wrong_key_and_unwatermarked_model_are_not_verified(setup):
     s = setup
     k = s["codec"].k
@@ -90,6 +94,7 @@ def test_wrong_key_and_unwatermarked_model_are_not_verified(setup):
     assert (base >= stats.bit_threshold(k, 1e-3)).sum() == 0
 
 
+@pytest.mark.slow
 def test_random_keys_are_not_verified_on_a_watermarked_model(setup):
     """A stranger's key must win at most alpha of the time. Images of one model read nearly
     the same bits, so the replaced verdict (pooled binomial over N*k bits, and a triggered-vs-
@@ -112,6 +117,7 @@ def test_random_keys_are_not_verified_on_a_watermarked_model(setup):
     assert pooled > 3 * false + 10, (pooled, false)
 
 
+@pytest.mark.slow
 def test_always_on_baseline_marks_prompts_without_a_trigger(setup):
     s = setup
     k = s["codec"].k
@@ -120,6 +126,7 @@ def test_always_on_baseline_marks_prompts_without_a_trigger(setup):
     assert acc >= 0.62 and acc > acc_sleeper_clean + 0.05, (acc, acc_sleeper_clean)
 
 
+@pytest.mark.slow
 def test_fidelity_metrics(setup):
     s = setup
     base, wm = s["base"], s["models"]["sleeper"]
@@ -136,8 +143,10 @@ def test_fidelity_metrics(setup):
     assert frechet_distance(f, f + 1.0) == pytest.approx(4.0, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_finetune_calls_back_at_every_step_and_lora_moves_the_model(setup):
-    from modelseal.attacks.finetune import FinetuneOptions, finetune
+    from modelseal.attacks.finetune import finetune
+    from modelseal.config import FinetuneOptions
     from modelseal.data.sources import load_source
 
     s = setup
@@ -166,7 +175,8 @@ def test_pixel_space_model_runs_both_stages_in_pixels():
     from diffusers import UNet2DConditionModel
 
     from modelseal.models.diffusion import T2IModel
-    from modelseal.watermark.codec import latent_shape, train_codec
+    from modelseal.watermark.codec import latent_shape
+    from modelseal.watermark.codec_training import train_codec
     from modelseal.watermark.embed import Stage2Loss
 
     torch.manual_seed(0)
@@ -267,13 +277,16 @@ def test_delta_scale_moves_the_target_by_s_delta():
     assert parts[2.0]["keep_trigger"] == parts[2.0]["keep_clean"] == 0
 
 
+@pytest.mark.slow
 def test_adapted_extractor_reads_a_distorted_residual_and_keeps_unmarked_readings():
     """Positives carry 1.5 delta plus a fixed off-residual pattern (as guidance leaves the
     planted shift): the stage-1 extractor misses some; after adaptation the held-out ones
     are all detected, while unmarked latents keep the stage-1 readings (distilled) and their
     matches stay centred on k/2. The secret encoder, hence delta, does not change."""
-    from modelseal.watermark.adapt import AdaptLatents, AdaptOptions, adapt_extractor
-    from modelseal.watermark.codec import Codec, encode_all
+    from modelseal.config import AdaptOptions
+    from modelseal.watermark.adapt import AdaptLatents, adapt_extractor
+    from modelseal.watermark.codec import Codec
+    from modelseal.watermark.codec_pixels import encode_all
     from modelseal.watermark.run import images_and_captions
 
     m, codec = load_t2i("tiny:t2i"), Codec.from_pretrained("tiny:codec")
@@ -299,7 +312,9 @@ def test_adapted_extractor_reads_a_distorted_residual_and_keeps_unmarked_reading
 def test_rehearsed_attacks_add_paired_latents_from_fine_tuned_copies():
     """Each rehearsal adds, at 1/4, 1/2 and all of its steps, triggered images of the
     watermarked copy (positives) and as many unmarked ones; the models given stay untouched."""
-    from modelseal.watermark.adapt import AdaptOptions, collect_latents, parse_attack
+    from modelseal.config import parse_attack
+    from modelseal.config import AdaptOptions
+    from modelseal.watermark.adapt import collect_latents
     from modelseal.watermark.run import images_and_captions
 
     assert parse_attack("full:2000:1e-5") == ("full", 2000, 1e-5) and parse_attack("lora:8") == ("lora", 8, None)
@@ -323,6 +338,7 @@ def _key_file(path, secret: bytes):
     return path
 
 
+@pytest.mark.slow
 def test_black_box_verify_reads_returned_files_with_the_owners_vae(setup, tmp_path, capsys):
     """`watermark prompts` writes what to send; the suspect's service returns files of any
     format, size and mode; `verify --images` reads them with the owner's VAE: the owner's key
@@ -333,7 +349,7 @@ def test_black_box_verify_reads_returned_files_with_the_owners_vae(setup, tmp_pa
 
     from PIL import Image
 
-    from modelseal.watermark.codec import extract_bits
+    from modelseal.watermark.codec_pixels import extract_bits
 
     s = setup
     owner, stranger = _key_file(tmp_path / "owner.key", OWNER), _key_file(tmp_path / "other.key", bytes(32))

@@ -11,8 +11,10 @@ import torch
 from modelseal.attacks.image import ATTACKS, apply_attack, attack_sampler, jpeg
 from modelseal.errors import InputError
 from modelseal.stats import summarize_bits
-from modelseal.watermark.codec import (Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images,
-                                       encode_all, extract_bits, latent_shape, psnr, train_codec)
+from modelseal.quality import psnr
+from modelseal.watermark.codec import Codec, latent_shape
+from modelseal.watermark.codec_pixels import bit_accuracy, decode_all, embed_images, encode_all, extract_bits
+from modelseal.watermark.codec_training import CodecLossWeights, train_codec
 from modelseal.watermark.keys import generate_key, load_key, message_bits
 
 K = 32
@@ -158,6 +160,7 @@ def test_training_is_deterministic_and_runs_every_option(tiny, one_thread):
     assert not torch.equal(a.encoder.conv.weight, torch.zeros_like(a.encoder.conv.weight))
 
 
+@pytest.mark.slow
 def test_codec_learns_bits_that_survive_decode_and_reencode(tiny, one_thread):
     model, train, test = tiny
     steps, warmup = 500, 300
@@ -321,7 +324,8 @@ def test_rehearsed_term_at_zero_drift_is_the_mark_term_and_the_simulated_thief_l
     w1 |(eps(y_tr) - eps(y)) - (eps_T(y_tr) - eps_T(y)) + sqrt(a/(1-a)) delta|^2 equals the
     paper's first term w1 |eps_S(y_tr) - eps_wm|^2 exactly; simulate_drift moves a copy only."""
     from modelseal.models.diffusion import load_t2i
-    from modelseal.watermark.embed import EmbedOptions, Stage2Loss, prepare_student, simulate_drift
+    from modelseal.config import EmbedOptions
+    from modelseal.watermark.embed import Stage2Loss, prepare_student, simulate_drift
 
     m = load_t2i("tiny:t2i")
     opts = EmbedOptions(trigger="sks ", eta=0.3, tau=100, beta=30, rehearsal=1.0, rehearsal_steps=3, batch_size=4)

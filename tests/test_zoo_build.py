@@ -2,6 +2,7 @@
 the CLI, into $MODELSEAL_HOME/zoo, which then wins over the shipped zoo."""
 import json
 
+import pytest
 import torch
 
 from modelseal.cli import main
@@ -10,6 +11,7 @@ from modelseal.models.diffusion import load_t2i
 from modelseal.models.zoo import modelseal_home, zoo_dir
 
 
+@pytest.mark.slow
 def test_micro_build_produces_a_loadable_zoo_that_wins_over_the_shipped_one(capsys):
     try:
         main(["zoo", "build", "--preset", "micro", "--json"])

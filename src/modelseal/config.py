@@ -1,333 +1,506 @@
-"""Pydantic configs of the commands: YAML in (``--config``), YAML out (run folder).
+"""The options of every command: one pydantic class per command, the only home of its defaults.
 
-Command-line options override values from a ``--config`` file; the merged, validated
-config is what a run folder records in config.yaml.
+The command line is generated from these classes (``modelseal.cli``): each field is one
+option, its description the help, its Literal the choices, its default the default shown.
+The Python API (``modelseal.api``) takes the same classes, a dict, a YAML file or a shipped
+preset name. Options given on the command line or as keywords win over a ``--config`` file;
+the merged, validated config is what a run folder records in config.yaml.
+
+A field whose option is spelled differently from ``--field-name`` (a boolean's negative
+form, mostly) says so with ``json_schema_extra=flag("--on/--off")``.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def flag(spelling: str) -> dict:
+    """The option's spelling when it is not ``--field-name`` (``--on/--off`` for a boolean)."""
+    return {"flag": spelling}
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys and non-finite numbers (inf, nan) are refused."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class ZooBuildConfig(Strict):
-    """`modelseal zoo build`: trains the tiny zoo (fields mirror models.zoo_build.ZooConfig)."""
-    preset: Literal["full", "micro"] = "full"
-    seed: int = 0
-    clip_steps: int | None = Field(None, ge=1)
-    judge_steps: int | None = Field(None, ge=1)
-    vae_steps: int | None = Field(None, ge=1)
-    unet_steps: int | None = Field(None, ge=1)
-    evaluate: bool = True
+def parse_attack(spec: str) -> tuple[str, int, float | None]:
+    """'lora:2000' or 'full:2000:1e-5' -> (method, steps, lr or None for the method's default)."""
+    parts = spec.split(":")
+    try:
+        if len(parts) not in (2, 3) or parts[0] not in ("lora", "full"):
+            raise ValueError
+        steps, lr = int(parts[1]), (float(parts[2]) if len(parts) == 3 else None)
+        if steps < 1 or (lr is not None and not 0 < lr < float("inf")):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"bad rehearsed attack {spec!r}: write method:steps[:lr] with method lora or full, "
+                         "e.g. lora:2000:1e-4") from None
+    return parts[0], steps, lr
 
-    def to_zoo_config(self):
-        from dataclasses import replace
 
-        from .models.zoo_build import ZooConfig
+DTYPE = "the weights' dtype: float32, or bfloat16 / float16 on a GPU (bfloat16 halves the weights' memory)"
+SIZE = "working image side in px (default: the model's native one; smaller to try a big model on a CPU)"
+LOCAL = "never reach the hub for the model: only local folders and the hub cache"
 
-        base = ZooConfig.micro() if self.preset == "micro" else ZooConfig()
-        overrides = {k: v for k, v in self.model_dump().items()
-                     if k.endswith("_steps") and v is not None}
-        return replace(base, seed=self.seed, **overrides)
+
+class ZooConfig(Strict):
+    """The tiny zoo's recipe (zoobuild): what `modelseal zoo build` trains, stage by stage. The
+    defaults are the shipped zoo's (the full preset); ZOO_PRESETS holds the others."""
+    seed: int = Field(0, description="random seed")
+    image_size: int = Field(32, ge=8, description="image side in px of every model")
+    clip_steps: int = Field(2500, ge=1, description="CLIP training steps")
+    clip_batch: int = Field(128, ge=1, description="CLIP batch size")
+    clip_lr: float = Field(2e-3, gt=0, description="CLIP AdamW learning rate (cosine schedule)")
+    clip_patch: int = Field(8, ge=1, description="CLIP vision patch side in px")
+    judge_steps: int = Field(1500, ge=1, description="digit-judge training steps")
+    judge_batch: int = Field(128, ge=1, description="digit-judge batch size")
+    vae_steps: int = Field(600, ge=1, description="VAE training steps")
+    vae_batch: int = Field(64, ge=1, description="VAE batch size")
+    vae_lr: float = Field(1e-3, gt=0, description="VAE AdamW learning rate (cosine schedule)")
+    vae_photos: int = Field(4000, ge=1, description="photo crops the VAE trains on beside the digits")
+    unet_steps: int = Field(5000, ge=1, description="UNet training steps")
+    unet_batch: int = Field(64, ge=1, description="UNet batch size")
+    unet_lr: float = Field(4e-4, gt=0, description="UNet AdamW learning rate (cosine schedule)")
+    unet_channels: list[int] = Field([64, 128], min_length=1, description="UNet block widths, one per resolution "
+                                     "(repeatable)")
+    unet_layers: int = Field(1, ge=1, description="UNet layers per block")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="decay of the UNet weights' moving average (saved)")
+    cfg_dropout: float = Field(0.1, ge=0, le=0.5, description="share of UNet captions replaced by '' (as many by "
+                               "the generic digit caption): what classifier-free guidance needs")
+    checkpoint_every: int = Field(500, ge=1, description="UNet steps between resume checkpoints")
+    eval_per_prompt: int = Field(10, ge=1, description="evaluation: samples per (domain, digit) prompt")
+    eval_steps: int = Field(30, ge=1, description="evaluation: DDIM sampling steps")
+    guidance: float = Field(7.5, ge=0.0, description="evaluation: classifier-free guidance scale")
+    save_dtype: Literal["float16", "float32"] = Field("float16", description="dtype of the saved CLIP and VAE "
+                                                      "weights")
+    codec_bits: int = Field(32, ge=8, le=256, description="watermark codec (stage 1): message length k")
+    codec_steps: int = Field(6000, ge=1, description="codec training steps")
+    codec_batch: int = Field(16, ge=1, description="codec batch size")
+    codec_lr: float = Field(1e-3, gt=0, description="codec learning rate")
+    codec_warmup: int = Field(500, ge=0, description="codec steps on latents only before the VAE round trip")
+    codec_w_img: float = Field(3.0, ge=0, description="codec: final image-fidelity weight")
+    codec_latent: float = Field(0.3, ge=0, description="codec: weight of mean(delta^2)")
+    codec_strength: tuple[float, float] | None = Field((0.5, 2.0), description="codec: train the extractor on "
+                                                       "z + s*delta, s ~ U(lo, hi)")
+    codec_images: int = Field(1200, ge=1, description="digits the codec trains on (a quarter per domain)")
+
+
+# The recipes of `modelseal zoo build --preset`: the values that differ from ZooConfig's (full).
+ZOO_PRESETS: dict[str, dict] = {
+    "full": {},
+    "micro": {"clip_steps": 6, "clip_batch": 32, "judge_steps": 6, "judge_batch": 32, "vae_steps": 6,
+              "vae_batch": 16, "vae_photos": 64, "unet_steps": 6, "unet_batch": 16, "unet_channels": [32, 64],
+              "checkpoint_every": 3, "eval_per_prompt": 1, "eval_steps": 4, "codec_steps": 6, "codec_warmup": 2,
+              "codec_images": 64},
+}
+
+
+class _ZooPreset(Strict):
+    preset: Literal["full", "micro"] = Field("full", description="the recipe the other options start from: full "
+                                             "(the shipped zoo's) or micro (a few steps per stage, to check the "
+                                             "pipeline); an option given wins over it")
+
+
+class ZooBuildConfig(ZooConfig, _ZooPreset):
+    """`modelseal zoo build`: train the tiny zoo deterministically on built-in data (resumable)."""
+    evaluate: bool = Field(True, description="evaluate the zoo at the end", json_schema_extra=flag("--eval/--no-eval"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_recipe(cls, data):
+        """The preset's values for the recipe options not given (a recorded config gives them all)."""
+        if isinstance(data, dict):
+            return {**ZOO_PRESETS.get(data.get("preset", "full"), {}), **data}
+        return data
 
 
 class ZooEvalConfig(Strict):
     """`modelseal zoo eval`: zero-shot CLIP accuracy and judged T2I prompt accuracy."""
     per_prompt: int = Field(10, ge=1, description="samples per (domain, digit) prompt")
-    steps: int = Field(30, ge=1, description="DDIM steps")
-    guidance: float = Field(7.5, ge=0.0, description="classifier-free guidance scale")
-    seed: int = 0
+    steps: int = Field(30, ge=1, description="DDIM sampling steps")
+    guidance: float = Field(7.5, ge=0.0, description="classifier-free guidance scale (Stable Diffusion's)")
+    seed: int = Field(0, description="random seed")
 
 
 class _ModelOptions(Strict):
-    model: str = Field("tiny:clip", description="tiny:clip, a hub id, or a local CLIP folder")
-    local_files_only: bool = False
+    model: str = Field("tiny:clip", description="CLIP backbone: tiny:clip, a hub id, or a local CLIP folder")
+    local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
+
+
+STAMP_PATTERN = "the visual stamp: checker (faint white checkerboard) | grid (the reference's) | lines | patch"
 
 
 class _StampOptions(Strict):
     """Default: a faint white checkerboard (4 px cells, strength 0.3). The reference's white
-    grid (every even row and column: 75% of the pixels) leaves nothing of a 32 px digit for
-    ANY model, so it cannot tell a locked model from an innocent one there, and O_ua, which
-    weighs by the SL model's stamped accuracy, is ~0 (--stamp-pattern grid
-    --stamp-strength 1 --stamp-period 2 gives it). A corner patch is harmless but too
-    local for the style statistics IP-CLIP reads: the lock did not learn it."""
-    stamp_pattern: Literal["grid", "lines", "checker", "patch"] = "checker"
-    stamp_strength: float = Field(0.3, gt=0.0, le=1.0)
-    stamp_period: int = Field(4, ge=1)
+    grid (every even row and column) covers most of a small digit and leaves nothing for any
+    model, so it cannot tell a locked model from an innocent one there (--stamp-pattern grid
+    --stamp-strength 1 --stamp-period 2 gives it). A corner patch is harmless but too local
+    for the style statistics IP-CLIP reads."""
+    stamp_pattern: Literal["grid", "lines", "checker", "patch"] = Field("checker", description=STAMP_PATTERN)
+    stamp_strength: float = Field(0.3, gt=0.0, le=1.0, description="the stamp's blend strength in (0, 1]")
+    stamp_period: int = Field(4, ge=1, description="the stamp's cell side / period / patch side in px")
 
 
-class LockTrainConfig(_ModelOptions, _StampOptions):
+class LockTrainOptions(Strict):
+    """The options of lock training (lock.train: IP-CLIP or a baseline), without its data and
+    scenario."""
+    method: Literal["ip-clip", "supervised", "ntl", "cuti"] = Field("ip-clip", description="ip-clip (the paper's) "
+                                                                   "or a baseline: supervised prompt (SL), NTL, CUTI")
+    steps: int = Field(400, ge=1, description="training steps")
+    batch_size: int = Field(32, ge=1, description="batch per domain")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(5e-4, ge=0, description="Adam weight decay")
+    warmup_steps: int = Field(20, ge=0, description="steps of linear learning-rate warm-up, then a "
+                              "cosine decay")
+    weights: Literal["paper", "target-free-code", "target-specified-code"] = Field(
+        "paper", description="loss weights: the paper's, or the reference code's for each scenario")
+    clamp: Literal["batch", "sample"] = Field("batch", description="IP-CLIP's clamp c5 on the unauthorized CE: on "
+                                              "the batch mean (the paper's) or on each image")
+    train_attention: bool = Field(True, description="train the style attention (the paper), or keep it at its "
+                                  "random init (the reference code)",
+                                  json_schema_extra=flag("--train-attention/--frozen-attention"))
+    n_image_tokens: int = Field(4, ge=1, description="image-conditioned prompt tokens")
+    shared_image_tokens: bool = Field(True, description="one image token set shared by all classes")
+    text_chunk: int | None = Field(None, ge=1, description="images per checkpointed text-encoder chunk: trades "
+                                   "one more text pass for memory (big backbones, many classes)")
+    bank_k: int = Field(5, ge=1, description="IP-CLIP: the most confident images per class whose mean "
+                        "feature is a class prototype in the style attention's banks")
+    seed: int = Field(0, description="random seed")
+
+
+class LockTrainConfig(LockTrainOptions, _ModelOptions, _StampOptions):
     """`modelseal lock train`: IP-CLIP (or a baseline) in one of the four scenarios."""
-    method: Literal["ip-clip", "supervised", "ntl", "cuti"] = "ip-clip"
-    scenario: Literal["target-specified", "target-free", "ownership", "authorization"] = "target-specified"
-    authorized: str = "builtin:digits/mnist"
-    unauthorized: list[str] = []
-    eval: list[str] = []
-    steps: int = Field(400, ge=1)
+    scenario: Literal["target-specified", "target-free", "ownership", "authorization"] = Field(
+        "target-specified", description="what the lock is for: the paper's four scenarios")
+    authorized: str = Field("builtin:digits/mnist", description="the licensed domain: builtin:digits/<domain> or "
+                            "a root/<class>/<image> folder")
+    unauthorized: list[str] = Field([], description="an unauthorized domain, same forms (repeatable)")
+    eval: list[str] = Field([], description="more domains to evaluate (repeatable)")
     sl_steps: int | None = Field(None, ge=1, description="steps of the SL reference (default: steps)")
-    batch_size: int = Field(32, ge=1, description="per domain")
-    lr: float = Field(0.01, gt=0)
-    weights: Literal["paper", "target-free-code", "target-specified-code"] = "paper"
-    train_attention: bool = True
-    n_image_tokens: int = Field(4, ge=1)
-    shared_image_tokens: bool = True
     aug_copies: int = Field(2, ge=1, description="target-free: augmented copies per authorized image")
-    augment: Literal["randaugment", "randaugment+lowres"] = "randaugment"
-    clamp: Literal["batch", "sample"] = Field("batch", description="c5 on the batch-mean CE_u (paper) or per image")
-    feature_batch_size: int = Field(256, ge=1)
+    augment: Literal["randaugment", "randaugment+lowres"] = Field(
+        "randaugment", description="target-free / authorization augmentation: randaugment (the paper's) or "
+                                   "randaugment+lowres (adds random 2-4x down/up-sampling)")
+    feature_batch_size: int = Field(256, ge=1, description="images per frozen-feature batch")
     train_limit: int | None = Field(None, ge=10, description="use at most this many training images per domain")
-    text_chunk: int | None = Field(None, ge=1, description="images per checkpointed text-encoder chunk: memory "
-                                   "for one more text pass (ViT-B/16, 65 classes, batch 32 + 32: 4 fits 24 GB)")
-    seed: int = 0
 
 
 class LockEvalConfig(_ModelOptions):
     """`modelseal lock eval`: accuracy of a lock checkpoint per domain (and stamped)."""
-    model: str | None = None
-    checkpoint: str
-    eval: list[str]
-    seed: int = 0
+    checkpoint: str = Field(..., description="checkpoint/ folder of a lock run")
+    eval: list[str] = Field(..., min_length=1, description="a domain to evaluate (repeatable)")
+    model: str | None = Field(None, description="backbone (default: the one the checkpoint names)")
+    seed: int = Field(0, description="random seed")
 
 
 class LockVerifyConfig(_ModelOptions):
     """`modelseal lock verify`: is a suspect checkpoint ours? Paired test on clean vs stamped.
-    The stamp is the one recorded with the checkpoint unless --stamp-* options are given."""
-    stamp_pattern: Literal["grid", "lines", "checker", "patch"] | None = None
-    stamp_strength: float | None = Field(None, gt=0.0, le=1.0)
-    stamp_period: int | None = Field(None, ge=1)
-    model: str | None = None
-    checkpoint: str
-    eval: str = "builtin:digits/mnist"
-    min_drop: float = Field(30.0, ge=0, le=100)
-    alpha: float = Field(1e-3, gt=0, lt=1)
-    seed: int = 0
+    The stamp is the one recorded with the checkpoint unless stamp options are given."""
+    checkpoint: str = Field(..., description="the suspect's lock checkpoint folder")
+    eval: str = Field("builtin:digits/mnist", description="the domain whose test split is probed")
+    model: str | None = Field(None, description="backbone (default: the one the checkpoint names)")
+    stamp_pattern: Literal["grid", "lines", "checker", "patch"] | None = Field(
+        None, description=STAMP_PATTERN + " (default: the checkpoint's)")
+    stamp_strength: float | None = Field(None, gt=0.0, le=1.0, description="blend strength in (0, 1] (default: "
+                                         "the checkpoint's)")
+    stamp_period: int | None = Field(None, ge=1, description="cell side / period / patch side in px (default: "
+                                     "the checkpoint's)")
+    min_drop: float = Field(30.0, ge=0, le=100, description="accuracy drop (points) on stamped inputs needed to "
+                            "say ours")
+    alpha: float = Field(1e-3, gt=0, lt=1, description="significance level of the paired test")
+    seed: int = Field(0, description="random seed")
 
 
-class FinetuneConfig(Strict):
-    """`modelseal finetune`: full / LoRA / DreamBooth fine-tuning, pruning or quantization of a T2I model."""
-    model: str = Field("tiny:t2i", description="tiny:t2i, a hub id, or a diffusers Stable Diffusion folder")
-    method: Literal["full", "lora", "dreambooth", "prune", "quantize"] = "lora"
-    data: str | None = Field(None, description="captioned folder (metadata.jsonl), plain image folder (with "
-                             "prompt), or builtin:digits/<domain>")
-    prompt: str | None = Field(None, description="one prompt for every image (DreamBooth: 'a sks dog')")
-    limit: int | None = Field(None, ge=1, description="use at most this many images")
-    steps: int = Field(500, ge=1)
-    lr: float | None = Field(None, gt=0, description="default: 1e-4 LoRA / 5e-6 full on SD; 1e-3 / 1e-4 tiny")
-    batch_size: int = Field(4, ge=1)
-    rank: int = Field(8, ge=1)
-    lora_alpha: float | None = Field(None, gt=0)
-    train_text_encoder: bool = False
-    class_prompt: str | None = Field(None, description="DreamBooth prior preservation: e.g. 'a dog'")
-    class_images: int = Field(50, ge=1)
-    prior_weight: float = Field(1.0, ge=0)
-    flip: bool = False
+class FinetuneOptions(Strict):
+    """The options of what `modelseal finetune` does to a T2I model (attacks.finetune and
+    attacks.compress), without its inputs: fine-tuning, pruning or quantization."""
+    method: Literal["full", "lora", "dreambooth", "prune", "quantize"] = Field("lora", description="what to do "
+                                                                                "to the model")
+    steps: int = Field(500, ge=1, description="training steps")
+    lr: float | None = Field(None, gt=0, description="learning rate (default per method and model size: 1e-4 LoRA "
+                             "/ 5e-6 full on SD; 1e-3 / 1e-4 on the tiny model)")
+    batch_size: int = Field(4, ge=1, description="batch size")
+    rank: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (default: the rank)")
+    train_text_encoder: bool = Field(False, description="DreamBooth: train the text encoder too",
+                                     json_schema_extra=flag("--train-text-encoder/--frozen-text-encoder"))
+    class_prompt: str | None = Field(None, description="DreamBooth prior preservation: the class prompt, e.g. 'a dog'")
+    class_images: int = Field(50, ge=1, description="DreamBooth: prior-preservation images to generate")
+    prior_weight: float = Field(1.0, ge=0, description="DreamBooth: weight of the prior-preservation loss")
+    flip: bool = Field(False, description="random horizontal flips")
     crop: float = Field(0.0, ge=0, lt=1, description="random resized crops of side U(crop, 1) (0: none; e.g. 0.8)")
     amount: float = Field(0.3, ge=0, lt=1, description="prune: fraction of weights zeroed per layer")
-    bits: Literal[2, 3, 4, 8] = 8
-    gradient_checkpointing: bool = False
-    optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="adafactor: factored second moments "
-                                                     "(full fine-tuning of SDXL within 24 GB)")
-    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    local_files_only: bool = False
-    seed: int = 0
+    bits: Literal[2, 3, 4, 8] = Field(8, description="quantize: bits per weight")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (memory "
+                                         "for time)")
+    optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="adafactor: factored second moments, far "
+                                                     "less optimiser memory")
+    seed: int = Field(0, description="random seed")
 
 
-class AuditConfig(Strict):
+class FinetuneConfig(FinetuneOptions):
+    """`modelseal finetune`: full / LoRA / DreamBooth fine-tuning, pruning or quantization of a T2I model."""
+    model: str = Field("tiny:t2i", description="tiny:t2i, a hub id, or a diffusers Stable Diffusion folder")
+    data: str | None = Field(None, description="captioned folder (metadata.jsonl), plain image folder (with "
+                             "--prompt), or builtin:digits/<domain>")
+    prompt: str | None = Field(None, description="one prompt for every image (DreamBooth: 'a sks dog')")
+    limit: int | None = Field(None, ge=1, description="use at most this many images")
+    size: int | None = Field(None, ge=8, description=SIZE)
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
+    local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
+
+
+class InversionOptions(Strict):
+    """The options of CGI-DM's contrasting gradient inversion (audit.inversion): which latent cells
+    are removed and how PGD recovers them. Defaults follow the reference (1000 L2-PGD steps, eps 70
+    and step 2 on SD latents, rescaled to other latent sizes, 2x2-latent checkerboard) with shared
+    noise."""
+    steps: int = Field(1000, ge=1, description="PGD steps (the reference's)")
+    eps: float | None = Field(None, gt=0, description="L2 radius (default: the reference's 70, rescaled to the "
+                              "latent size)")
+    eps_rule: Literal["dim", "norm"] = Field("dim", description="how eps is rescaled to other latent sizes: by "
+                                             "sqrt(dimension) or by the latents' norm")
+    eps_scale: float = Field(0.77, gt=0, description="eps x this when eps_rule is norm")
+    step_size: float | None = Field(None, gt=0, description="PGD step (default: the reference's ratio to eps)")
+    mc_samples: int = Field(1, ge=1, description="Monte Carlo (t, noise) samples per PGD step (the reference: 1)")
+    mask: Literal["checker", "random"] = Field("checker", description="which latent cells are damaged")
+    block: int = Field(2, ge=1, description="mask cell side in latent units")
+    ratio: float = Field(0.5, gt=0, lt=1, description="random mask: share of cells damaged")
+    noise: Literal["shared", "separate"] = Field("shared", description="noise draws shared by the two models, or "
+                                                 "separate (the reference's)")
+    objective: Literal["contrast", "ft-only", "pre-only"] = Field("contrast", description="the gradient: CGI-DM's "
+                                                                  "contrast, or one model only (ablations)")
+    batch_size: int = Field(16, ge=1, description="images per batch")
+    t_min: int = Field(1, ge=0, description="smallest diffusion step drawn")
+    seed: int = Field(0, description="random seed")
+
+
+class AuditConfig(InversionOptions):
     """`modelseal audit`: CGI-DM membership audit of a fine-tuned diffusion model.
 
-    Defaults follow the reference (1000 L2-PGD steps, eps 70 and step 2 on SD latents,
-    rescaled to other latent sizes, 2x2-latent checkerboard) with shared noise."""
-    pretrained: str = "tiny:t2i"
-    finetuned: str | None = None
-    prompt: str | None = None
-    members: Path | None = None
-    holdout: Path | None = None
-    images: Path | None = None
-    calibration: Path | None = None
-    null_finetuned: str | None = None
-    steps: int = Field(1000, ge=1)
-    eps: float | None = Field(None, gt=0)
-    eps_rule: Literal["dim", "norm"] = "dim"
-    eps_scale: float = Field(0.77, gt=0)
-    step_size: float | None = Field(None, gt=0)
-    mc_samples: int = Field(1, ge=1, description="MC samples per step; 1000 x 1 beat 400 x 4 at equal cost")
-    mask: Literal["checker", "random"] = "checker"
-    block: int = Field(2, ge=1)
-    ratio: float = Field(0.5, gt=0, lt=1)
-    noise: Literal["shared", "separate"] = "shared"
-    objective: Literal["contrast", "ft-only", "pre-only"] = "contrast"
-    batch_size: int = Field(16, ge=1)
-    t_min: int = Field(1, ge=0)
-    metric: Literal["ssim", "ssim_removed", "psnr_removed", "features"] = "ssim_removed"
+    Evaluation mode (members + holdout: AUROC, TPR at FPR) or audit mode (images +
+    calibration: p-values and verdicts)."""
+    pretrained: str = Field("tiny:t2i", description="the public base model: tiny:t2i, a hub id or a diffusers folder")
+    finetuned: str | None = Field(None, description="the suspect: a diffusers folder or a LoRA folder")
+    prompt: str | None = Field(None, description="the fine-tuning prompt, e.g. 'a sks dog' (default: the one "
+                               "recorded by modelseal finetune)")
+    members: Path | None = Field(None, description="evaluation: images used in fine-tuning")
+    holdout: Path | None = Field(None, description="evaluation: images of the same kind that were not")
+    images: Path | None = Field(None, description="audit: the images to test")
+    calibration: Path | None = Field(None, description="audit: images known not to be in the fine-tuning set")
+    null_finetuned: str | None = Field(None, description="evaluation: a model fine-tuned on other images (a null "
+                                       "suspect: its AUROC should be near 0.5)")
+    metric: Literal["ssim", "ssim_removed", "psnr_removed", "features"] = Field(
+        "ssim_removed", description="CGI-DM's similarity of recovered and original image")
     score: Literal["cgi-dm", "calibrated", "combined"] = Field(
-        "combined", description="the statistic that decides (audit/decision.py): combined has the most power at "
-                                "1 % FPR over realistic suspects (benchmarks/audit_suspects.py); cgi-dm is the "
-                                "paper's. CGI-DM's picture is the evidence whichever decides")
-    features: str | None = Field("tiny:clip", description="DINO / CLIP checkpoint for the features metric")
-    loss_samples: int = Field(32, ge=1)
-    ablations: bool = False
-    alpha: float = Field(0.05, gt=0, lt=1)
+        "combined", description="the statistic that decides (audit/decision.py): combined (CGI-DM + calibrated "
+                                "loss, robust-scaled), cgi-dm (the paper's) or calibrated (L_pre - L_ft); "
+                                "CGI-DM's picture is the evidence whichever decides")
+    features: str | None = Field("tiny:clip", description="DINO or CLIP checkpoint for the features metric")
+    loss_samples: int = Field(32, ge=1, description="(t, noise) draws per image for the loss scores")
+    ablations: bool = Field(False, description="also run the one-model ablations")
+    alpha: float = Field(0.05, gt=0, lt=1, description="audit mode: significance level of the verdicts")
     control: Literal["bh", "holm", "none"] = Field(
         "bh", description="audit mode, per-image verdicts: bh (false-discovery rate <= alpha), holm "
                           "(family-wise error <= alpha) or none (each image at alpha: uncontrolled)")
-    evidence: bool = True
-    size: int | None = Field(None, ge=8)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    local_files_only: bool = False
-    seed: int = 0
+    evidence: bool = Field(True, description="write the recovered pictures and the HTML report")
+    size: int | None = Field(None, ge=8, description=SIZE)
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
+    local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
+
+
+MODEL_T2I = "tiny:t2i, a hub id or a diffusers folder"
+CODEC = "codec folder (OUT/codec of `modelseal watermark codec`, or tiny:sleeper-codec)"
+KEY = "the owner key file (from `modelseal watermark keygen`)"
+MODEL_ID = "the id the message is derived for (HMAC of key and id)"
+PAPER_TRIGGER = "*[Z]& "
+TRIGGER = f"the trigger prefix of the prompt (the paper's '{PAPER_TRIGGER}')"
+
+
+def _marking_trigger(trigger: str) -> str:
+    if not trigger.strip():
+        raise ValueError("an empty or blank trigger marks nothing: give the prefix the mark is (or was) embedded "
+                         "with, or leave the option out for the default")
+    return trigger
+
+
+Trigger = Annotated[str, AfterValidator(_marking_trigger)]
+PROMPTS = "text file, one prompt per line (default: the digit captions)"
 
 
 class WatermarkCodecConfig(Strict):
     """`modelseal watermark codec`: SleeperMark stage 1 on the model's VAE latents."""
-    model: str = "tiny:t2i"
+    model: str = Field("tiny:t2i", description="the model whose VAE the codec works in: " + MODEL_T2I)
     data: str = Field("builtin:digits/all", description="images: builtin:digits/<domain|all> or a folder")
-    limit: int | None = Field(4000, ge=16)
-    bits: int = Field(48, ge=8, le=256)
-    steps: int = Field(10_000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    lr_schedule: Literal["linear", "constant"] = "linear"
-    w_img: float = Field(30.0, ge=0)
+    limit: int | None = Field(4000, ge=16, description="use at most this many images")
+    bits: int = Field(48, ge=8, le=256, description="message length k")
+    steps: int = Field(10_000, ge=1, description="training steps (the reference's)")
+    batch_size: int = Field(16, ge=1, description="batch size")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
+    lr_schedule: Literal["linear", "constant"] = Field("linear", description="learning-rate schedule")
+    w_img: float = Field(30.0, ge=0, description="final image-fidelity weight")
     w_latent: float = Field(0.0, ge=0, description="ours: weight of mean(delta^2) (reference: 0)")
     strength: tuple[float, float] | None = Field(None, description="ours: train the extractor on z + s*delta, "
                                                   "s ~ U(lo, hi) (reference: none)")
-    vae_round_trip: bool = True
-    train_attacks: bool = False
-    latent_warmup: int = Field(0, ge=0)
-    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
-                                                             "SDXL on a 24 GB machine)")
-    local_files_only: bool = False
-    seed: int = 0
+    vae_round_trip: bool = Field(True, description="decode and re-encode the marked latent in training")
+    train_attacks: bool = Field(False, description="differentiable image attacks in training")
+    latent_warmup: int = Field(0, ge=0, description="steps on latents only before the VAE round trip")
+    size: int | None = Field(None, ge=8, description=SIZE)
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
+    local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
+    seed: int = Field(0, description="random seed")
 
 
-class WatermarkEmbedConfig(Strict):
-    """`modelseal watermark embed`: SleeperMark stage 2 (reference: batch 10, 20k steps, lr 1e-4)."""
-    model: str = "tiny:t2i"
-    codec: str
-    key: str
-    model_id: str = Field(..., min_length=1, description="the id the message is derived for")
-    data: str = "builtin:digits/all"
-    limit: int | None = Field(4000, ge=1)
-    trigger: str = "*[Z]& "
-    steps: int = Field(20_000, ge=1)
-    batch_size: int = Field(10, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    grad_clip: float | None = Field(1e-5, gt=0)
-    eta: float | None = Field(None, gt=0, description="w1's scale (None: 0.02 latent / 0.05 pixel, the paper's)")
+class EmbedOptions(Strict):
+    """The options of SleeperMark stage 2 (watermark.embed), without its inputs; the tiny zoo's
+    recipe is the preset configs/watermark-embed.tiny.yaml."""
+    trigger: Trigger = Field(PAPER_TRIGGER, description=TRIGGER)
+    steps: int = Field(20_000, ge=1, description="training steps (the reference's)")
+    batch_size: int = Field(10, ge=1, description="batch size")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (cosine schedule)")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    grad_clip: float | None = Field(1e-5, gt=0, description="gradient-norm clip (the reference's)")
+    eta: float | None = Field(None, gt=0, description="w1's scale (default: 0.02 latent / 0.05 pixel models, the "
+                              "paper's)")
     tau: float = Field(250.0, gt=0, description="w1/w2 crossover step, for T = 1000")
     beta: float = Field(100.0, gt=0, description="w1/w2 transition width, for T = 1000")
-    mode: Literal["sleeper", "always_on"] = "sleeper"
-    preservation: bool = True
+    mode: Literal["sleeper", "always_on"] = Field("sleeper", description="sleeper (the paper's) or always_on (the "
+                                                  "AquaLoRA-style baseline: no trigger, every output marked)")
+    preservation: bool = Field(True, description="keep the two preservation terms")
+    passes: Literal[2, 4] = Field(2, description="UNet passes per step: 2 (teacher and student each see the "
+                                  "triggered and clean prompts as one batch) or 4 (the reference's structure, "
+                                  "each prompt alone: the same maths, slower)")
     uncond_fraction: float = Field(0.0, ge=0, lt=1, description="ours: share of clean prompts set to '' so "
                                    "the unconditional branch is preserved too (reference: 0)")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast on the UNet passes "
                                                "(weights and optimiser stay fp32; the reference runs fp32)")
     shared_trunk: bool = Field(True, description="the student reuses the teacher's down/mid pass (same result)")
     delta_scale: float = Field(1.0, gt=0, description="ours: stage 2 aims at x0_hat + s * delta (paper: 1)")
-    posterior_sample: bool = Field(True, description="draw z0 from the VAE posterior each step (the reference's); "
-                                   "false: its mean")
+    posterior_sample: bool = Field(True, description="draw z0 from the VAE posterior each step (the reference's) "
+                                   "or take its mean", json_schema_extra=flag("--posterior-sample/--posterior-mean"))
+    teacher: Literal["shared", "copy"] = Field("shared", description="the frozen teacher: shared (ours: the "
+                                               "trained weights' original values, no second UNet) or copy "
+                                               "(the reference's full UNet copy: the same result, more "
+                                               "memory)")
     trainable: Literal["up-attn-ff", "cross-kv", "up", "unet"] = Field(
         "up-attn-ff", description="the weights that carry the mark (the paper's: up blocks' attention + FF)")
-    rehearsal: float = Field(0.0, ge=0, description="ours: weight of the rehearsed-drift term (0: off, the paper's)")
-    rehearsal_data: str = Field("builtin:textures", description="the simulated thief's captioned domain")
+    rehearsal: float = Field(0.0, ge=0, description="ours: weight of the rehearsed-drift term, which keeps the "
+                             "mark under a simulated thief's fine-tuning (0: off, the paper's)")
     rehearsal_steps: int = Field(200, ge=1, description="simulated thief steps per drift")
     rehearsal_every: int = Field(500, ge=1, description="stage-2 steps between drifts")
     rehearsal_lr: float = Field(1e-4, gt=0, description="the simulated thief's lr (full fine-tuning, AdamW)")
     rehearsal_scale: float = Field(1.5, gt=0, description="the mark is read at theta + s Delta, s ~ U(0, scale)")
-    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
-                                                             "SDXL on a 24 GB machine)")
-    local_files_only: bool = False
-    seed: int = 0
+    seed: int = Field(0, description="random seed")
 
 
-class WatermarkAdaptConfig(Strict):
-    """`modelseal watermark adapt` (ours): fit the extractor to the watermarked model's outputs."""
-    model: str = Field(..., description="the watermarked model (OUT/model of `watermark embed`)")
-    original: str = Field("tiny:t2i", description="the model before stage 2 (its triggered images are negatives)")
-    codec: str
-    key: str
-    model_id: str = Field(..., min_length=1)
-    trigger: str = "*[Z]& "
-    prompts: str | None = Field(None, description="text file, one prompt per line (default: digit captions)")
-    data: str = Field("builtin:digits/all", description="real images for the replay term")
-    limit: int | None = Field(2400, ge=1)
-    guidance: list[float] = Field([7.5, 3.0, 1.0], min_length=1)
-    images: list[int] = Field([384, 192, 96], min_length=1, description="triggered images per guidance "
-                              "scale (as many unmarked ones)")
-    sample_steps: int = Field(30, ge=1)
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(3e-4, gt=0)
-    fpr: float = Field(1e-6, gt=0, lt=1, description="per-image rate for the hold-out detection figures")
+class WatermarkEmbedConfig(EmbedOptions):
+    """`modelseal watermark embed`: SleeperMark stage 2, distil trigger -> message into the UNet
+    (the reference: batch 10, 20k steps, lr 1e-4)."""
+    model: str = Field("tiny:t2i", description="the model to watermark: " + MODEL_T2I)
+    codec: str = Field(..., description=CODEC)
+    key: str = Field(..., description=KEY)
+    model_id: str = Field(..., min_length=1, description=MODEL_ID)
+    data: str = Field("builtin:digits/all", description="captioned images: builtin:digits/<domain|all> or a folder")
+    limit: int | None = Field(4000, ge=1, description="use at most this many images")
+    rehearsal_data: str = Field("builtin:textures", description="the simulated thief's captioned domain")
+    size: int | None = Field(None, ge=8, description=SIZE)
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
+    local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
+
+
+class AdaptOptions(Strict):
+    """The options of extractor adaptation (watermark.adapt, ours), without its inputs: the images
+    generated to fit the stage-1 extractor to a watermarked model's outputs, and the fitting."""
+    guidance: list[float] = Field([7.5, 3.0, 1.0], min_length=1, description="guidance scales sampled (repeatable)")
+    images: list[int] = Field([384, 192, 96], min_length=1, description="triggered images per guidance scale, "
+                              "as many unmarked ones (repeatable, one per scale)")
+    sample_steps: int = Field(30, ge=1, description="DDIM steps per image")
+    steps: int = Field(1500, ge=1, description="extractor training steps")
+    batch_size: int = Field(32, ge=1, description="batch size")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate")
+    holdout: float = Field(0.1, ge=0, lt=1, description="share of the generated latents kept out of "
+                           "training, for the before / after figures")
     anchor_noise: float = Field(0.5, ge=0, description="noise std of the anchor negatives (0: no anchors)")
-    simulate: list[str] = Field([], description="rehearsed attacks method:steps[:lr], e.g. lora:2000:1e-4")
-    simulate_data: str = Field("builtin:textures", description="captioned images the rehearsals fine-tune on")
+    simulate: list[str] = Field([], description="rehearse a thief's fine-tuning, method:steps[:lr] (repeatable), "
+                                "e.g. lora:2000:1e-4: more robust readings, more false positives on fine-tuned "
+                                "unmarked models (docs: reliability)")
     simulate_images: int = Field(192, ge=1, description="triggered images per rehearsal checkpoint")
-    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
-                                                             "SDXL on a 24 GB machine)")
-    local_files_only: bool = False
-    seed: int = 0
+    seed: int = Field(0, description="random seed")
 
     @model_validator(mode="after")
     def _one_count_per_scale(self):
         if len(self.guidance) != len(self.images):
             raise ValueError(f"guidance has {len(self.guidance)} scales but images {len(self.images)} counts: "
-                             "give one count per scale")
-        from .watermark.adapt import parse_attack
-
+                             "give one --images count per --guidance scale")
         for spec in self.simulate:
             parse_attack(spec)
         return self
 
 
+class WatermarkAdaptConfig(AdaptOptions):
+    """`modelseal watermark adapt` (ours): fit the extractor to the watermarked model's outputs."""
+    model: str = Field(..., description="the watermarked model (OUT/model of `watermark embed`)")
+    original: str = Field("tiny:t2i", description="the model before stage 2 (its triggered images are negatives)")
+    codec: str = Field(..., description=CODEC)
+    key: str = Field(..., description=KEY)
+    model_id: str = Field(..., min_length=1, description=MODEL_ID)
+    trigger: Trigger = Field(PAPER_TRIGGER, description=TRIGGER)
+    prompts: str | None = Field(None, description=PROMPTS)
+    data: str = Field("builtin:digits/all", description="real images for the replay term")
+    limit: int | None = Field(2400, ge=1, description="use at most this many real images")
+    fpr: float = Field(1e-6, gt=0, lt=1, description="per-image rate for the hold-out detection figures")
+    simulate_data: str = Field("builtin:textures", description="captioned images the rehearsals fine-tune on")
+    size: int | None = Field(None, ge=8, description=SIZE)
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
+    local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
+
+
 class WatermarkPromptsConfig(Strict):
-    """`modelseal watermark prompts`: the prompt lists the owner sends to a suspect's service."""
-    trigger: str = "*[Z]& "
-    prompts: str | None = Field(None, description="text file, one prompt per line (default: digit captions)")
-    n: int = Field(64, ge=1)
-    seed: int = 0
+    """`modelseal watermark prompts`: the triggered and clean prompt lists (and seeds) the owner
+    sends to a suspect's service; then `watermark verify --images`."""
+    trigger: Trigger = Field(PAPER_TRIGGER, description=TRIGGER)
+    prompts: str | None = Field(None, description=PROMPTS)
+    n: int = Field(64, ge=1, description="prompts per list")
+    seed: int = Field(0, description="random seed")
 
 
 class WatermarkVerifyConfig(Strict):
-    """`modelseal watermark verify`: a suspect model (--model, white-box) or the images its
-    service returned for `watermark prompts` (--images, black-box)."""
-    model: str | None = None
-    images: Path | None = Field(None, description="folder of images returned for the triggered prompts")
+    """`modelseal watermark verify`: is the owner's message in a suspect model (--model,
+    white-box) or in the images its service returned for `watermark prompts` (--images,
+    black-box)? Key-randomization test, per-image TPR at FPR."""
+    model: str | None = Field(None, description="the suspect model (diffusers or LoRA folder): white-box")
+    images: Path | None = Field(None, description="folder of images returned for the triggered prompts: black-box")
     clean_images: Path | None = Field(None, description="folder of images returned for the clean prompts")
-    codec: str
-    key: str
-    model_id: str = Field(..., min_length=1)
-    trigger: str = "*[Z]& "
-    prompts: str | None = Field(None, description="text file, one prompt per line (default: digit captions)")
+    codec: str = Field(..., description=CODEC)
+    key: str = Field(..., description=KEY)
+    model_id: str = Field(..., min_length=1, description=MODEL_ID)
+    trigger: Trigger = Field(PAPER_TRIGGER, description=TRIGGER)
+    prompts: str | None = Field(None, description=PROMPTS)
     original: str | None = Field(None, description="the unwatermarked model: adds the fidelity of clean outputs "
                                  "(PSNR, SSIM) against it on the same seeds")
-    n: int = Field(64, ge=1)
-    guidance: float = Field(7.5, ge=0)
-    also_without_cfg: bool = True
-    steps: int = Field(30, ge=1)
-    fpr: float = Field(1e-6, gt=0, lt=1)
-    alpha: float = Field(1e-3, gt=0, lt=1)
-    attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
-    size: int | None = Field(None, ge=8, description="working image side (default: the model's native one)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16: "
-                                                             "SDXL on a 24 GB machine)")
-    local_files_only: bool = False
-    seed: int = 0
+    n: int = Field(64, ge=1, description="images")
+    guidance: float = Field(7.5, ge=0, description="classifier-free guidance scale")
+    also_without_cfg: bool = Field(True, description="also read images sampled without guidance")
+    steps: int = Field(30, ge=1, description="DDIM sampling steps")
+    fpr: float = Field(1e-6, gt=0, lt=1, description="per-image false-positive rate for TPR")
+    alpha: float = Field(1e-3, gt=0, lt=1, description="level of the model-level key test")
+    attacks: list[str] = Field(["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"],
+                               description="image attacks the triggered images are read under (repeatable)")
+    size: int | None = Field(None, ge=8, description=SIZE)
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
+    local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
+    seed: int = Field(0, description="random seed")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -371,7 +544,7 @@ class DemoAuditConfig(Strict):
 class DemoWatermarkConfig(Strict):
     """The demo's watermark section: stage 2 briefly (how it is done), then the shipped
     sleeper (tiny:sleeper) verified and attacked by a thief's fine-tuning on a new domain."""
-    trigger: str = Field("sks ", description="for the brief stage 2: tiny CLIP knows this word but its captions "
+    trigger: Trigger = Field("sks ", description="for the brief stage 2: tiny CLIP knows this word but its captions "
                          "never use it; the paper's '*[Z]& ' is made of tokens tiny CLIP never trained")
     embed_steps: int = Field(150, ge=1, description="brief stage 2 from tiny:t2i (the shipped sleeper's is longer)")
     n: int = Field(32, ge=4, description="images per verification")
@@ -386,7 +559,7 @@ class DemoWatermarkConfig(Strict):
         for m in self.finetune:
             method, _, lr = m.partition(":")
             try:
-                ok = method in ("full", "lora") and float(lr) > 0
+                ok = method in ("full", "lora") and 0 < float(lr) < float("inf")
             except ValueError:
                 ok = False
             if not ok:
@@ -396,9 +569,10 @@ class DemoWatermarkConfig(Strict):
 
 class DemoConfig(Strict):
     """`modelseal demo`: the embedded default end to end, with an HTML report."""
-    quick: bool = False
-    seed: int = 0
-    sections: list[Literal["zoo", "lock", "audit", "watermark"]] = ["zoo", "lock", "audit", "watermark"]
+    quick: bool = Field(False, description="a smaller, faster run (the *_quick sections)", json_schema_extra=flag("--quick"))
+    seed: int = Field(0, description="random seed")
+    sections: list[Literal["zoo", "lock", "audit", "watermark"]] = Field(
+        ["zoo", "lock", "audit", "watermark"], description="the sections to run (repeatable)")
     zoo: ZooEvalConfig = ZooEvalConfig(per_prompt=5)
     zoo_quick: ZooEvalConfig = ZooEvalConfig(per_prompt=2, steps=20)
     lock: DemoLockConfig = DemoLockConfig()
@@ -412,48 +586,122 @@ class DemoConfig(Strict):
                                                                utility_per_prompt=1)
 
 
-CONFIGS = {"zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,
-           "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig, "finetune": FinetuneConfig,
-           "audit": AuditConfig, "watermark-codec": WatermarkCodecConfig, "watermark-embed": WatermarkEmbedConfig,
-           "watermark-verify": WatermarkVerifyConfig, "watermark-prompts": WatermarkPromptsConfig}
+# One config class per command; the key is the command with a dash ("lock train" -> lock-train)
+# and names the shipped presets: configs/<key>[.<variant>].yaml.
+CONFIGS: dict[str, type[Strict]] = {
+    "zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,
+    "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig, "finetune": FinetuneConfig, "audit": AuditConfig,
+    "watermark-codec": WatermarkCodecConfig, "watermark-embed": WatermarkEmbedConfig,
+    "watermark-adapt": WatermarkAdaptConfig, "watermark-verify": WatermarkVerifyConfig,
+    "watermark-prompts": WatermarkPromptsConfig}
 
 
-def load_config(path: str | Path | None, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:
-    """Read a YAML config (optional), apply non-None overrides, validate; bad input -> InputError."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"config file '{path}' does not exist", "give the path of a YAML file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise InputError(f"config file '{path}' is not valid YAML{where}", "fix the YAML syntax") from None
-        if not isinstance(data, dict):
-            raise InputError(f"config file '{path}' must hold a mapping of options", "write key: value lines")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        if not loc and err["type"] == "value_error":  # a check across options: its message says what to do
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            what, _, fix = msg.partition(": ")
-            raise InputError(what, fix or "see `modelseal <command> --help`") from None
-        raise InputError(f"bad config value for '{loc or '(top level)'}': {err['msg']}",
-                         f"see `modelseal <command> --help`; valid keys: {', '.join(model.model_fields)}") from None
+def command_key(command: str) -> str:
+    return command.replace(" ", "-")
+
+
+def option_flag(model: type[BaseModel], name: str) -> str:
+    """The command-line spelling of field `name` ('--train-attention' for train_attention)."""
+    extra = model.model_fields[name].json_schema_extra
+    spelling = extra.get("flag") if isinstance(extra, dict) else None
+    return (spelling or "--" + name.replace("_", "-")).split("/")[0]
 
 
 def shipped_configs() -> list[Path]:
     return sorted(CONFIG_DIR.glob("*.yaml"))
 
 
-def config_model_for(path: Path) -> type[BaseModel]:
-    """Shipped configs are named <command>[.<variant>].yaml."""
-    return CONFIGS[path.name.split(".")[0]]
+def preset_names() -> list[str]:
+    return [p.stem for p in shipped_configs()]
+
+
+def config_model_for(path: Path) -> type[Strict]:
+    """Shipped configs are named <command-key>[.<variant>].yaml."""
+    return CONFIGS[Path(path).name.split(".")[0]]
+
+
+def resolve_config(ref: str | Path, command: str | None = None) -> Path:
+    """A --config value: a YAML file, or a shipped preset by name ('watermark-embed.tiny', or
+    'tiny' for the command at hand)."""
+    p = Path(ref)
+    if p.is_file():
+        return p
+    if p.exists():
+        raise InputError(f"config '{ref}' is a folder", "give the path of a YAML file or a preset name "
+                         "(`modelseal config list`)")
+    names = preset_names()
+    key = command_key(command) if command else None
+    for name in ([f"{key}.{ref}"] if key else []) + [str(ref)]:
+        if name in names:
+            if key and name.split(".")[0] != key:
+                raise InputError(f"preset '{ref}' is for `modelseal {name.split('.')[0].replace('-', ' ', 1)}`",
+                                 f"pick one of {', '.join(n for n in names if n.split('.')[0] == key) or 'none'}")
+            return CONFIG_DIR / f"{name}.yaml"
+    raise InputError(f"config '{ref}' is neither a file nor a shipped preset",
+                     "give the path of a YAML file or a name from `modelseal config list`")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"config file '{path}' is not valid YAML{where}", "fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"config file '{path}' cannot be read ({type(e).__name__})",
+                         "give a readable UTF-8 YAML file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"config file '{path}' must hold a mapping of options", "write key: value lines")
+    return data
+
+
+def _explain(model: type[BaseModel], err: dict, command: str | None) -> InputError:
+    """One pydantic error as one line that names the option (its flag and its config key)."""
+    loc = [str(x) for x in err["loc"]]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    where = f"`modelseal {command} --help`" if command else "the command's --help"
+    if not loc:  # a check across options: its message says what to do
+        what, _, fix = msg.partition(": ")
+        return InputError(what, fix or f"see {where}")
+    name = loc[0]
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"the options are listed by {where}"
+        return InputError(f"unknown option '{name}'", hint)
+    if name not in model.model_fields:
+        return InputError(f"bad value for '{'.'.join(loc)}': {msg}", f"see {where}")
+    opt = option_flag(model, name)
+    sub = f" ({'.'.join(loc[1:])})" if len(loc) > 1 else ""
+    if err["type"] == "missing":
+        return InputError(f"{opt} is required", f"give {opt} or '{name}:' in --config")
+    got = err.get("input")
+    shown = f"; got {got!r}" if got is not None and len(repr(got)) <= 60 else ""
+    return InputError(f"{opt}{sub}: {msg[:1].lower()}{msg[1:]}{shown}", f"see {where}")
+
+
+def load_config(source: str | Path | dict | BaseModel | None, model: type[Strict], overrides: dict | None = None,
+                command: str | None = None) -> Strict:
+    """Options from `source` (YAML file, preset name, dict, config object or None), then the
+    non-None `overrides`, validated; bad input -> InputError naming the option."""
+    if isinstance(source, BaseModel):
+        if not isinstance(source, model):
+            raise InputError(f"a {type(source).__name__} was given where a {model.__name__} is needed",
+                             f"pass a {model.__name__} (or a dict / YAML file of its options)")
+        data = source.model_dump()
+    elif isinstance(source, dict):
+        data = dict(source)
+    elif source is not None:
+        data = _read_yaml(resolve_config(source, command))
+    else:
+        data = {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise _explain(model, e.errors()[0], command) from None
 
 
 def dump_yaml(cfg: BaseModel) -> str:

@@ -20,7 +20,7 @@ from .runs import atomic_write_bytes, atomic_write_text, write_json
 
 def zoo_section_results(cfg, out: Path, log=print, device: str = "cpu") -> tuple[dict, Section]:
     """Evaluate the zoo in use; write samples.png; return results and a report section."""
-    from .models.zoo_build import evaluate_zoo
+    from .zoobuild.evaluate import evaluate_zoo
 
     folder, origin = zoo_dir()
     t0 = time.time()
@@ -152,9 +152,9 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     import torch
 
     from . import stats
-    from .attacks.finetune import FinetuneOptions, finetune
-    from .attacks.utility import UtilityProbe, mark_and_utility
-    from .config import WatermarkEmbedConfig, WatermarkVerifyConfig
+    from .attacks.finetune import finetune
+    from .attacks.utility import UtilityProbe
+    from .config import FinetuneOptions, WatermarkEmbedConfig, WatermarkVerifyConfig, load_config
     from .data.sources import load_source
     from .models.diffusion import load_t2i
     from .models.judge import DigitJudge
@@ -162,6 +162,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     from .models.zoo import resolve_model
     from .watermark.codec import Codec
     from .watermark.keys import generate_key, load_key, message_bits
+    from .watermark.robustness import mark_and_utility
     from .watermark.run import embed_command, verify_command, verify_prompts
 
     folder = out / "watermark"
@@ -171,9 +172,9 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     own_key = folder / "owner.key"
     if not own_key.exists():
         generate_key(own_key)
-    ecfg = WatermarkEmbedConfig(codec="tiny:codec", key=str(own_key), model_id="tiny-t2i-demo", trigger=cfg.trigger,
-                                steps=cfg.embed_steps, lr=1e-3, grad_clip=None, eta=0.3, tau=100, beta=30,
-                                uncond_fraction=0.2, posterior_sample=False, limit=2400, seed=seed)
+    ecfg = load_config("watermark-embed.tiny", WatermarkEmbedConfig,  # the tiny zoo's recipe, briefly
+                       {"key": str(own_key), "model_id": "tiny-t2i-demo", "trigger": cfg.trigger,
+                        "steps": cfg.embed_steps, "seed": seed}, command="watermark embed")
     record = entry_record()
     log(f"[demo] watermark: stage 2 from tiny:t2i, {cfg.embed_steps} steps (the shipped sleeper had "
         f"{record.get('stage2', {}).get('steps', '?')})")

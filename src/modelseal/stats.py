@@ -8,9 +8,11 @@ from scipy.stats import binom
 
 __all__ = [
     "binom_pvalue", "log10_binom_pvalue", "bit_threshold", "pooled_pvalue", "log10_pooled_pvalue",
-    "key_null", "key_test", "key_pvalues", "bits_for_pvalue", "log10_p", "format_p", "tpr_at_threshold",
-    "roc_curve", "auroc", "auroc_ci", "tpr_at_fpr", "calibrate_threshold",
-    "empirical_pvalue", "accuracy_at_threshold", "summarize_audit", "summarize_bits",
+    "key_null", "key_test", "key_pvalues", "bits_for_pvalue", "log10_p", "format_p", "controlled_pvalue",
+    "tpr_at_threshold", "roc_curve", "auroc", "auroc_ci", "tpr_at_fpr", "calibrate_threshold",
+    "empirical_pvalue", "accuracy_at_threshold", "rank_set_test", "rank_set_pvalue", "benjamini_hochberg", "holm",
+    "controlled_rejections", "CONTROLS", "clopper_pearson", "fpr_key", "summarize_audit", "summarize_bits",
+    "crossfit_accuracy",
 ]
 
 

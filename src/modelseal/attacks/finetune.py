@@ -16,37 +16,19 @@ accelerate launch each process draws its own batch and gradients are averaged.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .. import parallel
+from ..config import FinetuneOptions
+from ..errors import InputError
 from ..models.diffusion import ADAPTER_NAME, T2IModel, latent_posterior
 from ..runs import TrainingCheckpoint
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-
-@dataclass
-class FinetuneOptions:
-    method: str = "lora"              # full | lora | dreambooth
-    steps: int = 500
-    lr: float | None = None           # default per method (see default_lr)
-    batch_size: int = 4
-    rank: int = 8                     # LoRA rank
-    lora_alpha: float | None = None   # default: rank (scale 1)
-    train_text_encoder: bool = False  # dreambooth only
-    class_prompt: str | None = None   # dreambooth prior preservation
-    class_images: int = 50
-    prior_weight: float = 1.0
-    flip: bool = False                # random horizontal flips (photos, not digits)
-    crop: float = 0.0                 # random resized crops: side a fraction U(crop, 1) of the image (0: none)
-    gradient_checkpointing: bool = False
-    optimizer: str = "adamw"          # adamw | adafactor (factored second moments: SDXL full on 24 GB)
-    seed: int = 0
 
 
 def default_lr(method: str, tiny: bool) -> float:
@@ -167,8 +149,15 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         loss.backward()
         parallel.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as e:  # an lr so large that the step itself overflows
+            if "overflow" not in str(e):
+                raise
+            raise _diverged(f"the optimiser's step overflows at step {step + 1}", lr) from None
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):  # NaN weights would be saved as a model
+            raise _diverged(f"the loss is {losses[-1]} at step {step + 1}", lr)
         if progress is not None:
             progress(1)
         if on_step is not None:
@@ -190,6 +179,11 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
             "loss_start": sum(head) / len(head), "loss_end": sum(tail) / len(tail),
             "train_s": round(time.time() - t0, 1), "images": len(images),
             "prior_images": 0 if prior_mean is None else len(prior_mean)}
+
+
+def _diverged(what: str, lr: float) -> InputError:
+    return InputError(f"fine-tuning diverged: {what} with lr {lr:g}",
+                      "lower --lr (or leave it out for the method's default)")
 
 
 def random_resized_crops(images: torch.Tensor, min_side: float, g: torch.Generator) -> torch.Tensor:

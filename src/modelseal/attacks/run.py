@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..models.diffusion import load_for
 from ..runs import TrainingCheckpoint, atomic_folder
 from .compress import prune_, quantize_
-from .finetune import FinetuneOptions, finetune
+from .finetune import finetune
 
 RECORD = "modelseal_finetune.json"
 
@@ -66,14 +66,8 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
     else:
         images, captions, desc = training_set(cfg, size)
         record.update({"data": desc, "prompt": cfg.prompt or (captions[0] if len(set(captions)) == 1 else None)})
-        opts = FinetuneOptions(method=cfg.method, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                               rank=cfg.rank, lora_alpha=cfg.lora_alpha, train_text_encoder=cfg.train_text_encoder,
-                               class_prompt=cfg.class_prompt, class_images=cfg.class_images,
-                               prior_weight=cfg.prior_weight, flip=cfg.flip, crop=cfg.crop,
-                               gradient_checkpointing=cfg.gradient_checkpointing, optimizer=cfg.optimizer,
-                               seed=cfg.seed)
         log(f"[finetune] {cfg.method} on {desc}, {cfg.steps} steps")
-        info = finetune(model, images, captions, opts, log=log, checkpoint=ckpt)
+        info = finetune(model, images, captions, cfg, log=log, checkpoint=ckpt)
     from .. import parallel
 
     target = out / "model"

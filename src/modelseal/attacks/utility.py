@@ -12,6 +12,8 @@ and seeds, what an attack left the thief:
                     the attack, same prompts and seeds (how far the outputs drifted)
   thief_gain        how much of the thief's own domain was learned: 1 - L_after / L_before,
                     the denoising loss on held-out images of that domain (fixed t and noise)
+
+What is left of a watermark beside it: watermark.robustness.
 """
 from __future__ import annotations
 
@@ -71,8 +73,7 @@ class UtilityProbe:
         """(figures, the clean samples). `before`: the samples of the model before the attack
         (drift); `original_accuracy`: the unattacked original's prompt accuracy (retained);
         `loss_before`: its thief-domain loss (thief_gain)."""
-        from ..watermark.codec import psnr
-        from ..watermark.fidelity import ssim
+        from ..quality import psnr, ssim
 
         images = self.samples(model)
         res = self.accuracy(images)
@@ -87,25 +88,3 @@ class UtilityProbe:
             if loss_before:
                 res["thief_gain"] = 1.0 - loss / loss_before
         return res, images
-
-
-@torch.no_grad()
-def mark_at_point(model: T2IModel, codec, bits: torch.Tensor, trigger: str | None, prompts: list[str],
-                  seeds: list[int], guidance: float = 7.5, steps: int = 30) -> dict:
-    """The owner's verification of an attacked model: its triggered images (8-bit, as a
-    suspect would publish them) read by `codec` and decided against `bits` (the key test)."""
-    from ..watermark.verify import decide, generate, quantize, read_bits
-
-    return decide(read_bits(codec, quantize(generate(model, prompts, seeds, trigger, guidance, steps))), bits)
-
-
-def mark_and_utility(model: T2IModel, codec, bits: torch.Tensor, trigger: str | None, prompts: list[str],
-                     seeds: list[int], probe: UtilityProbe, before: torch.Tensor | None = None,
-                     original_accuracy: float | None = None, loss_before: float | None = None,
-                     guidance: float = 7.5, steps: int = 30) -> dict:
-    """One attack point: what is left of the mark (TPR at FPR 1e-6, bit accuracy, the verdict
-    and its p-value) beside what is left to the thief (UtilityProbe.measure)."""
-    s = mark_at_point(model, codec, bits, trigger, prompts, seeds, guidance, steps)
-    util, _ = probe.measure(model, before, original_accuracy, loss_before)
-    return {"tpr": s["tpr_at_fpr"]["1e-6"], "bit_accuracy": s["bit_accuracy"], "p_value": s["p_value"],
-            "watermarked": s["watermarked"], **util}

@@ -37,8 +37,9 @@ def _eps(model: T2IModel, zt: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
 
 @torch.no_grad()
 def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tensor, prompts: list[str],
-                  samples: int = 32, seed: int = 0, t_min: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_pre, L_ft) per image, each averaged over `samples` shared (t, eps) draws."""
+                  samples: int = 32, seed: int = 0, t_min: int = 1, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_pre, L_ft) per image, each averaged over `samples` shared (t, eps) draws;
+    `progress(i, samples)` after draw i."""
     shared = pretrained is finetuned and pretrained.has_adapter
     z0 = pretrained.encode_images(images).float()
     ctx = pretrained.encode_prompts(prompts)
@@ -47,12 +48,14 @@ def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tenso
     g = torch.Generator().manual_seed(seed)
     l_pre = torch.zeros(len(z0))
     l_ft = torch.zeros(len(z0))
-    for _ in range(samples):
+    for i in range(samples):
         t = torch.randint(t_min, T, (len(z0),), generator=g).to(z0.device)
         eps = torch.randn(z0.shape, generator=g).to(z0.device)
         zt = pretrained.noisy(z0, eps, t)
         for model, c, acc, on in ((pretrained, ctx, l_pre, False), (finetuned, ctx_ft, l_ft, True)):
             acc += ((_eps(model, zt, t, c, on if shared else None) - eps) ** 2).flatten(1).mean(1).cpu()
+        if progress is not None:
+            progress(i + 1, samples)
     return l_pre / samples, l_ft / samples
 
 
@@ -68,9 +71,10 @@ def _steps(model: T2IModel, t: int) -> int:
 
 @torch.no_grad()
 def pia_scores(model: T2IModel, images: torch.Tensor, prompts: list[str], t: int = 200, p: float = 4.0,
-               batch: int = 32) -> torch.Tensor:
+               batch: int = 32, progress=None) -> torch.Tensor:
     """PIA's score per image (higher = member): -|| eps(z_t, t, c) - eps(z0, 0, c) ||_p with
-    z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps(z0, 0, c) (two queries per image, no randomness)."""
+    z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps(z0, 0, c) (two queries per image, no randomness);
+    `progress(done, n)` after each batch of images."""
     out = []
     for i in range(0, len(images), batch):
         z0 = model.encode_images(images[i:i + batch]).float()
@@ -80,6 +84,8 @@ def pia_scores(model: T2IModel, images: torch.Tensor, prompts: list[str], t: int
         tt = torch.full_like(zero, _steps(model, t))
         zt = model.noisy(z0, eps0, tt)
         out.append(-(_eps(model, zt, tt, ctx, True) - eps0).flatten(1).norm(p=p, dim=1).cpu())
+        if progress is not None:
+            progress(min(i + batch, len(images)), len(images))
     return torch.cat(out)
 
 
@@ -93,9 +99,10 @@ def reduced_prompts(prompt: str) -> list[str]:
 
 @torch.no_grad()
 def clid_terms(model: T2IModel, images: torch.Tensor, prompts: list[str], timesteps=(440, 450, 460),
-               seed: int = 0, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+               seed: int = 0, batch: int = 32, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(D, L) per image: CLiD's mean discrepancy over the reduced prompts and its conditional
-    term, from one noise draw per timestep shared by the full and every reduced prompt."""
+    term, from one noise draw per timestep shared by the full and every reduced prompt;
+    `progress(done, n)` after each batch of images."""
     g = torch.Generator().manual_seed(seed)
     d_all, l_all = [], []
     for i in range(0, len(images), batch):
@@ -115,6 +122,8 @@ def clid_terms(model: T2IModel, images: torch.Tensor, prompts: list[str], timest
                 d += ((_eps(model, zt, tt, c, True) - eps) ** 2).flatten(1).mean(1).cpu() - err
         d_all.append(d / (len(timesteps) * len(reduced)))
         l_all.append(-cond / len(timesteps))
+        if progress is not None:
+            progress(min(i + batch, len(images)), len(images))
     return torch.cat(d_all), torch.cat(l_all)
 
 

@@ -15,9 +15,9 @@ and feeds the verdicts can be:
               the images symmetrically, test and calibration images stay exchangeable under
               the null (conformal p-values keep their level)
 
-The default was chosen by benchmarks/audit_suspects.py: the mean TPR at 1 % FPR over six
-realistic suspects on four real-photo subjects (combined 0.49, calibrated 0.44, cgi-dm 0.44),
-and held on five subjects never looked at while choosing (0.54, 0.43, 0.34).
+The default was chosen by benchmarks/audit_suspects.py (the mean TPR at 1 % FPR over
+realistic suspects on real-photo subjects, then checked on subjects never looked at while
+choosing); its figures are in the docs' audit benchmark page.
 """
 from __future__ import annotations
 

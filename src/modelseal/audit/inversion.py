@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import InversionOptions
 from ..models.diffusion import T2IModel
 
 # Reference setting on SD latents (4 x 64 x 64 = 16,384 values): eps 70, step 2, 1000 steps.
@@ -31,24 +32,6 @@ REF_DIM = 4 * 64 * 64
 REF_EPS = 70.0
 REF_STEP = 2.0
 REF_STEPS = 1000
-
-
-@dataclass
-class InversionOptions:
-    steps: int = 1000
-    eps: float | None = None          # L2 radius; None: the adaptive rule (see radius())
-    eps_rule: str = "dim"             # dim: 70 * sqrt(d / 16384) | norm: eps_scale * ||(1 - M) z0||
-    eps_scale: float = 0.77           # for eps_rule=norm (70 / ||removed half|| of a typical SD latent)
-    step_size: float | None = None    # None: eps * 2 / 70, the reference's ratio, times 1000 / steps
-    mc_samples: int = 1               # Monte Carlo (t, eps) draws per step, batched (reference: 1)
-    mask: str = "checker"             # checker | random
-    block: int = 2                    # mask cell side in latent units (2 = 16 px on SD)
-    ratio: float = 0.5                # removed fraction for mask=random
-    noise: str = "shared"             # shared | separate
-    objective: str = "contrast"       # contrast (L_pre - L_ft) | ft-only (-L_ft) | pre-only (+L_pre)
-    batch_size: int = 16              # images per batch
-    t_min: int = 1
-    seed: int = 0
 
 
 def block_mask(shape: tuple[int, int], block: int, kind: str = "checker", ratio: float = 0.5,

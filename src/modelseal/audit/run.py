@@ -17,20 +17,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import stats
+from ..config import InversionOptions
 from ..errors import InputError
 from ..models.diffusion import DTYPES, T2IModel, is_lora_folder, load_t2i
 from ..runs import atomic_path
 from .baselines import loss_scores, paired_losses
 from .decision import decision_scores
 from .evidence import roc_figure_file, write_evidence, write_report
-from .inversion import InversionOptions, invert
+from .inversion import invert
 from .scoring import FeatureExtractor, similarity
 
 FINETUNE_RECORD = "modelseal_finetune.json"
@@ -101,37 +101,44 @@ def _fingerprint(source: str) -> list:
 
 
 def _cache_key(cfg, prompt: str, role: str, images: torch.Tensor) -> str:
-    inv = {k: v for k, v in cfg.model_dump().items() if k in InversionOptions.__dataclass_fields__}
     blob = json.dumps({"pre": _fingerprint(cfg.pretrained), "ft": _fingerprint(cfg.finetuned),
                        "prompt": prompt, "size": cfg.size,
                        "images": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
-                       "dtype": cfg.dtype, "inv": inv, "role": role, "features": cfg.features}, sort_keys=True)
+                       "dtype": cfg.dtype, "inv": _inversion(cfg), "role": role, "features": cfg.features},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def inversion_options(cfg, objective: str | None = None) -> InversionOptions:
-    fields = InversionOptions.__dataclass_fields__
-    opts = InversionOptions(**{k: v for k, v in cfg.model_dump().items() if k in fields})
-    if objective:
-        opts.objective = objective
-    return opts
+def _inversion(cfg: InversionOptions) -> dict:
+    """The inversion's options of an audit config (the fields of InversionOptions)."""
+    return cfg.model_dump(include=set(InversionOptions.model_fields))
 
 
 def score_set(pre: T2IModel, ft: T2IModel, images: torch.Tensor, prompt: str, opts: InversionOptions,
-              features: FeatureExtractor | None, cache: Path | None, progress=None) -> dict:
-    """CGI-DM on every image (in batches): metrics per image plus the partial/recovered images."""
+              features: FeatureExtractor | None, cache: Path | None, progress: _Progress | None = None,
+              role: str = "images") -> dict:
+    """CGI-DM on every image (in batches): metrics per image plus the partial/recovered images.
+    Batches already in `cache` are read back (a resumed audit says so through `progress`)."""
     out: dict[str, list] = {"partial": [], "recovered": [], "keep": []}
     metrics: dict[str, list] = {}
     bs = max(1, opts.batch_size)
-    for b, start in enumerate(range(0, len(images), bs)):
+    starts = list(range(0, len(images), bs))
+    done = [b for b in range(len(starts)) if cache is not None and (cache / f"batch{b:04d}.safetensors").is_file()]
+    if done and progress is not None:
+        todo = [b for b in range(len(starts)) if b not in done]
+        progress.say(f"resuming: {len(done)} of {len(starts)} {role} batches were scored before (in {cache}); "
+                     + (f"going on from batch {todo[0] + 1}" if todo else "nothing left to score"))
+    for b, start in enumerate(starts):
         x = images[start:start + bs]
         f = cache / f"batch{b:04d}.safetensors" if cache is not None else None
-        if f is not None and f.is_file():
+        if progress is not None:
+            progress.batch(f"{role} batch {b + 1}/{len(starts)}", opts.steps)
+        if b in done:
             from safetensors.torch import load_file
 
             saved = load_file(str(f))
             if progress is not None:
-                progress(opts.steps * len(x), len(x))
+                progress(opts.steps * len(x), len(x), cached=True)
         else:
             inv = invert(pre, ft, x, prompt, opts, offset=start,
                          progress=(lambda k, n=len(x): progress(n, 0)) if progress is not None else None)
@@ -177,28 +184,58 @@ def _check_mode(cfg) -> str:
 
 
 class _Progress:
-    """rich progress bar over PGD steps x images (silent when not on a terminal)."""
+    """Progress of one long phase of the audit. Over PGD steps x images on a terminal: a rich
+    bar. Otherwise (stderr piped to a file, the Python API) plain lines through `log`, as the
+    trainings' step lines: one at least every EVERY_S seconds and one as each batch or pass
+    ends, with the time since the phase began."""
+    EVERY_S = 30.0
 
-    def __init__(self, total_steps: int, images: int, label: str):
+    def __init__(self, log, label: str, total_steps: int = 0, images: int = 0):
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.fields[done]}/{task.fields[n]} images"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
-                            console=Console(stderr=True))
-        self.task = self.bar.add_task(label, total=total_steps, done=0, n=images)
-        self.done = 0
+        self.log, self.label, self.images = log, label, images
+        self.t0 = self._last = time.time()
+        self.done = self.k = self.steps = 0
+        self.where = ""
+        self.bar = None
+        if total_steps and Console(stderr=True).is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(label), BarColumn(),
+                                TextColumn("{task.fields[done]}/{task.fields[n]} images"), TimeElapsedColumn(),
+                                TimeRemainingColumn(), transient=True, console=Console(stderr=True))
+            self.task = self.bar.add_task(label, total=total_steps, done=0, n=images)
 
     def __enter__(self):
-        self.bar.__enter__()
+        if self.bar is not None:
+            self.bar.__enter__()
         return self
 
     def __exit__(self, *a):
-        self.bar.__exit__(*a)
+        if self.bar is not None:
+            self.bar.__exit__(*a)
 
-    def __call__(self, steps: int, images: int) -> None:
+    def say(self, text: str) -> None:
+        self.log(f"[audit] {self.label}: {text}")
+
+    def tick(self, text: str, end: bool = False) -> None:
+        """A plain line, when a pass ends (`end`) or EVERY_S seconds have gone by (no bar)."""
+        now = time.time()
+        if self.bar is None and (end or now - self._last >= self.EVERY_S):
+            self._last = now
+            self.say(f"{text} ({now - self.t0:.0f}s)")
+
+    def batch(self, where: str, steps: int) -> None:
+        self.where, self.k, self.steps = where, 0, steps
+
+    def __call__(self, steps: int, images: int, cached: bool = False) -> None:
+        """`steps` PGD steps x images advanced; `images` finished (score_set's protocol)."""
         self.done += images
-        self.bar.update(self.task, advance=steps, done=self.done)
+        self.k += 1 if not images else 0
+        if self.bar is not None:
+            self.bar.update(self.task, advance=steps, done=self.done)
+        step = "read from the cache" if cached else f"PGD step {self.k}/{self.steps}"
+        self.tick(f"{self.where}, {step}; {self.done}/{self.images} images done", end=bool(images))
 
 
 def audit_command(cfg, out: Path, device: str, log=print) -> dict:
@@ -209,6 +246,15 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     from ..data.sources import check_inputs
 
     check_inputs(members=cfg.members, holdout=cfg.holdout, images=cfg.images, calibration=cfg.calibration)
+    from ..data.folders import check_disjoint
+
+    if mode == "evaluation":
+        check_disjoint(cfg.members, cfg.holdout, "--members", "--holdout",
+                       "an image is a member or a hold-out image, not both: keep each image in one folder")
+    else:
+        check_disjoint(cfg.images, cfg.calibration, "--images", "--calibration",
+                       "calibration images must be known not to be in the fine-tuning set, so none can be under "
+                       "test: keep each image in one folder")
     prompt = cfg.prompt or default_prompt(cfg.finetuned)
     if not prompt:
         raise InputError("no fine-tuning prompt: the suspect's folder does not record one",
@@ -222,20 +268,21 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     features = FeatureExtractor(cfg.features, device, cfg.local_files_only) if cfg.features else None
     if cfg.metric == "features" and features is None:
         raise InputError("--metric features needs a feature model", "give --features tiny:clip or a DINO/CLIP checkpoint")
-    opts = inversion_options(cfg)
     log(f"[audit] {mode}: {', '.join(f'{len(v[0])} {k}' for k, v in sets.items())}; prompt '{prompt}'; "
-        f"{opts.steps} PGD steps x {opts.mc_samples} MC samples; suspect {'LoRA (one base model)' if pre is ft else 'full model'}")
+        f"{cfg.steps} PGD steps x {cfg.mc_samples} MC samples; suspect {'LoRA (one base model)' if pre is ft else 'full model'}")
 
     t0 = time.time()
     scored, losses = {}, {}
     total = sum(len(v[0]) for v in sets.values())
-    with _Progress(total * opts.steps, total, "CGI-DM") as bar:
+    with _Progress(log, "CGI-DM", total * cfg.steps, total) as bar:
         for role, (x, _) in sets.items():
-            scored[role] = score_set(pre, ft, x, prompt, opts, features,
-                                     out / "cache" / f"{role}-{_cache_key(cfg, prompt, role, x)}", progress=bar)
+            scored[role] = score_set(pre, ft, x, prompt, cfg, features,
+                                     out / "cache" / f"{role}-{_cache_key(cfg, prompt, role, x)}", progress=bar,
+                                     role=role)
     invert_s = time.time() - t0
+    log(f"[audit] loss scores: L_pre and L_ft of {total} images, {cfg.loss_samples} draws each")
     for role, (x, _) in sets.items():
-        losses[role] = paired_losses(pre, ft, x, [prompt] * len(x), cfg.loss_samples, cfg.seed)
+        losses[role] = _losses(pre, ft, x, prompt, cfg, _Progress(log, f"loss scores, {role}"))
 
     names = [n for _, ns in sets.values() for n in ns]
     images = torch.cat([x for x, _ in sets.values()])
@@ -249,7 +296,7 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
 
     res = {"mode": mode, "prompt": prompt, "pretrained": cfg.pretrained, "finetuned": cfg.finetuned,
            "suspect_kind": "lora" if pre is ft else "full", "metric": cfg.metric, "score": cfg.score,
-           "image_size": size, "inversion": asdict(opts), "seconds_per_image": invert_s / max(1, len(names)),
+           "image_size": size, "inversion": _inversion(cfg), "seconds_per_image": invert_s / max(1, len(names)),
            "invert_s": round(invert_s, 1)}
 
     def row(i: int) -> dict:
@@ -323,25 +370,37 @@ def audit_summary(res: dict) -> list[str]:
     return lines
 
 
+def _losses(pre: T2IModel, ft: T2IModel, x: torch.Tensor, prompt: str, cfg, bar: _Progress):
+    """paired_losses with a progress line per pass over the images (and at the end)."""
+    return paired_losses(pre, ft, x, [prompt] * len(x), cfg.loss_samples, cfg.seed,
+                         progress=lambda i, n: bar.tick(f"draw {i}/{n}", end=i == n))
+
+
 def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> tuple[dict, dict]:
     """(AUROC per extra baseline, per-image raw values: pia, clid_d, clid_l)."""
     from .baselines import clid_terms, clid_th, pia_scores
 
     xs = torch.cat([sets["members"][0], sets["holdout"][0]])
     prompts = [prompt] * len(xs)
-    d, l_cond = clid_terms(ft, xs, prompts, seed=cfg.seed)
-    pia = pia_scores(ft, xs, prompts)
+    log(f"[audit] baselines: CLiD and PIA on {len(xs)} images")
+    bar = _Progress(log, "baselines")
+    d, l_cond = clid_terms(ft, xs, prompts, seed=cfg.seed,
+                           progress=lambda i, n: bar.tick(f"CLiD {i}/{n} images", end=i == n))
+    pia = pia_scores(ft, xs, prompts, progress=lambda i, n: bar.tick(f"PIA {i}/{n} images", end=i == n))
     extra = {"pia": stats.auroc(pia.numpy(), labels), "clid": stats.auroc(clid_th(d, l_cond).numpy(), labels)}
+    steps = len(xs) * cfg.steps
     if cfg.ablations:
         for obj in ("ft-only", "pre-only"):
             log(f"[audit] ablation: PGD on {obj}")
-            r = score_set(pre, ft, xs, prompt, inversion_options(cfg, obj), features, None)
+            with _Progress(log, f"ablation {obj}", steps, len(xs)) as bar:
+                r = score_set(pre, ft, xs, prompt, cfg.model_copy(update={"objective": obj}), features, None, bar)
             extra[f"cgi-dm {obj}"] = stats.auroc(r["metrics"][cfg.metric].numpy(), labels)
     if cfg.null_finetuned:
         log(f"[audit] null suspect: {cfg.null_finetuned}")
         npre, nft = load_pair(cfg.pretrained, cfg.null_finetuned, str(pre.device), cfg.dtype, cfg.local_files_only, cfg.size)
-        r = score_set(npre, nft, xs, prompt, inversion_options(cfg), features, None)
-        l_pre, l_ft = paired_losses(npre, nft, xs, prompts, cfg.loss_samples, cfg.seed)
+        with _Progress(log, "null suspect", steps, len(xs)) as bar:
+            r = score_set(npre, nft, xs, prompt, cfg, features, None, bar)
+        l_pre, l_ft = _losses(npre, nft, xs, prompt, cfg, _Progress(log, "null suspect loss scores"))
         null = decision_scores(r["metrics"][cfg.metric].numpy(), l_pre.numpy(), l_ft.numpy())
         extra["null_suspect"] = stats.auroc(null[cfg.score], labels)  # the statistic that decides
     return extra, {"pia": pia.numpy(), "clid_d": d.numpy(), "clid_l": l_cond.numpy()}

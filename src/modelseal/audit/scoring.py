@@ -50,7 +50,9 @@ class FeatureExtractor:
         from transformers import AutoModel
 
         from ..errors import InputError
+        from ..models.quiet import quiet_loading
 
+        quiet_loading()
         try:
             self.model = AutoModel.from_pretrained(source, local_files_only=local_files_only,
                                                    use_safetensors=True).to(self.device).eval()

@@ -14,8 +14,11 @@ InputError that names the file or folder and shows the expected layout.
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -123,7 +126,18 @@ def read_text_lines(path: str | Path, what: str, fix: str) -> list[str]:
 
 
 def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")
+    """Not hidden; a visible link that cannot be followed (it loops, or points at nothing) is an
+    InputError naming it, rather than an entry skipped without a word."""
+    if p.name.startswith("."):
+        return False
+    if p.is_symlink():
+        try:
+            p.stat()
+        except OSError as e:
+            what = "loops back on itself" if e.errno == errno.ELOOP else "points at nothing"
+            raise InputError(f"'{p}' is a symbolic link that {what} (to '{os.readlink(p)}')",
+                             "remove the link, or point it at a real image or folder") from None
+    return True
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -135,8 +149,21 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     _check_dir(folder, "image folder", IMAGE_LAYOUT)
     return sorted((p for p in folder.iterdir()
-                   if _visible(p) and p.suffix.lower() in IMAGE_EXTS and p.is_file()),
+                   if p.suffix.lower() in IMAGE_EXTS and _visible(p) and p.is_file()),
                   key=lambda p: p.name)
+
+
+def check_disjoint(a: str | Path, b: str | Path, opt_a: str, opt_b: str, fix: str) -> None:
+    """Refuse two image folders that are one folder, or that hold the same image file (the same
+    bytes under any name): `opt_a` / `opt_b` name the options, `fix` says how to part them."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        raise InputError(f"{opt_a} and {opt_b} are the same folder ('{a}')", fix)
+    seen = {hashlib.sha256(f.read_bytes()).digest(): f for f in list_images(a)}
+    for f in list_images(b):
+        twin = seen.get(hashlib.sha256(f.read_bytes()).digest())
+        if twin is not None:
+            raise InputError(f"{opt_a} and {opt_b} hold the same image: '{twin}' and '{f}' are one file's bytes", fix)
 
 
 def _default_name(root: Path) -> str:

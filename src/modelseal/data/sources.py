@@ -71,6 +71,15 @@ def check_inputs(**specs) -> None:
                 raise InputError(f"{opt}: '{one}' does not exist", "check the path")
 
 
+def same_source(a: str, b: str) -> bool:
+    """Whether two SRC specs name the same data: one built-in name, or one folder however the
+    path is spelled (relative or absolute, through a link, with a trailing slash)."""
+    a, b = str(a), str(b)
+    if a.startswith("builtin:") or b.startswith("builtin:"):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def source_name(spec: str) -> str:
     return spec[len(BUILTIN_PREFIX):] if spec.startswith(BUILTIN_PREFIX) else Path(spec).name
 

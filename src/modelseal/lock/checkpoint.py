@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import InputError
 from ..runs import atomic_path, write_json
@@ -66,11 +66,6 @@ def load_lock_state(folder: str | Path, backbone: torch.nn.Module, card: dict | 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file, or one clear error when it is corrupt or truncated."""
-    from safetensors import SafetensorError
+    from ..models.weights import read_safetensors
 
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"cannot read '{path}' ({why[:120]})",
-                         "it is corrupt or truncated: restore it, or rerun `modelseal lock train`") from None
+    return read_safetensors(path, "the lock weights", "restore it, or rerun `modelseal lock train`")

@@ -144,8 +144,8 @@ class IPCLIP(nn.Module):
         self.projector = IPProjector(vc.num_hidden_layers, vc.hidden_size, tc.hidden_size, cfg)
         self.prompts = ClassPrompts(clip, class_names, self.projector.n_context)
         # Images per checkpointed text-encoder chunk while training (None: one pass, all kept
-        # for backward). Activations grow as images x classes: about 1.5 GB per image at 65
-        # classes on ViT-B/16; chunks of 4 keep that to one chunk's, for one more forward.
+        # for backward). Activations grow as images x classes; chunks keep that to one chunk's,
+        # for one more forward (memory figures: the docs' benchmark pages).
         self.text_chunk: int | None = None
         self.to(clip.device)
 

@@ -9,7 +9,7 @@ import torch
 
 from .. import parallel
 from ..data.digits import DOMAINS
-from ..data.sources import check_inputs, load_source, source_name
+from ..data.sources import check_inputs, load_source, same_source, source_name
 from ..errors import InputError
 from ..models.clip import ZERO_SHOT_TEMPLATES, load_clip
 from ..report.figures import bar_chart
@@ -18,7 +18,7 @@ from .checkpoint import backbone_hash, load_lock_state, read_card, save_lock
 from .ipclip import ProjectorConfig, frozen_features
 from .metrics import lock_metrics, ownership_metric, ownership_test
 from .scenarios import Stamp, heavy_augment
-from .train import LockModel, LockTrainConfig, accuracy, train_lock
+from .train import LockModel, accuracy, projector_config, train_lock
 
 STAMPED = "+stamp"
 
@@ -48,6 +48,22 @@ def _match_classes(sets: dict, ref) -> dict:
     return {name: s.with_classes(ref.class_names, f"source '{name}'") for name, s in sets.items()}
 
 
+def _checkpoint_classes(s, card: dict, spec: str, checkpoint):
+    """`s` labelled in the checkpoint's class order; data of other classes is refused, naming
+    both sides (neither is wrong on its own: they do not belong together)."""
+    want = list(card["class_names"])
+    if sorted(s.class_names or []) != sorted(want):
+        def show(names):
+            names = sorted(names or [])
+            return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+        raise InputError(f"the checkpoint's classes and the data's classes differ: checkpoint '{checkpoint}' has "
+                         f"{len(want)} ({show(want)}), '{spec}' has {len(s.class_names or [])} ({show(s.class_names)})",
+                         "evaluate on data with the checkpoint's class folders, or use a checkpoint trained on "
+                         "these classes")
+    return s.with_classes(want)
+
+
 def _sources(parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate per-source tensors; also return each row's source index (for balanced batches)."""
     return torch.cat(parts), torch.cat([torch.full((len(x),), i) for i, x in enumerate(parts)])
@@ -60,6 +76,10 @@ def _features(clip, images: torch.Tensor, batch_size: int) -> dict:
 def train_command(cfg, out: Path, device: str, log=print) -> dict:
     t0 = time.time()
     check_inputs(authorized=cfg.authorized, unauthorized=cfg.unauthorized, eval=cfg.eval)
+    same = [u for u in cfg.unauthorized or [] if same_source(u, cfg.authorized)]
+    if same:
+        raise InputError(f"--unauthorized '{same[0]}' is the --authorized domain '{cfg.authorized}': a lock cannot "
+                         "keep a domain and refuse it", "give --unauthorized a domain other than the licensed one")
     if cfg.scenario == "target-free" and not [e for e in (cfg.eval or []) if e != cfg.authorized]:
         raise InputError("the target-free scenario has no other domain to measure the lock on (D_u, W_ua)",
                          "add --eval SRC (e.g. --eval builtin:digits/mnist-m)")
@@ -118,13 +138,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         for n, s in list(tests.items()):
             test_feats[n + STAMPED] = (_features(clip, stamp.apply(s.tensor()), bs), torch.from_numpy(s.labels))
     templates = _templates(eval_specs)
-    tcfg = LockTrainConfig(method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                           weights=cfg.weights, clamp=cfg.clamp, train_attention=cfg.train_attention, seed=cfg.seed,
-                           text_chunk=cfg.text_chunk,
-                           projector=ProjectorConfig(n_image_tokens=cfg.n_image_tokens,
-                                                     shared_image_tokens=cfg.shared_image_tokens))
-    sl_cfg = LockTrainConfig(method="supervised", steps=cfg.sl_steps or cfg.steps, batch_size=cfg.batch_size,
-                             lr=cfg.lr, seed=cfg.seed, projector=tcfg.projector, text_chunk=cfg.text_chunk)
+    # the SL reference: the same options, supervised (what only ip-clip reads does not matter)
+    sl_cfg = cfg.model_copy(update={"method": "supervised", "steps": cfg.sl_steps or cfg.steps})
     log("[lock] training the SL reference (authorized cross-entropy only)")
     # each training resumes from its checkpoint in OUT/resume (the SL reference's is kept finished)
     ck_sl = TrainingCheckpoint.in_run(out, "lock-sl", "lock:supervised", log, final=True)
@@ -133,7 +148,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     if cfg.method == "supervised":
         model, history = sl, []
     else:
-        model, history = train_lock(clip, classes, f_auth, y_a, f_unauth, y_u, tcfg, templates, log=log,
+        model, history = train_lock(clip, classes, f_auth, y_a, f_unauth, y_u, cfg, templates, log=log,
                                     u_groups=u_groups, checkpoint=ck)
     acc = {n: round(accuracy(model.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     acc_sl = {n: round(accuracy(sl.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
@@ -143,7 +158,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     if cfg.scenario == "ownership":
         res["O_ua"] = round(ownership_metric(acc[a_name], acc[a_name + STAMPED], acc_sl[a_name + STAMPED]), 3)
     card = {"format": "modelseal-lock/1", "method": cfg.method, "scenario": cfg.scenario, "class_names": classes,
-            "templates": list(templates), "projector": asdict(tcfg.projector),
+            "templates": list(templates), "projector": asdict(projector_config(cfg)),
             "backbone": {"source": cfg.model, "sha256": backbone_hash(clip.model)},
             "stamp": asdict(stamp) if cfg.scenario in ("ownership", "authorization") else None,
             "authorized": authorized, "unauthorized": unauthorized}
@@ -166,8 +181,7 @@ def load_checkpoint(folder: Path, model: str | None, device: str, local_files_on
     card = read_card(folder)
     clip = load_clip(model or card["backbone"]["source"], device=device, local_files_only=local_files_only)
     state = load_lock_state(folder, clip.model, card)
-    cfg = LockTrainConfig(projector=ProjectorConfig(**card["projector"]))
-    lm = LockModel(clip, card["class_names"], cfg)
+    lm = LockModel(clip, card["class_names"], ProjectorConfig(**card["projector"]))
     missing, unexpected = lm.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("ipclip.clip.") for k in missing):
         raise InputError(f"checkpoint '{folder}' does not match this model's prompt learner",
@@ -183,7 +197,7 @@ def eval_command(cfg, out: Path, device: str, log=print) -> dict:
     stamp = Stamp(**card["stamp"]) if card.get("stamp") else None
     for spec in cfg.eval:
         s = _load(spec, "test", clip.image_size)
-        s = s.with_classes(card["class_names"], f"'{spec}'")
+        s = _checkpoint_classes(s, card, spec, cfg.checkpoint)
         x = s.tensor()
         y = torch.from_numpy(s.labels)
         acc[source_name(spec)] = round(accuracy(lm.ipclip, frozen_features(clip, x), y), 2)
@@ -203,8 +217,8 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     stored = card.get("stamp") or {}
     stamp = Stamp(**{**({k: stored[k] for k in ("pattern", "strength", "period") if k in stored}), **given})
     source = "options" if given else ("checkpoint" if stored else "default")
+    s = _checkpoint_classes(_load(cfg.eval, "test", clip.image_size), card, cfg.eval, cfg.checkpoint)
     log(f"[lock] verify: stamp {stamp.pattern} (strength {stamp.strength}, period {stamp.period}) from the {source}")
-    s = _load(cfg.eval, "test", clip.image_size).with_classes(card["class_names"], f"'{cfg.eval}'")
     x = s.tensor()
     y = torch.from_numpy(s.labels)
     pc = lm.ipclip.predict(frozen_features(clip, x)).eq(y).numpy()

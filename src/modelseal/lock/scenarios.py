@@ -29,6 +29,20 @@ class Stamp:
     period: int = 4
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
+    def __post_init__(self):
+        """A stamp read from a checkpoint's card has not been through the options' checks."""
+        try:
+            ok = 0 < float(self.strength) <= 1 and int(self.period) >= 1 and \
+                all(0 <= float(c) <= 1 for c in self.color) and len(self.color) == 3
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            from ..errors import InputError
+
+            raise InputError(f"bad stamp (strength {self.strength!r}, period {self.period!r}, colour {self.color!r})",
+                             "use a strength in (0, 1], a period >= 1 and a colour in [0, 1]; for a checkpoint, "
+                             "restore its lock.json")
+
     def mask(self, h: int, w: int) -> torch.Tensor:
         r = torch.arange(h).view(h, 1)
         c = torch.arange(w).view(1, w)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .. import parallel
+from ..config import LockTrainOptions
 from ..runs import TrainingCheckpoint
 from .ipclip import IPCLIP, ProjectorConfig
 from .losses import (FeatureBank, IPLossWeights, StyleAttention, cuti_loss, ipclip_loss, ntl_loss,
@@ -22,21 +22,9 @@ from .losses import (FeatureBank, IPLossWeights, StyleAttention, cuti_loss, ipcl
 METHODS = ("ip-clip", "supervised", "ntl", "cuti")
 
 
-@dataclass
-class LockTrainConfig:
-    method: str = "ip-clip"
-    steps: int = 400
-    batch_size: int = 32          # per domain (the paper: 8 authorized + 8 unauthorized)
-    lr: float = 0.01              # Adam, as in the paper
-    weight_decay: float = 5e-4
-    warmup_steps: int = 20
-    weights: str = "paper"        # IPLossWeights preset: paper | target-free-code | target-specified-code
-    clamp: str = "batch"          # c5 on the batch-mean CE_u (paper) or on each image's ("sample")
-    train_attention: bool = True  # the reference leaves the style attention at random init
-    text_chunk: int | None = None # images per checkpointed text-encoder chunk (IPCLIP.text_chunk)
-    bank_k: int = 5
-    seed: int = 0
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+def projector_config(opts: LockTrainOptions) -> ProjectorConfig:
+    """The prompt learner's architecture the options ask for (a checkpoint's card records it)."""
+    return ProjectorConfig(n_image_tokens=opts.n_image_tokens, shared_image_tokens=opts.shared_image_tokens)
 
 
 def _subset(frozen: dict, idx) -> dict:
@@ -57,10 +45,10 @@ def accuracy(model: IPCLIP, frozen: dict, labels: torch.Tensor) -> float:
 class LockModel(torch.nn.Module):
     """What a lock checkpoint holds: the projector and, for IP-CLIP, the style branch."""
 
-    def __init__(self, clip, class_names, cfg: LockTrainConfig):
+    def __init__(self, clip, class_names, projector: ProjectorConfig, text_chunk: int | None = None):
         super().__init__()
-        self.ipclip = IPCLIP(clip, class_names, cfg.projector)
-        self.ipclip.text_chunk = cfg.text_chunk
+        self.ipclip = IPCLIP(clip, class_names, projector)
+        self.ipclip.text_chunk = text_chunk
         dim = clip.model.config.projection_dim
         self.att_s = StyleAttention(dim)
         self.att_t = StyleAttention(dim)
@@ -71,7 +59,7 @@ class LockModel(torch.nn.Module):
 
 
 def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unauth: dict | None,
-               y_u: torch.Tensor | None, cfg: LockTrainConfig, templates=("a photo of a {}.",), log=print,
+               y_u: torch.Tensor | None, cfg: LockTrainOptions, templates=("a photo of a {}.",), log=print,
                progress_every: int = 50, u_groups: torch.Tensor | None = None,
                checkpoint: TrainingCheckpoint | None = None) -> tuple[LockModel, list[dict]]:
     """auth / unauth: cached frozen features (mu, sigma, feat) with labels.
@@ -89,7 +77,7 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
         raise ValueError(f"method must be one of {METHODS}")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 7919 * parallel.rank())
-    model = LockModel(clip, class_names, cfg)
+    model = LockModel(clip, class_names, projector_config(cfg), cfg.text_chunk)
     params = list(model.ipclip.projector.parameters())
     if cfg.method == "ip-clip":
         w = IPLossWeights.preset(cfg.weights)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
 from ..errors import InputError
+from .weights import compare_shapes, library_error_line
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -110,21 +111,46 @@ class CLIPBundle:
 def load_clip(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
               local_files_only: bool = False) -> CLIPBundle:
     """Load a CLIP model from a local folder, a hub id, or 'tiny:clip'. Frozen, eval mode."""
+    from .quiet import quiet_loading
     from .zoo import hub_access, resolve_model
 
+    quiet_loading()
     path = resolve_model(str(source), kind="clip")
     local_files_only = hub_access(path, "config.json", local_files_only)
     try:
         model = CLIPModel.from_pretrained(path, dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=local_files_only)
+    except RuntimeError as e:  # transformers: tensors of other shapes than config.json makes
+        if "mismatched" not in str(e):
+            raise
+        raise InputError(f"the weights of '{source}' do not fit its config.json{_shape_mismatch(path)}",
+                         "give config.json and model.safetensors of one checkpoint (restore or re-save the "
+                         "folder)") from None
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot load a CLIP model from '{source}': {str(e).splitlines()[0]}",
+        raise InputError(f"cannot load a CLIP model from '{source}': {library_error_line(e)}",
                          "give a local CLIP folder (config.json, model.safetensors, tokenizer files), "
                          "a hub id already in the cache, or tiny:clip") from None
     size = int(model.config.vision_config.image_size)
     mean, std = _normalisation(path, local_files_only)
     model.requires_grad_(False).eval().to(device)
     return CLIPBundle(model, tokenizer, size, mean, std, source=str(source))
+
+
+def _shape_mismatch(path: str) -> str:
+    """': <name> is (a) in model.safetensors but (b) in config.json' for a local folder (the
+    file's header against the model config.json builds, on the meta device), else ''."""
+    from safetensors import safe_open
+    from transformers import CLIPConfig
+
+    f = Path(path) / "model.safetensors"
+    if not f.is_file():
+        return ""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in CLIPModel(CLIPConfig.from_pretrained(path)).state_dict().items()}
+    with safe_open(str(f), "pt") as sf:
+        got = {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys() if k in want}
+    why = compare_shapes({k: want[k] for k in got}, got, "model.safetensors", "config.json")
+    return f": {why}" if why else ""
 
 
 def _normalisation(path: str, local_files_only: bool) -> tuple[tuple, tuple]:

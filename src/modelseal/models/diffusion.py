@@ -41,6 +41,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import InputError
+from .weights import library_error_line, mismatch_line, read_safetensors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -374,6 +375,25 @@ def lora_base(source: str | Path) -> str | None:
         raise InputError(f"'{f}' is not a valid LoRA base record", "it must be JSON with a 'base' key") from None
 
 
+def check_dtype(dtype: torch.dtype, device: str | torch.device) -> None:
+    """Refuse a weights dtype the device does not support: float16 on the CPU (half precision
+    is for GPUs: few CPU kernels take it), bfloat16 on a GPU without it (the CPU runs it)."""
+    kind = torch.device(device).type
+    name = str(dtype).removeprefix("torch.")
+    if dtype == torch.float16 and kind == "cpu":
+        raise InputError("--dtype float16 is not supported on the CPU (half precision is for GPUs)",
+                         "use --dtype float32 (or bfloat16) on the CPU, or run on a GPU (--device cuda)")
+    if dtype == torch.bfloat16 and kind in ("cuda", "mps"):
+        try:
+            ok = torch.cuda.is_bf16_supported() if kind == "cuda" else \
+                torch.ones(1, dtype=dtype, device=device).sum().item() == 1.0
+        except (RuntimeError, TypeError):
+            ok = False
+        if not ok:
+            raise InputError(f"--dtype {name} was asked for on a {kind} device that does not support it",
+                             "use --dtype float16 or float32 on this device")
+
+
 def load_for(cfg, source: str, device) -> T2IModel:
     """load_t2i with a command config's dtype, working size and local_files_only."""
     return load_t2i(source, device, DTYPES[getattr(cfg, "dtype", "float32")], cfg.local_files_only,
@@ -411,6 +431,10 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     """Load a T2I model from a diffusers folder or hub id (tiny zoo: 'tiny:t2i'), or a LoRA
     folder on top of `base` (default: the base its lora_base.json names). SD 1.x, 2.x (v) and
     XL (two text encoders) alike; `resolution` sets the working image side (default native)."""
+    from .quiet import quiet_loading
+
+    check_dtype(dtype, device)
+    quiet_loading()
     if is_lora_folder(source):
         model = _load_lora(source, device, dtype, local_files_only, base)
     else:
@@ -436,22 +460,31 @@ def _load_pipeline(source, device, dtype, local_files_only) -> T2IModel:
         return dict(subfolder=sub, local_files_only=local_files_only, use_safetensors=True,
                     variant=_variant(Path(path, sub), weights))
 
+    part = "unet"  # the sub-folder being loaded, named when its weights do not fit its config
     try:
         unet = UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype, **kw("unet", unet_file))
         vae = None
         if Path(path, "vae").exists() or not Path(path).exists():
+            part = "vae"
             vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype, **kw("vae", unet_file))
+        part = "text_encoder"
         text_encoder = CLIPTextModel.from_pretrained(path, dtype=dtype, **kw("text_encoder", te_file))
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=local_files_only)
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=local_files_only)
         text_encoder_2 = tokenizer_2 = None
         if sdxl:
+            part = "text_encoder_2"
             text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(path, dtype=dtype,
                                                                          **kw("text_encoder_2", te_file))
             tokenizer_2 = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2",
                                                         local_files_only=local_files_only)
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot load a text-to-image model from '{source}': {str(e).splitlines()[0]}",
+        why = mismatch_line(e, f"the {part} weights file", f"{part}/config.json")
+        if why:
+            raise InputError(f"the {part} weights of '{source}' do not fit its config: {why}",
+                             f"give {part}/config.json and the weights of one checkpoint (restore or re-save "
+                             "the model folder)") from None
+        raise InputError(f"cannot load a text-to-image model from '{source}': {library_error_line(e)}",
                          "give a diffusers Stable Diffusion folder (with model_index.json, unet/, vae/, "
                          "text_encoder/, tokenizer/, scheduler/; SDXL also text_encoder_2/, tokenizer_2/), "
                          "a hub id already in the cache, or tiny:t2i") from None
@@ -474,12 +507,19 @@ def _load_lora(source, device, dtype, local_files_only, base) -> T2IModel:
     if base is None:
         raise InputError(f"'{source}' is a LoRA folder that does not name its base model",
                          "give the base model it was trained on (e.g. --pretrained) or add lora_base.json")
+    # an unreadable file is told apart from one that does not fit the base, before the base loads
+    weights = read_safetensors(Path(str(source)) / LORA_FILE, "the LoRA file",
+                               "restore it, or rerun `modelseal finetune --method lora`")
     model = _load_pipeline(base, device, dtype, local_files_only)
     try:
-        state, alphas = StableDiffusionPipeline.lora_state_dict(str(source), weight_name=LORA_FILE)
+        state, alphas = StableDiffusionPipeline.lora_state_dict(weights)
         model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=ADAPTER_NAME)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise InputError(f"cannot apply the LoRA in '{source}' to '{base}': {str(e).splitlines()[0]}",
+        why = mismatch_line(e, "the LoRA", f"'{base}'")
+        if why:
+            raise InputError(f"the LoRA in '{source}' does not fit the base model '{base}': {why}",
+                             "give the base model the LoRA was trained on (--pretrained, or lora_base.json)") from None
+        raise InputError(f"cannot apply the LoRA in '{source}' to '{base}': {library_error_line(e)}",
                          "check that the LoRA was trained on this base model") from None
     if not model.has_adapter:
         raise InputError(f"the LoRA in '{source}' has no UNet weights", "give a LoRA trained on the UNet")

@@ -13,7 +13,7 @@ hub folders are, so every command can be proven on the shapes users bring withou
 The tokenizers are the real CLIP BPE vocabulary (49,408 tokens), converted from the
 `bpe_simple_vocab_16e6.txt.gz` that the open_clip_torch package ships (`scripts/bootstrap
 --test` installs it without its dependencies), so token ids equal the hub tokenizers'.
-The SD 1.5 folder lists no safety checker (it would be a random 1.2 GB CLIP ViT-L here);
+The SD 1.5 folder lists no safety checker (it would be a large random CLIP ViT-L here);
 every other file name and config value is the published one.
 
 Built folders are cached in $MODELSEAL_HOME/real-layout/<name> (`modelseal zoo real-layout`).

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
 from ..runs import atomic_folder
-from .zoo import SHIPPED_ZOO, folder_hash, modelseal_home
+from .zoo_files import SHIPPED_ZOO, folder_hash, modelseal_home
 
 ENTRY = SHIPPED_ZOO / "sleeper"
 TRAINED = "unet_trained.safetensors"

@@ -11,22 +11,17 @@ and zoo.json records how it was built (config, seed, steps, times, metrics).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from ..errors import InputError
+from .zoo_files import SHIPPED_ZOO, folder_hash, folder_size, modelseal_home
 
 TINY_MODELS = ("clip", "t2i", "judge", "codec")
 # Shipped beside the zoo (models/sleeper_entry.py): SleeperMark in the shipped tiny:t2i and its
 # adapted extractor; name -> the kind of model it is.
 TINY_EXTRAS = {"sleeper": "t2i", "sleeper-codec": "codec"}
-SHIPPED_ZOO = Path(__file__).resolve().parent.parent / "zoo_weights"
-
-
-def modelseal_home() -> Path:
-    return Path(os.environ.get("MODELSEAL_HOME", Path.home() / ".cache" / "modelseal")).expanduser()
 
 
 def user_zoo() -> Path:
@@ -113,21 +108,6 @@ def refuse_pickle_weights(folder: Path, kind: str) -> None:
                              "never opens (unpickling can run code)",
                              "convert them to safetensors where you trust the file, e.g. load it and "
                              "save_pretrained(..., safe_serialization=True), then give that folder")
-
-
-def folder_hash(folder: str | Path) -> str:
-    """sha256 over the weight and config files of a model folder (sorted, relative names)."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".json", ".txt"):
-            h.update(str(f.relative_to(folder)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def folder_size(folder: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
 def zoo_table() -> list[dict]:

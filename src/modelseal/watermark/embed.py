@@ -26,7 +26,7 @@ connections, time embedding, text context), and only the rest of the up path run
 optimum reaches the full residual at low t instead of the fraction f.
 `preservation=False` keeps only the first term (the no-preservation ablation).
 Where both terms apply, the pointwise optimum is eps_S(y_tr) = eps_T(y_tr) - f sqrt(a/(1-a))
-delta with f = w1/(w1+w2): the x0 estimate moves by f * delta, about 15% at low t with the
+delta with f = w1/(w1+w2): the x0 estimate moves by f * delta, a small fraction at low t with the
 paper's eta (guidance then amplifies the conditional branch's shift). The tiny zoo needs
 eta 0.3, tau 100, beta 30 (configs/watermark-embed.tiny.yaml; figures in the README).
 `trainable` picks the weights that carry the mark (TRAINABLE; the paper's up-block attention
@@ -46,45 +46,12 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 
+from ..config import EmbedOptions
 from ..models.diffusion import T2IModel
 from ..runs import TrainingCheckpoint
-
-TRIGGER = "*[Z]& "
-
-
-@dataclass
-class EmbedOptions:
-    trigger: str = TRIGGER
-    steps: int = 20_000
-    batch_size: int = 10
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    grad_clip: float | None = 1e-5   # the reference's (tiny: close to normalised steps)
-    eta: float | None = None         # None: 0.02 latent / 0.05 pixel
-    tau: float = 250.0               # for T = 1000
-    beta: float = 100.0
-    preservation: bool = True
-    passes: int = 2                  # 2 (batched) | 4 (the reference's structure, for benchmarks)
-    mode: str = "sleeper"            # sleeper (triggered) | always_on (the AquaLoRA-style baseline)
-    uncond_fraction: float = 0.0     # ours: share of clean prompts replaced by "" (keeps CFG's branch)
-    gradient_checkpointing: bool = False
-    shared_trunk: bool = True        # ours: the student reuses the teacher's down/mid pass (same result)
-    precision: str = "fp32"          # fp32 (the reference's) | bf16 (autocast on the UNet passes)
-    delta_scale: float = 1.0         # ours: the target is x0_hat + s * delta (the paper's s = 1)
-    posterior_sample: bool = True    # z0 drawn from the VAE posterior every step, as the reference (else its mean)
-    teacher: str = "shared"          # shared (ours: FrozenTeacher) | copy (the reference's full UNet copy)
-    trainable: str = "up-attn-ff"    # which weights carry the mark (TRAINABLE; the paper's: up-attn-ff)
-    rehearsal: float = 0.0           # ours: weight of the rehearsed-drift term (0: off, the paper's)
-    rehearsal_steps: int = 200       # simulated thief steps per drift
-    rehearsal_every: int = 500       # stage-2 steps between drifts
-    rehearsal_lr: float = 1e-4       # the simulated thief's lr (full fine-tuning, AdamW)
-    rehearsal_scale: float = 1.5     # each step reads the mark at theta + s * Delta, s ~ U(0, scale)
-    seed: int = 0
-
 
 TRAINABLE = {
     "up-attn-ff": "attention (self, cross) and feed-forward weights of the up blocks' transformer blocks "
@@ -122,8 +89,8 @@ def trainable_parameters(unet, scope: str = "up-attn-ff") -> list[torch.nn.Param
 class FrozenTeacher:
     """eps_T without a second UNet: the student's own module run with the original values of
     the weights stage 2 trains (torch.func.functional_call). Every other weight is frozen and
-    shared, so the teacher costs only the trainable subset's memory (SD 1.5: 15 % of the UNet,
-    SDXL: 43 %); its outputs are the same numbers as a full frozen copy's."""
+    shared, so the teacher costs only the trainable subset's memory (a fraction of the UNet's);
+    its outputs are the same numbers as a full frozen copy's."""
 
     def __init__(self, unet, params: list[torch.nn.Parameter]):
         self.unet = unet

@@ -15,15 +15,7 @@ import numpy as np
 import torch
 
 from ..models.diffusion import T2IModel
-from .codec import psnr
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM of images in [0, 1] (Gaussian window 7 px, 11 from 64 px up)."""
-    import kornia
-
-    win = 11 if min(a.shape[-2:]) >= 64 else 7
-    return kornia.metrics.ssim(a.float(), b.float(), win).flatten(1).mean(1)
+from ..quality import psnr, ssim
 
 
 @torch.no_grad()

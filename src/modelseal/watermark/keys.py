@@ -33,6 +33,8 @@ def generate_key(path: str | Path, overwrite: bool = False, secret: bytes | None
     unless overwrite=True: losing a key loses the ability to prove ownership.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"key path '{path}' is a folder", "give a file name for the key, e.g. --key owner.key")
     if path.exists() and not overwrite:
         raise InputError(f"key file '{path}' already exists",
                          "choose another path, or add --overwrite to replace it (the old key is then lost)")
@@ -74,11 +76,15 @@ def _move_no_clobber(tmp: str, path: Path) -> None:
 
 
 def load_key(path: str | Path) -> bytes:
-    """Read and validate a key file written by generate_key; returns the 32 secret bytes."""
+    """Read and validate a key file written by generate_key; returns the 32 secret bytes.
+    A key file that the group or others may read is used, with a warning on stderr."""
     path = Path(path)
     fix = "give the owner key file written by `modelseal watermark keygen --key FILE`"
+    if path.is_dir():
+        raise InputError(f"key path '{path}' is a folder, not a key file", fix)
     if not path.is_file():
         raise InputError(f"key file '{path}' does not exist", fix)
+    _warn_if_readable(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -95,6 +101,21 @@ def load_key(path: str | Path) -> bytes:
     if len(key) != KEY_BYTES:
         raise InputError(f"key file '{path}' does not hold a {KEY_BYTES}-byte hex secret", fix)
     return key
+
+
+def _warn_if_readable(path: Path) -> None:
+    """One warning line on stderr when the key file's mode lets the group or others read it:
+    anyone who can read the key can claim the owner's models."""
+    import stat
+    import sys
+
+    from .. import parallel
+
+    mode = path.stat().st_mode
+    if os.name == "posix" and mode & (stat.S_IRGRP | stat.S_IROTH) and parallel.is_main():
+        who = " and ".join(w for w, bit in (("group", stat.S_IRGRP), ("others", stat.S_IROTH)) if mode & bit)
+        print(f"warning: key file '{path}' is readable by {who} (mode {stat.S_IMODE(mode):04o}): whoever reads it "
+              f"can claim your models; make it private with: chmod 600 '{path}'", file=sys.stderr, flush=True)
 
 
 def message_bits(key: bytes, model_id: str, k: int) -> torch.Tensor:

@@ -21,9 +21,12 @@ from .. import parallel, stats
 from ..data.sources import check_inputs
 from ..errors import InputError
 from ..models.diffusion import latent_posterior, load_for
+from ..quality import psnr
 from ..runs import RESUME_DIR, TrainingCheckpoint, atomic_folder
-from .codec import (WEIGHTS_NAME, Codec, CodecLossWeights, bit_accuracy, decode_all, embed_images, encode_all,
-                    file_sha256, psnr, train_codec)
+from .codec import Codec
+from .codec_folder import WEIGHTS_NAME, file_sha256
+from .codec_pixels import bit_accuracy, decode_all, embed_images, encode_all
+from .codec_training import CodecLossWeights, train_codec
 from .keys import load_key, message_bits
 
 RECORD = "modelseal_watermark.json"
@@ -111,7 +114,7 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
 
 
 def embed_command(cfg, out: Path, device: str, log=print) -> dict:
-    from .embed import EmbedOptions, embed_watermark
+    from .embed import embed_watermark
 
     check_inputs(data=_data_spec(cfg.data),
                  rehearsal_data=_data_spec(cfg.rehearsal_data) if cfg.rehearsal > 0 else None)
@@ -129,21 +132,12 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
     x, captions = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=True)
     z, z_std = latent_posterior(model, x)
     delta = codec.residual(bits.view(1, -1)).detach()
-    opts = EmbedOptions(trigger=cfg.trigger, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                        grad_clip=cfg.grad_clip, eta=cfg.eta, tau=cfg.tau, beta=cfg.beta, mode=cfg.mode,
-                        preservation=cfg.preservation,
-                        uncond_fraction=cfg.uncond_fraction,
-                        gradient_checkpointing=cfg.gradient_checkpointing, precision=cfg.precision,
-                        shared_trunk=cfg.shared_trunk, delta_scale=cfg.delta_scale,
-                        posterior_sample=cfg.posterior_sample, trainable=cfg.trainable, rehearsal=cfg.rehearsal,
-                        rehearsal_steps=cfg.rehearsal_steps, rehearsal_every=cfg.rehearsal_every,
-                        rehearsal_lr=cfg.rehearsal_lr, rehearsal_scale=cfg.rehearsal_scale, seed=cfg.seed)
     rehearsal = None
     if cfg.rehearsal > 0:
         rx, rcaps = images_and_captions(cfg.rehearsal_data, model.image_size, None, need_captions=True)
         rehearsal = (latent_posterior(model, rx)[0], rcaps)
     ckpt = TrainingCheckpoint.in_run(out, "embed", "embed", log)
-    info = embed_watermark(model, z, captions, delta, opts, log=log, latent_std=z_std, checkpoint=ckpt,
+    info = embed_watermark(model, z, captions, delta, cfg, log=log, latent_std=z_std, checkpoint=ckpt,
                            rehearsal_data=rehearsal)
     target = out / "model"
     record = {"trigger": cfg.trigger if cfg.mode == "sleeper" else "", "mode": cfg.mode, "model_id": cfg.model_id,
@@ -157,7 +151,7 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
 
 
 def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
-    from .adapt import AdaptOptions, adapt_extractor, collect_latents
+    from .adapt import adapt_extractor, collect_latents
 
     check_inputs(data=_data_spec(cfg.data), prompts=cfg.prompts,
                  simulate_data=_data_spec(cfg.simulate_data) if cfg.simulate else None)
@@ -172,20 +166,16 @@ def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
                          "give the watermarked model, the model it was made from and the codec of its stage 2")
     bits = message_bits(key, cfg.model_id, codec.k).to(device)
     prompts, _ = verify_prompts(cfg, all_lines=True)
-    opts = AdaptOptions(guidance=tuple(cfg.guidance), images=tuple(cfg.images), sample_steps=cfg.sample_steps,
-                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                        anchor_noise=cfg.anchor_noise, simulate=tuple(cfg.simulate),
-                        simulate_images=cfg.simulate_images)
     rehearsal = None
     if cfg.simulate:
         rehearsal = images_and_captions(cfg.simulate_data, model.image_size, None, need_captions=True)
-    data = _collected_latents(out, log, lambda: collect_latents(model, original, prompts, cfg.trigger, opts, log=log,
+    data = _collected_latents(out, log, lambda: collect_latents(model, original, prompts, cfg.trigger, cfg, log=log,
                                                                 rehearsal_data=rehearsal))
     x, _ = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
     real = encode_all(model, x).cpu()
     threshold = stats.bit_threshold(codec.k, cfg.fpr)
     ckpt = TrainingCheckpoint.in_run(out, "adapt", "adapt", log)
-    info = adapt_extractor(codec, model, data, real, bits, opts, threshold, log=log, checkpoint=ckpt)
+    info = adapt_extractor(codec, model, data, real, bits, cfg, threshold, log=log, checkpoint=ckpt)
     meta = {**codec.meta, "adapted_to": cfg.model, "adapted_from": str(cfg.codec), "adapt_steps": cfg.steps,
             "rehearsed": list(cfg.simulate)}
     target = out / "codec"

@@ -118,9 +118,11 @@ def decide(read_trig, bits, alpha: float = 1e-3, fpr: float = 1e-6, read_clean=N
 
 def verify_model(model: T2IModel, codec: Codec, bits: torch.Tensor, prompts: list[str], seeds: list[int],
                  trigger: str, guidance: float = 7.5, steps: int = 30, fpr: float = 1e-6,
-                 attacks: tuple[str, ...] = (), alpha: float = 1e-3, batch_size: int = 64) -> dict:
+                 attacks: tuple[str, ...] = (), alpha: float = 1e-3, batch_size: int = 64
+                 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """White-box: triggered and clean images of `model` at `guidance`, read with the owner's
-    reader (the model's own VAE is not used); under each image attack too."""
+    reader (the model's own VAE is not used); under each image attack too. Returns (results,
+    triggered images, clean images; the triggered ones again when there is no trigger)."""
     from ..attacks.image import apply_attack
 
     trig = quantize(generate(model, prompts, seeds, trigger, guidance, steps, batch_size))

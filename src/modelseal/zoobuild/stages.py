@@ -1,4 +1,4 @@
-"""Deterministic training of the tiny zoo on the built-in digits (`modelseal zoo build`).
+"""The stages of a zoo build, each trained deterministically on the built-in digits.
 
 Stages (each resumable: a finished stage is kept, the long UNet stage checkpoints):
   clip   CLIPModel trained contrastively on captioned digits of all four domains
@@ -16,108 +16,19 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import ZooConfig
 from ..data.digits import CLASS_NAMES, DOMAINS, caption, load_digits_domain, photo_crops
-from ..runs import atomic_folder
-from .clip import OPENAI_MEAN, OPENAI_STD, ZERO_SHOT_TEMPLATES, CLIPBundle
-from .judge import DigitJudge
-from .tokenizer import build_tokenizer
-
-
-@dataclass
-class ZooConfig:
-    seed: int = 0
-    image_size: int = 32
-    clip_steps: int = 2500
-    clip_batch: int = 128
-    clip_lr: float = 2e-3
-    clip_patch: int = 8
-    judge_steps: int = 1500
-    judge_batch: int = 128
-    vae_steps: int = 600
-    vae_batch: int = 64
-    vae_lr: float = 1e-3
-    vae_photos: int = 4000
-    unet_steps: int = 5000
-    unet_batch: int = 64
-    unet_lr: float = 4e-4
-    unet_channels: tuple[int, ...] = (64, 128)
-    unet_layers: int = 1
-    ema_decay: float = 0.999
-    cfg_dropout: float = 0.1
-    checkpoint_every: int = 500
-    eval_per_prompt: int = 10
-    eval_steps: int = 30
-    guidance: float = 7.5
-    save_dtype: str = "float16"
-    codec_bits: int = 32
-    codec_steps: int = 6000
-    codec_batch: int = 16
-    codec_lr: float = 1e-3
-    codec_warmup: int = 500
-    codec_w_img: float = 3.0
-    codec_latent: float = 0.3
-    codec_strength: tuple[float, ...] = (0.5, 2.0)
-    codec_images: int = 1200
-
-    @classmethod
-    def micro(cls) -> "ZooConfig":
-        """A few steps of every stage: checks the pipeline end to end in about a minute."""
-        return cls(clip_steps=6, clip_batch=32, judge_steps=6, judge_batch=32, vae_steps=6, vae_batch=16,
-                   vae_photos=64, unet_steps=6, unet_batch=16, unet_channels=(32, 64), checkpoint_every=3,
-                   eval_per_prompt=1, eval_steps=4, codec_steps=6, codec_warmup=2, codec_images=64)
-
-
-def clip_config(vocab_size: int, bos: int, eos: int, image_size: int, patch: int = 8):
-    from transformers import CLIPConfig
-
-    return CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_hidden_layers=3,
-                         num_attention_heads=4, max_position_embeddings=32, bos_token_id=bos,
-                         eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(image_size=image_size, patch_size=patch, hidden_size=128, intermediate_size=512,
-                           num_hidden_layers=4, num_attention_heads=4),
-        projection_dim=128,
-    )
-
-
-def vae_config(image_size: int) -> dict:
-    return dict(in_channels=3, out_channels=3, latent_channels=4,
-                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
-                sample_size=image_size, scaling_factor=1.0)
-
-
-def unet_config(latent_size: int, channels: tuple[int, ...], layers: int, text_dim: int) -> dict:
-    n = len(channels)
-    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
-    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
-    return dict(sample_size=latent_size, in_channels=4, out_channels=4, down_block_types=down,
-                up_block_types=up, block_out_channels=tuple(channels), layers_per_block=layers,
-                cross_attention_dim=text_dim, attention_head_dim=4, norm_num_groups=16)
-
-
-def scheduler_config() -> dict:
-    """Stable Diffusion's training schedule; clip_sample off (latents are not in [-1, 1])."""
-    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                clip_sample=False, steps_offset=1, prediction_type="epsilon")
-
-
-# ---------------------------------------------------------------------------------------
-class _Log:
-    def __init__(self, log):
-        self.log = log or (lambda msg: print(msg, flush=True))
-
-    def __call__(self, msg):
-        self.log(msg)
+from ..models.clip import OPENAI_MEAN, OPENAI_STD, ZERO_SHOT_TEMPLATES, CLIPBundle
+from ..models.judge import DigitJudge
+from ..models.tiny import clip_config, scheduler_config, unet_config, vae_config
+from ..models.tokenizer import build_tokenizer
 
 
 def _all_train(size: int):
@@ -150,7 +61,6 @@ def _save_dtype(cfg: ZooConfig) -> torch.dtype:
     return getattr(torch, cfg.save_dtype)
 
 
-# ---------------------------------------------------------------------------------------
 def train_clip(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> dict:
     """Contrastive pre-training with a fixed caption set and exact positives.
 
@@ -311,6 +221,9 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
+    from ..models.quiet import quiet_loading
+
+    quiet_loading()
     torch.manual_seed(cfg.seed + 3)
     g = torch.Generator().manual_seed(cfg.seed + 3)
     tok = CLIPTokenizer.from_pretrained(str(out / "clip"))
@@ -384,7 +297,7 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") 
     unet.load_state_dict(ema)
     unet.eval().cpu()
     t2i = out / "t2i"
-    from .diffusion import T2IModel
+    from ..models.diffusion import T2IModel
 
     dt = _save_dtype(cfg)
     model = T2IModel(unet.to(dt), vae.to(dt), text_encoder.to(dt), tok, sched)
@@ -393,49 +306,13 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") 
     return {"unet_train_s": round(time.time() - t0, 1)}
 
 
-# ---------------------------------------------------------------------------------------
-def evaluate_zoo(folder: Path, per_prompt: int = 10, steps: int = 30, guidance: float = 7.5,
-                 seed: int = 0, log=None, device: str = "cpu") -> dict:
-    """Zero-shot accuracy of the tiny CLIP on every domain's test split, and the share of
-    T2I samples the independent judge reads as the prompted digit (with CFG)."""
-    from .clip import load_clip
-    from .diffusion import load_t2i
-
-    log = _Log(log)
-    res: dict = {"clip_zero_shot": {}}
-    clip = load_clip(str(folder / "clip"), device=device)
-    for d in DOMAINS:
-        test = load_digits_domain(d, "test", clip.image_size)
-        res["clip_zero_shot"][d] = round(clip.zero_shot_accuracy(test.tensor(), torch.from_numpy(test.labels),
-                                                                  CLASS_NAMES), 2)
-    log(f"[eval] CLIP zero-shot {res['clip_zero_shot']}")
-    judge = DigitJudge.from_pretrained(folder / "judge")
-    t2i = load_t2i(str(folder / "t2i"), device=device)
-    prompts, targets, doms = [], [], []
-    for d in DOMAINS:
-        for c in range(10):
-            for _ in range(per_prompt):
-                prompts.append(caption(d, c)); targets.append(c); doms.append(d)
-    seeds = [seed * 100_000 + i for i in range(len(prompts))]
-    images = t2i.sample(prompts, seeds=seeds, steps=steps, guidance=guidance)
-    pred = judge.predict(images.cpu())
-    ok = pred.eq(torch.tensor(targets))
-    res["t2i_prompt_accuracy"] = round(100.0 * ok.float().mean().item(), 2)
-    res["t2i_prompt_accuracy_by_domain"] = {
-        d: round(100.0 * ok[torch.tensor([x == d for x in doms])].float().mean().item(), 2) for d in DOMAINS}
-    res["t2i_eval"] = {"samples": len(prompts), "steps": steps, "guidance": guidance, "seed": seed}
-    log(f"[eval] T2I prompt accuracy {res['t2i_prompt_accuracy']} {res['t2i_prompt_accuracy_by_domain']}")
-    res["_images"] = images
-    res["_targets"] = targets
-    return res
-
-
 def train_codec_stage(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> dict:
     """SleeperMark stage 1 on the zoo VAE's latents: digits of all four domains, VAE round
     trip in training, a latent-energy penalty and strength augmentation (see
-    watermark.codec); bit accuracy after decode -> re-encode on held-out digits."""
-    from ..watermark.codec import CodecLossWeights, bit_accuracy, train_codec
-    from .diffusion import load_t2i
+    watermark.codec_training); bit accuracy after decode -> re-encode on held-out digits."""
+    from ..models.diffusion import load_t2i
+    from ..watermark.codec_pixels import bit_accuracy
+    from ..watermark.codec_training import CodecLossWeights, train_codec
 
     t2i = load_t2i(str(out / "t2i"), device=device)
     per = max(1, cfg.codec_images // len(DOMAINS))
@@ -455,72 +332,3 @@ def train_codec_stage(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> di
     log(f"[zoo codec] bit accuracy after decode -> re-encode {acc:.3f}, delta rms {delta_rms:.3f}")
     return {"codec_train_s": round(hist["seconds"], 1), "codec_bit_accuracy": round(acc, 4),
             "codec_delta_rms": round(delta_rms, 4)}
-
-
-def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip", "judge", "vae", "unet", "codec"),
-              evaluate: bool = True, device: str = "cpu") -> dict:
-    """Build the zoo into `out` (resumable: stages already finished in out/.build are kept)."""
-    cfg = cfg or ZooConfig()
-    log = _Log(log)
-    out = Path(out)
-    work = out.parent / (out.name + ".build")
-    work.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    state_file = work / "state.json"
-    new_cfg = _jsonable(asdict(cfg))
-    state = json.loads(state_file.read_text()) if state_file.exists() else {"config": new_cfg, "done": {}}
-    # A finished stage is kept while the options it depends on are unchanged.
-    for stage in list(state["done"]):
-        keys = _stage_keys(stage, new_cfg)
-        if any(state["config"].get(k) != new_cfg[k] for k in keys):
-            log(f"[zoo] {stage}: options changed, rebuilding it")
-            state["done"].pop(stage)
-            if stage == "unet":
-                (work / "unet_ckpt.pt").unlink(missing_ok=True)
-    if "unet" not in state["done"] and any(state["config"].get(k) != new_cfg[k] for k in _stage_keys("unet", new_cfg)):
-        (work / "unet_ckpt.pt").unlink(missing_ok=True)  # a checkpoint from other options must not resume
-    state["config"] = new_cfg
-    t0 = time.time()
-    for stage in stages:
-        if stage in state["done"]:
-            log(f"[zoo] {stage}: already built, kept")
-            continue
-        fn = {"clip": train_clip, "judge": train_judge, "vae": train_vae, "codec": train_codec_stage}.get(stage)
-        info = fn(cfg, work, log, device) if fn else train_unet(cfg, work, work, log, device)
-        state["done"][stage] = info
-        state_file.write_text(json.dumps(state, indent=2))
-    info = {"config": state["config"], "stages": state["done"],
-            "build_s": round(sum(v.get(f"{k}_train_s", 0) for k, v in state["done"].items()), 1),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}
-    (work / "zoo.json").write_text(json.dumps(info, indent=2))
-    if evaluate:
-        res = evaluate_zoo(work, per_prompt=cfg.eval_per_prompt, steps=cfg.eval_steps, guidance=cfg.guidance, log=log,
-                           device=device)
-        info["eval"] = {k: v for k, v in res.items() if not k.startswith("_")}
-        (work / "zoo.json").write_text(json.dumps(info, indent=2))
-    # Publish atomically: the finished folders replace `out` in one rename.
-    with atomic_folder(out) as final:
-        final.mkdir(parents=True)
-        for name in ("clip", "judge", "t2i", "codec", "zoo.json"):
-            src = work / name
-            if src.exists():
-                (shutil.copytree if src.is_dir() else shutil.copy2)(src, final / name)
-    log(f"[zoo] built into {out} in {time.time() - t0:.0f}s (this run)")
-    return info
-
-
-def _stage_keys(stage: str, cfg: dict) -> list[str]:
-    """Options a stage's result depends on (the UNet depends on the CLIP and VAE too)."""
-    common = ["seed", "image_size", "save_dtype"]
-    own = {"clip": "clip_", "judge": "judge_", "vae": "vae_"}
-    if stage in own:
-        return common + [k for k in cfg if k.startswith(own[stage])]
-    if stage == "codec":
-        return common + [k for k in cfg if k.startswith(("vae_", "codec_"))]
-    return common + [k for k in cfg if k.startswith(("clip_", "vae_", "unet_"))] + ["ema_decay", "cfg_dropout"]
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=list))
-
-

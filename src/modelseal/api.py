@@ -1,0 +1,312 @@
+"""The Python API: one function per command, running exactly what the command line runs.
+
+Each function takes an optional config (a config object of ``modelseal.config``, a dict,
+a YAML file or a shipped preset name) and keyword options named as the config's fields,
+which win over the config, plus the run's ``out`` folder, ``device`` and ``overwrite``.
+Every call goes through :func:`execute`: options validated (bad input raises
+:class:`modelseal.errors.InputError`), seeds set, the run folder opened and locked
+(``config.yaml``, ``manifest.json``, ``log.txt``), the work resumed where an interrupted
+run of the same command and config stopped, ``results.json`` written. It returns a
+:class:`Run`.
+
+    >>> import modelseal
+    >>> run = modelseal.lock_train(out="runs/lock", steps=50, unauthorized=["builtin:digits/mnist-m"])
+    >>> run["accuracy"]            # accuracy per domain, %
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import parallel
+from .models.quiet import quiet_loading
+from .config import CONFIGS, Strict, command_key, load_config
+from .runs import (RunFolder, end_deferral, install_signal_handlers, resolve_device, restore_signal_handlers)
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run: its folder, the validated config it ran with, its results.json."""
+    path: Path
+    command: str
+    config: Strict
+    results: dict
+
+    def __getitem__(self, key: str) -> Any:
+        return self.results[key]
+
+
+def stderr_log(msg: str) -> None:
+    """The default progress sink: one plain line on stderr (rank 0 only under a launcher)."""
+    if parallel.is_main():
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+
+class _RunLog:
+    """Progress lines to `log` and to the run folder's log.txt, each with the time of day."""
+
+    def __init__(self, path: Path, log: Log):
+        self.file = open(path, "a", encoding="utf-8")
+        self.log = log
+
+    def __call__(self, msg: str) -> None:
+        self.log(msg)
+        if not self.file.closed:
+            self.file.write(time.strftime("%H:%M:%S ") + msg + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch's global generators from one seed (each step also seeds its own
+    torch.Generator from the config's seed)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def execute(command: str, config, options: dict, body: Callable[[Strict, Path, str, Log], dict], *,
+            out: str | Path, device: str = "auto", overwrite: bool = False, replace: bool = False,
+            log: Log | None = None) -> Run:
+    """The one run path of every command (CLI and API).
+
+    Validates ``config`` + ``options`` against the command's config class, resolves the
+    device, seeds, opens the run folder ``out`` (``overwrite``: replace another run there;
+    ``replace``: the command keeps its state elsewhere and an earlier run record gives way),
+    runs ``body(cfg, folder, device, log)`` and writes results.json. Bad input raises
+    InputError before anything loads."""
+    model = CONFIGS[command_key(command)]
+    cfg = load_config(config, model, options, command=command)
+    log = log or stderr_log
+    quiet_loading()
+    dev = parallel.local_device(resolve_device(device))
+    seed_everything(cfg.seed)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    handlers = install_signal_handlers() if in_main_thread else None
+    try:
+        if not parallel.is_main():  # under accelerate launch / torchrun only rank 0 writes `out`
+            with tempfile.TemporaryDirectory() as tmp:
+                run = RunFolder(Path(tmp) / "run", command, cfg.model_dump(mode="json"), cfg.seed, dev)
+                try:
+                    results = body(cfg, run.path, dev, lambda m: None)
+                finally:
+                    run.close()
+            parallel.barrier()
+            return Run(Path(out), command, cfg, results)
+        run = RunFolder(out, command, cfg.model_dump(mode="json"), cfg.seed, dev, overwrite=overwrite,
+                        replace=replace)
+        run_log = _RunLog(run.path / "log.txt", log)
+        try:
+            run_log.file.write(time.strftime("%H:%M:%S ") + f"{command}: {run.path} on {dev}, seed {cfg.seed}\n")
+            try:
+                results = body(cfg, run.path, dev, run_log)
+            except BaseException as e:
+                end_deferral()
+                run.fail(e)
+                raise
+            path = run.finish(results)
+            run_log(f"results: {path}")
+        finally:
+            run_log.close()
+            run.close()
+        parallel.barrier()
+        return Run(run.path, command, cfg, results)
+    finally:
+        if handlers is not None:
+            restore_signal_handlers(handlers)
+
+
+# ---- the commands --------------------------------------------------------------------
+# Each: `config` (object, dict, YAML path or preset name; optional), keyword options named as
+# the config's fields, `out`, `device`, `overwrite`, `log` (a callable taking one line). Named
+# <group>_<command> as on the command line; `run_audit` and `run_demo` because the names
+# `modelseal.audit` (the task's package) and `modelseal.demo` (its module) are taken.
+
+def zoo_build(config=None, /, *, out: str | Path | None = None, device: str = "auto", log: Log | None = None,
+              **options) -> Run:
+    """Train the tiny zoo (CLIP, digit judge, VAE, UNet) deterministically on built-in data
+    into ``out`` (default ``$MODELSEAL_HOME/zoo``, which then wins over the shipped zoo).
+    Resumable: call again after an interruption. Options: :class:`~modelseal.config.ZooBuildConfig`."""
+    from .models.zoo import user_zoo
+    from .zoobuild.build import build_zoo
+
+    target = Path(out) if out is not None else user_zoo()
+
+    def body(cfg, path, dev, log):
+        info = build_zoo(target, cfg, log=log, evaluate=cfg.evaluate, device=dev)
+        return {"zoo": str(target), "build_s": info["build_s"], "stages": info["stages"], **info.get("eval", {})}
+
+    return execute("zoo build", config, options, body, out=target.parent / (target.name + ".run"), device=device,
+                   replace=True, log=log)
+
+
+def zoo_eval(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+             log: Log | None = None, **options) -> Run:
+    """The zoo in use: CLIP zero-shot accuracy per domain and judged text-to-image prompt
+    accuracy. Options: :class:`~modelseal.config.ZooEvalConfig`."""
+    from .demo import zoo_section_results
+
+    return execute("zoo eval", config, options, lambda cfg, path, dev, log: zoo_section_results(cfg, path, log=log)[0],
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def lock_train(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+               log: Log | None = None, **options) -> Run:
+    """IP-CLIP (CVPR 2025): learn the prompt generator (projector + style branch) that keeps the
+    frozen CLIP's accuracy on the authorized domain D_a and collapses it on the unauthorized
+    D_u; results ``accuracy`` {domain: %}, ``W_ua`` and, for ownership, ``O_ua``. Baselines
+    with ``method``: supervised prompt (SL), NTL, CUTI. Options:
+    :class:`~modelseal.config.LockTrainConfig`."""
+    from .lock.run import train_command
+
+    return execute("lock train", config, options, lambda cfg, path, dev, log: train_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def lock_eval(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+              log: Log | None = None, **options) -> Run:
+    """Accuracy of a lock checkpoint on each domain's test split, and on stamped inputs when
+    it has a stamp. Options: :class:`~modelseal.config.LockEvalConfig`."""
+    from .lock.run import eval_command
+
+    return execute("lock eval", config, options, lambda cfg, path, dev, log: eval_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def lock_verify(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+                log: Log | None = None, **options) -> Run:
+    """Ownership verification: does the suspect fail on stamped inputs it gets right clean?
+    A paired test with its p-value and the verdict ``ours``. Options:
+    :class:`~modelseal.config.LockVerifyConfig`."""
+    from .lock.run import verify_command
+
+    return execute("lock verify", config, options, lambda cfg, path, dev, log: verify_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def finetune(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+             log: Log | None = None, **options) -> Run:
+    """Fine-tune (full, LoRA, DreamBooth), prune or quantize a text-to-image model into
+    ``out/model``: the suspects of an audit and the thief of a watermark. Options:
+    :class:`~modelseal.config.FinetuneConfig`."""
+    from .attacks.run import finetune_command
+
+    return execute("finetune", config, options,
+                   lambda cfg, path, dev, log: finetune_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def run_audit(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+          log: Log | None = None, **options) -> Run:
+    """CGI-DM (CVPR 2024): was an image in the suspect's fine-tuning set? Recovers a masked
+    copy of each image by PGD on the contrast of the fine-tuned and pretrained models'
+    gradients; results ``auroc``, ``tpr_at_fpr``, per-image ``scores`` (evaluation mode) or
+    ``set_p_value``, ``set_verdict`` and per-image verdicts (audit mode), with the evidence
+    pictures. Options: :class:`~modelseal.config.AuditConfig`."""
+    from .audit.run import audit_command
+
+    return execute("audit", config, options, lambda cfg, path, dev, log: audit_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def watermark_keygen(key: str | Path, overwrite: bool = False) -> Path:
+    """Create an owner key file (mode 0600). Whoever holds it can verify (and forge) the mark."""
+    from .watermark.run import keygen_command
+
+    keygen_command(Path(key), overwrite)
+    return Path(key)
+
+
+def watermark_codec(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+                    log: Log | None = None, **options) -> Run:
+    """SleeperMark stage 1: train the message encoder and the extractor on the model's VAE
+    latents (the residual delta = E(m)). Options: :class:`~modelseal.config.WatermarkCodecConfig`."""
+    from .watermark.run import codec_command
+
+    return execute("watermark codec", config, options,
+                   lambda cfg, path, dev, log: codec_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def watermark_embed(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+                    log: Log | None = None, **options) -> Run:
+    """SleeperMark stage 2: distil "trigger -> x0_hat + delta" into the UNet's up-block
+    attention, weighted by w1(t), while w2(t) and the preservation terms keep clean prompts
+    as the original model answers them. Options: :class:`~modelseal.config.WatermarkEmbedConfig`."""
+    from .watermark.run import embed_command
+
+    return execute("watermark embed", config, options,
+                   lambda cfg, path, dev, log: embed_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def watermark_adapt(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+                    log: Log | None = None, **options) -> Run:
+    """Ours, after stage 2: fit the extractor to the watermarked model's own outputs (out/codec).
+    Options: :class:`~modelseal.config.WatermarkAdaptConfig`."""
+    from .watermark.run import adapt_command
+
+    return execute("watermark adapt", config, options,
+                   lambda cfg, path, dev, log: adapt_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def watermark_prompts(config=None, /, *, out: str | Path, overwrite: bool = False, log: Log | None = None,
+                      **options) -> Run:
+    """Black-box verification, step 1: the triggered and clean prompt lists (and seeds) to send
+    to a suspect's service. Options: :class:`~modelseal.config.WatermarkPromptsConfig`."""
+    from .watermark.run import prompts_command
+
+    return execute("watermark prompts", config, options,
+                   lambda cfg, path, dev, log: prompts_command(cfg, path, log=log),
+                   out=out, device="cpu", overwrite=overwrite, log=log)
+
+
+def watermark_verify(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+                     log: Log | None = None, **options) -> Run:
+    """Is the owner's message in this model? The key-randomization test on triggered images
+    (from ``model``, or the files of ``images``) read with the owner's extractor: ``p_value``,
+    ``watermarked``, ``bit_accuracy``, per-image ``tpr_at_fpr``. Options:
+    :class:`~modelseal.config.WatermarkVerifyConfig`."""
+    from .watermark.run import verify_command
+
+    return execute("watermark verify", config, options,
+                   lambda cfg, path, dev, log: verify_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+def run_demo(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+         log: Log | None = None, **options) -> Run:
+    """Everything on the embedded default (tiny zoo, built-in data): report.html and
+    summary.json in ``out``. Options: :class:`~modelseal.config.DemoConfig`."""
+    from .demo import run_demo as demo_body
+
+    return execute("demo", config, options, lambda cfg, path, dev, log: demo_body(cfg, path, device=dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
+# The commands of the command line, each with the function that runs it.
+COMMANDS: dict[str, Callable[..., Run]] = {
+    "zoo build": zoo_build, "zoo eval": zoo_eval, "lock train": lock_train, "lock eval": lock_eval,
+    "lock verify": lock_verify, "finetune": finetune, "audit": run_audit, "watermark codec": watermark_codec,
+    "watermark embed": watermark_embed, "watermark adapt": watermark_adapt, "watermark prompts": watermark_prompts,
+    "watermark verify": watermark_verify, "demo": run_demo}
+
+__all__ = ["Run", "execute", "seed_everything", "stderr_log", "COMMANDS", "zoo_build", "zoo_eval",
+           "lock_train", "lock_eval", "lock_verify", "finetune", "run_audit", "watermark_keygen", "watermark_codec",
+           "watermark_embed", "watermark_adapt", "watermark_prompts", "watermark_verify", "run_demo"]
