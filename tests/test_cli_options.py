@@ -1,6 +1,7 @@
 """The command line is the configs: for every command its options are its config's fields,
 with the same names, defaults and choices, and a value given on the command line reaches
 the config the run records."""
+import types
 import typing
 
 import click
@@ -24,7 +25,7 @@ def _command(name: str) -> click.Command:
 
 def _literal(tp):
     tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if typing.get_origin(tp) in (
-        typing.Union, __import__("types").UnionType) else tp
+        typing.Union, types.UnionType) else tp
     tp = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
     return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
 

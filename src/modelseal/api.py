@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import parallel
-from .models.quiet import quiet_loading
 from .config import CONFIGS, Strict, command_key, load_config
 from .runs import (RunFolder, end_deferral, install_signal_handlers, resolve_device, restore_signal_handlers)
 
@@ -61,6 +60,10 @@ class _RunLog:
 
     def __call__(self, msg: str) -> None:
         self.log(msg)
+        self.record(msg)
+
+    def record(self, msg: str) -> None:
+        """The line in log.txt only."""
         if not self.file.closed:
             self.file.write(time.strftime("%H:%M:%S ") + msg + "\n")
             self.file.flush()
@@ -93,7 +96,6 @@ def execute(command: str, config, options: dict, body: Callable[[Strict, Path, s
     model = CONFIGS[command_key(command)]
     cfg = load_config(config, model, options, command=command)
     log = log or stderr_log
-    quiet_loading()
     dev = parallel.local_device(resolve_device(device))
     seed_everything(cfg.seed)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -112,7 +114,7 @@ def execute(command: str, config, options: dict, body: Callable[[Strict, Path, s
                         replace=replace)
         run_log = _RunLog(run.path / "log.txt", log)
         try:
-            run_log.file.write(time.strftime("%H:%M:%S ") + f"{command}: {run.path} on {dev}, seed {cfg.seed}\n")
+            run_log.record(f"{command}: {run.path} on {dev}, seed {cfg.seed}")
             try:
                 results = body(cfg, run.path, dev, run_log)
             except BaseException as e:
@@ -132,6 +134,8 @@ def execute(command: str, config, options: dict, body: Callable[[Strict, Path, s
 
 
 # ---- the commands --------------------------------------------------------------------
+# Each imports its task inside the function: `import modelseal` and `modelseal --help` stay
+# light (the tasks pull in diffusers and transformers), and only the task called is loaded.
 # Each: `config` (object, dict, YAML path or preset name; optional), keyword options named as
 # the config's fields, `out`, `device`, `overwrite`, `log` (a callable taking one line). Named
 # <group>_<command> as on the command line; `run_audit` and `run_demo` because the names

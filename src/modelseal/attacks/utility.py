@@ -21,6 +21,7 @@ import torch
 
 from ..data.digits import CLASS_NAMES, DOMAINS, caption
 from ..models.diffusion import T2IModel
+from ..quality import psnr, ssim
 
 
 class UtilityProbe:
@@ -73,8 +74,6 @@ class UtilityProbe:
         """(figures, the clean samples). `before`: the samples of the model before the attack
         (drift); `original_accuracy`: the unattacked original's prompt accuracy (retained);
         `loss_before`: its thief-domain loss (thief_gain)."""
-        from ..quality import psnr, ssim
-
         images = self.samples(model)
         res = self.accuracy(images)
         if original_accuracy:

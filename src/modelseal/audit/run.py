@@ -32,6 +32,8 @@ from .decision import decision_scores
 from .evidence import roc_figure_file, write_evidence, write_report
 from .inversion import invert
 from .scoring import FeatureExtractor, similarity
+from ..data.folders import check_disjoint
+from ..models.zoo import resolve_model
 
 FINETUNE_RECORD = "modelseal_finetune.json"
 
@@ -91,8 +93,6 @@ def _read(folder: Path, size: int, role: str):
 def _fingerprint(source: str) -> list:
     """Weight files (name, size, mtime) of a local model folder, so a cache never outlives a
     re-trained model saved at the same path; hub ids stand for themselves."""
-    from ..models.zoo import resolve_model
-
     folder = Path(resolve_model(source, "t2i")) if source.startswith("tiny:") else Path(source)
     if not folder.is_dir():
         return [source]
@@ -246,8 +246,6 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     from ..data.sources import check_inputs
 
     check_inputs(members=cfg.members, holdout=cfg.holdout, images=cfg.images, calibration=cfg.calibration)
-    from ..data.folders import check_disjoint
-
     if mode == "evaluation":
         check_disjoint(cfg.members, cfg.holdout, "--members", "--holdout",
                        "an image is a member or a hold-out image, not both: keep each image in one folder")

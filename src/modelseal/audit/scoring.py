@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.quiet import quiet_loading
+
 METRICS = ("ssim", "ssim_removed", "psnr_removed", "features")
 
 
@@ -50,8 +52,6 @@ class FeatureExtractor:
         from transformers import AutoModel
 
         from ..errors import InputError
-        from ..models.quiet import quiet_loading
-
         quiet_loading()
         try:
             self.model = AutoModel.from_pretrained(source, local_files_only=local_files_only,

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import InputError
+from ..models.weights import read_safetensors
 from ..runs import atomic_path, write_json
 
 WEIGHTS = "lock.safetensors"
@@ -66,6 +67,4 @@ def load_lock_state(folder: str | Path, backbone: torch.nn.Module, card: dict | 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file, or one clear error when it is corrupt or truncated."""
-    from ..models.weights import read_safetensors
-
     return read_safetensors(path, "the lock weights", "restore it, or rerun `modelseal lock train`")

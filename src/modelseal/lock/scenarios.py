@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 SCENARIOS = ("target-specified", "target-free", "ownership", "authorization")
 
 
@@ -37,8 +39,6 @@ class Stamp:
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            from ..errors import InputError
-
             raise InputError(f"bad stamp (strength {self.strength!r}, period {self.period!r}, colour {self.color!r})",
                              "use a strength in (0, 1], a period >= 1 and a colour in [0, 1]; for a checkpoint, "
                              "restore its lock.json")
@@ -56,8 +56,6 @@ class Stamp:
         elif self.pattern == "patch":
             m = (r >= h - p) & (c >= w - p)
         else:
-            from ..errors import InputError
-
             raise InputError(f"unknown stamp pattern '{self.pattern}'", "use grid, lines, checker or patch")
         return m.float()
 
@@ -83,8 +81,6 @@ def heavy_augment(images: torch.Tensor, copies: int = 1, n_ops: int = 10, magnit
     as authorized.
     """
     if recipe not in AUGMENTS:
-        from ..errors import InputError
-
         raise InputError(f"unknown augmentation recipe '{recipe}'", f"use one of {', '.join(AUGMENTS)}")
     from kornia.augmentation.auto import RandAugment
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
 from ..errors import InputError
+from .quiet import quiet_loading
 from .weights import compare_shapes, library_error_line
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -111,7 +112,6 @@ class CLIPBundle:
 def load_clip(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
               local_files_only: bool = False) -> CLIPBundle:
     """Load a CLIP model from a local folder, a hub id, or 'tiny:clip'. Frozen, eval mode."""
-    from .quiet import quiet_loading
     from .zoo import hub_access, resolve_model
 
     quiet_loading()

@@ -41,6 +41,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import InputError
+from .quiet import quiet_loading
 from .weights import library_error_line, mismatch_line, read_safetensors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -431,8 +432,6 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     """Load a T2I model from a diffusers folder or hub id (tiny zoo: 'tiny:t2i'), or a LoRA
     folder on top of `base` (default: the base its lora_base.json names). SD 1.x, 2.x (v) and
     XL (two text encoders) alike; `resolution` sets the working image side (default native)."""
-    from .quiet import quiet_loading
-
     check_dtype(dtype, device)
     quiet_loading()
     if is_lora_folder(source):

@@ -14,6 +14,8 @@ import torch
 
 from ..errors import InputError
 from ..models.diffusion import T2IModel
+from ..models.weights import compare_shapes, read_safetensors
+from ..models.zoo import resolve_model
 from ..runs import atomic_path, write_json
 
 CONFIG_NAME = "config.json"
@@ -68,11 +70,7 @@ class CodecFolder:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> Self:
-        from ..models.weights import compare_shapes, read_safetensors
-
         if str(folder).startswith("tiny:"):
-            from ..models.zoo import resolve_model
-
             folder = resolve_model(str(folder), "codec")
         folder = Path(folder)
         fix = "give OUT/codec of `modelseal watermark codec` (or of `watermark adapt`), or tiny:codec"

@@ -27,6 +27,7 @@ from ..config import ZooConfig
 from ..data.digits import CLASS_NAMES, DOMAINS, caption, load_digits_domain, photo_crops
 from ..models.clip import OPENAI_MEAN, OPENAI_STD, ZERO_SHOT_TEMPLATES, CLIPBundle
 from ..models.judge import DigitJudge
+from ..models.quiet import quiet_loading
 from ..models.tiny import clip_config, scheduler_config, unet_config, vae_config
 from ..models.tokenizer import build_tokenizer
 
@@ -220,8 +221,6 @@ def _fold_latent_normalisation(vae, mu: torch.Tensor, sd: torch.Tensor) -> None:
 def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
-
-    from ..models.quiet import quiet_loading
 
     quiet_loading()
     torch.manual_seed(cfg.seed + 3)
