@@ -15,9 +15,10 @@ from pathlib import Path
 
 import modelseal
 
-SIZES = {  # training steps, batch per domain, training images per domain; domains only evaluated
-    "demo": dict(steps=150, batch_size=32, eval=["builtin:digits/uci", "builtin:digits/syn"]),
-    "tiny": dict(steps=60, batch_size=16, train_limit=600, eval=[]),
+SIZES = {  # training steps, batch per domain, training / test images per domain; domains only evaluated
+    "demo": dict(steps=150, batch_size=32, train_limit=2000, eval_limit=500,
+                 eval=["builtin:digits/uci", "builtin:digits/syn"]),
+    "tiny": dict(steps=60, batch_size=16, train_limit=600, eval_limit=300, eval=[]),
 }
 
 
@@ -40,7 +41,7 @@ def main() -> None:
 
     # 2. the checkpoint alone (learned weights + the backbone's sha256) reproduces them
     ev = modelseal.lock_eval(out=args.out / "eval", checkpoint=str(run.path / "checkpoint"),
-                             eval=["builtin:digits/mnist-m"], **common)
+                             eval=["builtin:digits/mnist-m"], eval_limit=size["eval_limit"], **common)
     print("lock_eval on the checkpoint:", {d: round(a, 1) for d, a in ev["accuracy"].items()})
 
     # 3. ownership: the locked model fails on stamped inputs, the unprotected one does not

@@ -18,18 +18,18 @@ def cli(args, capsys):
 SMALL = ["--steps", "60", "--batch-size", "16", "--train-limit", "600"]
 
 
-
-
 def test_target_specified_locks_mnist_m_and_keeps_mnist(tmp_path, capsys):
-    res = cli(["lock", "train", "--out", str(tmp_path), "--unauthorized", "builtin:digits/mnist-m", *SMALL], capsys)
+    res = cli(["lock", "train", "--out", str(tmp_path), "--unauthorized", "builtin:digits/mnist-m", *SMALL,
+               "--eval-limit", "400"], capsys)
+    assert res["test_images"] == {"mnist": 400, "mnist-m": 400}
     acc, sl = res["accuracy"], res["accuracy_sl"]
     assert acc["mnist"] >= sl["mnist"] - 5, res
     assert acc["mnist-m"] <= res["chance"] + 15, res
     assert sl["mnist-m"] >= 50  # without protection the model transfers: locking did the drop
     assert res["W_ua"] > 40
-    # the checkpoint alone reproduces the accuracies
+    # the checkpoint alone reproduces the accuracies (the same seeded test subsets)
     ev = cli(["lock", "eval", "--out", str(tmp_path / "ev"), "--checkpoint", str(tmp_path / "checkpoint"),
-              "--eval", "builtin:digits/mnist", "--eval", "builtin:digits/mnist-m"], capsys)
+              "--eval", "builtin:digits/mnist", "--eval", "builtin:digits/mnist-m", "--eval-limit", "400"], capsys)
     assert ev["accuracy"] == {"mnist": acc["mnist"], "mnist-m": acc["mnist-m"]}
 
 

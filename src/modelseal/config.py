@@ -178,7 +178,12 @@ class LockTrainOptions(Strict):
     seed: int = Field(0, description="random seed")
 
 
-class LockTrainConfig(LockTrainOptions, _ModelOptions, _StampOptions):
+class _EvalLimit(Strict):
+    eval_limit: int | None = Field(None, ge=10, description="evaluate on at most this many test images per domain "
+                                   "(a seeded random subset; default: the whole test split)")
+
+
+class LockTrainConfig(LockTrainOptions, _ModelOptions, _StampOptions, _EvalLimit):
     """`modelseal lock train`: IP-CLIP (or a baseline) in one of the four scenarios."""
     scenario: Literal["target-specified", "target-free", "ownership", "authorization"] = Field(
         "target-specified", description="what the lock is for: the paper's four scenarios")
@@ -195,7 +200,7 @@ class LockTrainConfig(LockTrainOptions, _ModelOptions, _StampOptions):
     train_limit: int | None = Field(None, ge=10, description="use at most this many training images per domain")
 
 
-class LockEvalConfig(_ModelOptions):
+class LockEvalConfig(_ModelOptions, _EvalLimit):
     """`modelseal lock eval`: accuracy of a lock checkpoint per domain (and stamped)."""
     checkpoint: str = Field(..., description="checkpoint/ folder of a lock run")
     eval: list[str] = Field(..., min_length=1, description="a domain to evaluate (repeatable)")
@@ -519,13 +524,16 @@ class DemoLockConfig(Strict):
     authorized: str = "builtin:digits/mnist"
     unauthorized: list[str] = ["builtin:digits/mnist-m"]
     eval: list[str] = ["builtin:digits/uci", "builtin:digits/syn"]
-    steps: int = Field(150, ge=1)
+    steps: int = Field(120, ge=1)
+    sl_steps: int | None = Field(60, ge=1, description="the SL reference's steps (it converges sooner)")
     batch_size: int = Field(32, ge=1)
-    train_limit: int | None = Field(None, ge=10)
+    train_limit: int | None = Field(2000, ge=10)
+    eval_limit: int | None = Field(500, ge=10)
 
     def to_train_config(self, seed: int) -> LockTrainConfig:
         return LockTrainConfig(authorized=self.authorized, unauthorized=self.unauthorized, eval=self.eval,
-                               steps=self.steps, batch_size=self.batch_size, train_limit=self.train_limit, seed=seed)
+                               steps=self.steps, sl_steps=self.sl_steps, batch_size=self.batch_size,
+                               train_limit=self.train_limit, eval_limit=self.eval_limit, seed=seed)
 
 
 class DemoAuditConfig(Strict):
@@ -534,9 +542,9 @@ class DemoAuditConfig(Strict):
     subject: str = "mnist-m/3"
     members: int = Field(10, ge=2)
     holdout: int = Field(10, ge=2)
-    finetune_steps: int = Field(200, ge=1)
+    finetune_steps: int = Field(150, ge=1)
     class_prompt: str | None = "a digit"
-    steps: int = Field(200, ge=1, description="PGD steps")
+    steps: int = Field(100, ge=1, description="PGD steps")
     mc_samples: int = Field(1, ge=1)
     null_suspect: bool = True
 
@@ -551,7 +559,7 @@ class DemoWatermarkConfig(Strict):
     attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
     finetune: list[str] = Field(["full:1e-5"], description="the thief's method:lr (full | lora)")
     finetune_data: str = "builtin:faces"
-    finetune_checkpoints: list[int] = Field([0, 500, 1000], description="steps to measure at (the last: how long)")
+    finetune_checkpoints: list[int] = Field([0, 400], description="steps to measure at (the last: how long)")
     utility_per_prompt: int = Field(2, ge=1, description="judged samples per digit prompt (40 prompts)")
 
     @model_validator(mode="after")
@@ -576,13 +584,14 @@ class DemoConfig(Strict):
     zoo: ZooEvalConfig = ZooEvalConfig(per_prompt=5)
     zoo_quick: ZooEvalConfig = ZooEvalConfig(per_prompt=2, steps=20)
     lock: DemoLockConfig = DemoLockConfig()
-    lock_quick: DemoLockConfig = DemoLockConfig(steps=80, batch_size=16, train_limit=800)
+    lock_quick: DemoLockConfig = DemoLockConfig(steps=80, sl_steps=40, batch_size=16, train_limit=800,
+                                                eval_limit=300)
     audit: DemoAuditConfig = DemoAuditConfig()
-    audit_quick: DemoAuditConfig = DemoAuditConfig(members=6, holdout=6, finetune_steps=150, class_prompt=None,
+    audit_quick: DemoAuditConfig = DemoAuditConfig(members=6, holdout=6, finetune_steps=120, class_prompt=None,
                                                    steps=60, mc_samples=1, null_suspect=False)
     watermark: DemoWatermarkConfig = DemoWatermarkConfig()
     watermark_quick: DemoWatermarkConfig = DemoWatermarkConfig(embed_steps=60, n=16, attacks=["jpeg", "resize"],
-                                                               finetune=["full:1e-5"], finetune_checkpoints=[0, 500],
+                                                               finetune=["full:1e-5"], finetune_checkpoints=[0, 200],
                                                                utility_per_prompt=1)
 
 

@@ -86,7 +86,6 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     clip = load_clip(cfg.model, device=device, local_files_only=cfg.local_files_only)
     size = clip.image_size
     auth_tr = _load(cfg.authorized, "train", size, cfg.train_limit, cfg.seed)
-    auth_te = _load(cfg.authorized, "test", size)
     a_name = source_name(cfg.authorized)
     unauth_specs = list(cfg.unauthorized or [])
     if cfg.scenario == "target-specified" and not unauth_specs:
@@ -96,7 +95,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         unauth_specs = [f"builtin:digits/{d}" for d in DOMAINS if f"builtin:digits/{d}" != cfg.authorized]
         log(f"[lock] authorization: clean {', '.join(unauth_specs)} as unauthorized")
     eval_specs = list(dict.fromkeys([cfg.authorized] + unauth_specs + list(cfg.eval or [])))
-    tests = _match_classes({source_name(s): _load(s, "test", size) for s in eval_specs}, auth_tr)
+    tests = _match_classes({source_name(s): _load(s, "test", size, cfg.eval_limit, cfg.seed) for s in eval_specs},
+                           auth_tr)
     classes = auth_tr.class_names
     stamp = Stamp(cfg.stamp_pattern, cfg.stamp_strength, cfg.stamp_period)
     bs = cfg.feature_batch_size
@@ -153,7 +153,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     acc = {n: round(accuracy(model.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     acc_sl = {n: round(accuracy(sl.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     res = {"method": cfg.method, "scenario": cfg.scenario, "accuracy": acc, "accuracy_sl": acc_sl,
-           "chance": round(100.0 / len(classes), 2), "authorized": authorized, "unauthorized": unauthorized}
+           "chance": round(100.0 / len(classes), 2), "authorized": authorized, "unauthorized": unauthorized,
+           "test_images": {n: len(t) for n, t in tests.items()}}
     res.update({k: round(v, 3) for k, v in lock_metrics(acc, acc_sl, authorized, unauthorized).items()})
     if cfg.scenario == "ownership":
         res["O_ua"] = round(ownership_metric(acc[a_name], acc[a_name + STAMPED], acc_sl[a_name + STAMPED]), 3)
@@ -193,18 +194,20 @@ def load_checkpoint(folder: Path, model: str | None, device: str, local_files_on
 def eval_command(cfg, out: Path, device: str, log=print) -> dict:
     check_inputs(eval=cfg.eval)
     lm, card, clip = load_checkpoint(Path(cfg.checkpoint), cfg.model, device, cfg.local_files_only)
-    acc = {}
+    acc, sizes = {}, {}
     stamp = Stamp(**card["stamp"]) if card.get("stamp") else None
     for spec in cfg.eval:
-        s = _load(spec, "test", clip.image_size)
+        s = _load(spec, "test", clip.image_size, cfg.eval_limit, cfg.seed)
         s = _checkpoint_classes(s, card, spec, cfg.checkpoint)
         x = s.tensor()
         y = torch.from_numpy(s.labels)
+        sizes[source_name(spec)] = len(y)
         acc[source_name(spec)] = round(accuracy(lm.ipclip, frozen_features(clip, x), y), 2)
         if stamp is not None:
             acc[source_name(spec) + STAMPED] = round(accuracy(lm.ipclip, frozen_features(clip, stamp.apply(x)), y), 2)
     log(f"[lock] accuracy {acc}")
-    return {"accuracy": acc, "chance": round(100.0 / len(card["class_names"]), 2), "authorized": card["authorized"],
+    return {"accuracy": acc, "test_images": sizes, "chance": round(100.0 / len(card["class_names"]), 2),
+            "authorized": card["authorized"],
             "method": card["method"], "scenario": card["scenario"]}
 
 
