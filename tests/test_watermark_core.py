@@ -205,7 +205,7 @@ def test_each_attack_keeps_shape_and_range_and_changes_the_image(name):
     assert torch.equal(y, again)  # seeded
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"jpeg"}))
+@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"jpeg", "combined"}))  # real JPEG inside
 def test_attacks_are_differentiable(name):
     x = _images().requires_grad_(True)
     apply_attack(name, x).sum().backward()

@@ -501,7 +501,15 @@ class WatermarkVerifyConfig(Strict):
     fpr: float = Field(1e-6, gt=0, lt=1, description="per-image false-positive rate for TPR")
     alpha: float = Field(1e-3, gt=0, lt=1, description="level of the model-level key test")
     attacks: list[str] = Field(["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"],
-                               description="image attacks the triggered images are read under (repeatable)")
+                               description="image attacks the triggered images are read under (repeatable): a "
+                               "name, optionally with parameters, e.g. crop:keep=0.5, rotation:angle=15, combined, "
+                               "regen_vae, purify:strength=0.2 (all: the docs' watermark page)")
+    stack_lora: list[str] = Field([], description="a third party's LoRA (folder or .safetensors) loaded on top of "
+                                  "the suspect before it generates, as its users sample with their own adapters "
+                                  "(repeatable)")
+    attack_vae: str | None = Field(None, description="the autoencoder regen_vae regenerates through: a diffusers "
+                                   "AutoencoderKL folder or a T2I model folder (its vae/) (default: the "
+                                   "suspect's own VAE)")
     size: int | None = Field(None, ge=8, description=SIZE)
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
     local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
@@ -516,6 +524,8 @@ class WatermarkVerifyConfig(Strict):
             raise ValueError("--clean-images is given without --images: add --images DIR (the triggered answers)")
         if self.images is not None and self.original is not None:
             raise ValueError("--original compares generated images: use it with --model, or drop it")
+        if self.images is not None and self.stack_lora:
+            raise ValueError("--stack-lora changes the model that generates: use it with --model, or drop it")
         return self
 
 
@@ -556,7 +566,8 @@ class DemoWatermarkConfig(Strict):
                          "never use it; the paper's '*[Z]& ' is made of tokens tiny CLIP never trained")
     embed_steps: int = Field(150, ge=1, description="brief stage 2 from tiny:t2i (the shipped sleeper's is longer)")
     n: int = Field(32, ge=4, description="images per verification")
-    attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop"]
+    attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop", "rotation",
+                          "combined", "purify:strength=0.2"]
     finetune: list[str] = Field(["full:1e-5"], description="the thief's method:lr (full | lora)")
     finetune_data: str = "builtin:faces"
     finetune_checkpoints: list[int] = Field([0, 400], description="steps to measure at (the last: how long)")

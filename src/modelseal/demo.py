@@ -190,7 +190,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
                                  original="tiny:t2i", seed=seed)
     log("[demo] watermark: verifying the shipped sleeper (tiny:sleeper) with its adapted extractor")
     ver = verify_command(vcfg, folder / "verify", device, log=log)
-    fid = ver["fidelity"]
+    fid, tf = ver["fidelity"], ver["trigger_fidelity"]
     quiet = {"attacks": [], "also_without_cfg": False, "original": None}
     ver_stage1 = verify_command(vcfg.model_copy(update={**quiet, "codec": "tiny:codec"}), folder / "verify-stage1",
                                 device, log=lambda m: None)
@@ -237,9 +237,13 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
 
     def row(label: str, r: dict, clean: bool = False) -> dict:
         pre = "clean_" if clean else ""
+        tf = r.get("trigger_fidelity") if not clean else None
         return {"images": label, "bit accuracy": r[pre + "bit_accuracy"], "TPR@1e-6": r[pre + "tpr_at_fpr"]["1e-6"],
                 "key test p": stats.format_p(r[pre + "p_value"]),
-                "verdict": _verdict(r) if not clean else "(clean images: no claim)"}
+                "verdict": _verdict(r) if not clean else "(clean images: no claim)",
+                "PSNR vs clean (dB)": round(tf["psnr"], 1) if tf else "",
+                "judged digit, triggered / clean": (f"{tf['judged_triggered']:.0%} / {tf['judged_clean']:.0%}"
+                                                    if tf and "judged_triggered" in tf else "")}
 
     rows = [row("triggered, CFG 7.5", ver)]
     if "no_cfg" in ver:
@@ -249,7 +253,8 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
              row("triggered, someone else's key", ver_wrong),
              row("tiny:t2i (never watermarked), triggered", ver_unmarked)]
     attack_rows = [{"attack": k, "bit accuracy": v["bit_accuracy"], "TPR@1e-6": v["tpr_at_fpr"]["1e-6"],
-                    "key test p": stats.format_p(v["p_value"]), "verdict": _verdict(v)}
+                    "key test p": stats.format_p(v["p_value"]), "verdict": _verdict(v),
+                    "PSNR vs triggered (dB)": round(v["psnr"], 1)}
                    for k, v in ver.get("attacks", {}).items()]
     s2 = record.get("stage2", {})
     section = Section(
@@ -262,8 +267,12 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
               f"only its {record['trained_parameters']:,} trained weights ship) with its adapted extractor, "
               "checked with the demo owner's key, which is published with the package (it shows how verification "
               "works; it proves nothing). "
-              f"Verification generates {cfg.n} images per row from fixed seeds. Without the trigger the sleeper "
-              f"stays close to tiny:t2i: PSNR {fid['psnr']:.1f} dB, SSIM {fid['ssim']:.3f} on the same seeds. The "
+              f"Verification generates {cfg.n} images per row from fixed seeds. What the mark costs, on the same "
+              f"seeds: the sleeper's clean images against tiny:t2i's, PSNR {fid['psnr']:.1f} dB, SSIM "
+              f"{fid['ssim']:.3f}; its triggered images against its clean ones, PSNR {tf['psnr']:.1f} dB, SSIM "
+              f"{tf['ssim']:.3f}, the prompted digit judged in {tf['judged_triggered']:.0%} of triggered and "
+              f"{tf['judged_clean']:.0%} of clean images (SleeperMark promises an invisible residual: triggered "
+              "images that show what the prompt asks for). The "
               "verdict is the key-randomization test: how often a random key's message matches the images as well "
               f"as the owner's (valid however alike one model's images read; smallest possible p 2^-{codec.k}). "
               f"Then a thief fine-tunes the stolen sleeper on {cfg.finetune_data}, never showing the trigger; "
@@ -274,7 +283,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
         figures=[("triggered (top) vs clean (bottom), same seeds", (folder / "verify" / "samples.png").read_bytes())],
     )
     fields = ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value", "majority_agreement", "clean_bit_accuracy",
-              "clean_p_value", "watermarked", "diagnostics")
+              "clean_p_value", "watermarked", "diagnostics", "trigger_fidelity")
     brief = ("bit_accuracy", "tpr_at_fpr", "p_value", "majority_agreement", "watermarked")
     keep = {"verify": {k: ver[k] for k in fields}, "no_cfg": ver.get("no_cfg"), "attacks": ver.get("attacks", {}),
             "stage1_extractor": {k: ver_stage1[k] for k in brief},

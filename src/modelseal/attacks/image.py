@@ -9,10 +9,16 @@ fresh generator seeded 0, so an evaluation is reproducible by default.
 
 Defaults follow SleeperMark's evaluation: JPEG 50, Gaussian blur 3x3 with sigma 4,
 Gaussian noise sigma 0.1, 0.5x resize, colour jitter factors in 0.8-1.2, sharpness
-factor drawn in [0, 10].
+factor drawn in [0, 10]. The geometric and combined distortions of the field's toolkits
+(WAVES, WIBE) are here too: rotation, crops at any area and position, JPEG + resize + crop.
+Attacks that regenerate an image through another model live in attacks.regenerate.
+
+An attack is named on the command line by a spec: its name, optionally followed by
+parameters, 'crop:keep=0.5' or 'combined:quality=70,keep=0.9' (parse_spec).
 """
 from __future__ import annotations
 
+import inspect
 import io
 from typing import Callable
 
@@ -131,16 +137,42 @@ def saturation(images: torch.Tensor, factor=(0.8, 1.2), generator: torch.Generat
     return color_jitter(images, 1.0, 1.0, factor, generator)
 
 
-def crop(images: torch.Tensor, keep: float = 0.8, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Keep the central `keep` fraction of each side and resize it back (bilinear)."""
+def crop(images: torch.Tensor, keep: float = 0.8, position: str = "center",
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Keep a `keep` fraction of each side (an area of keep^2), at the centre or at a random
+    position drawn per image, and resize it back (bilinear)."""
     _check(images)
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"crop keep fraction must be in (0, 1], got {keep}")
+    if position not in ("center", "random"):
+        raise ValueError(f"crop position must be center or random, got {position!r}")
     h, w = images.shape[-2:]
     ch, cw = max(1, round(h * keep)), max(1, round(w * keep))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    x = images[..., top:top + ch, left:left + cw]
+    if position == "center":
+        tops, lefts = [(h - ch) // 2] * len(images), [(w - cw) // 2] * len(images)
+    else:
+        g = _gen(generator)
+        tops = torch.randint(0, h - ch + 1, (len(images),), generator=g).tolist()
+        lefts = torch.randint(0, w - cw + 1, (len(images),), generator=g).tolist()
+    x = torch.stack([im[..., t:t + ch, l:l + cw] for im, t, l in zip(images, tops, lefts)])
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def rotation(images: torch.Tensor, angle=10.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate about the centre by `angle` degrees (counter-clockwise; a pair draws one per
+    image in that range), bilinear, the uncovered corners black."""
+    from kornia.geometry.transform import rotate
+
+    _check(images)
+    a = _uniform(len(images), *_range(angle), generator, images).view(-1)
+    return rotate(images, a, mode="bilinear", padding_mode="zeros").clamp(0, 1)
+
+
+def combined(images: torch.Tensor, quality: int = 50, scale: float = 0.5, keep: float = 0.8,
+             differentiable: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """JPEG at `quality`, then a `scale` resize, then a central `keep` crop: the combined
+    distortion of the field's benchmarks, each step at its own default strength."""
+    return crop(resize(jpeg(images, quality, differentiable), scale), keep)
 
 
 def sharpness(images: torch.Tensor, factor=(0.0, 10.0), generator: torch.Generator | None = None) -> torch.Tensor:
@@ -164,7 +196,13 @@ ATTACKS: dict[str, Attack] = {
     "saturation": saturation,
     "crop": crop,
     "sharpness": sharpness,
+    "rotation": rotation,
+    "combined": combined,
 }
+# What attack_sampler draws from by default (codec training, extractor adaptation): the
+# distortions the shipped codecs were trained and measured with.
+TRAINING_ATTACKS = ("jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "brightness", "contrast",
+                    "saturation", "crop", "sharpness")
 
 
 def apply_attack(name: str, images: torch.Tensor, generator: torch.Generator | None = None,
@@ -180,9 +218,10 @@ def apply_attack(name: str, images: torch.Tensor, generator: torch.Generator | N
 def attack_sampler(names: list[str] | None = None, differentiable: bool = True,
                    include_none: bool = True) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]:
     """A training distortion layer: each call applies one attack drawn uniformly from
-    `names` (default: all; 'none' among the choices when include_none) to the whole batch.
+    `names` (default: TRAINING_ATTACKS; 'none' among the choices when include_none) to the
+    whole batch.
     With differentiable=True JPEG uses kornia's differentiable approximation."""
-    names = list(ATTACKS) if names is None else list(names)
+    names = list(TRAINING_ATTACKS) if names is None else list(names)
     for n in names:
         if n not in ATTACKS and n not in ("none", "identity"):
             raise ValueError(f"unknown image attack {n!r}; known: none, {', '.join(ATTACKS)}")
@@ -191,8 +230,38 @@ def attack_sampler(names: list[str] | None = None, differentiable: bool = True,
     def sample(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         g = _gen(generator)
         name = choices[int(torch.randint(len(choices), (1,), generator=g))]
-        if name == "jpeg" and differentiable:
-            return jpeg(images, differentiable=True)
+        if name in ("jpeg", "combined") and differentiable:
+            return ATTACKS[name](images, differentiable=True, generator=g)
         return apply_attack(name, images, generator=g)
 
     return sample
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """'crop' -> ('crop', {}); 'crop:keep=0.5,position=random' -> ('crop', {'keep': 0.5,
+    'position': 'random'}). Numbers parse as int or float; anything else stays text."""
+    name, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"attack {spec!r}: write name:param=value[,param=value], e.g. crop:keep=0.5")
+        params[key.strip()] = _value(value.strip())
+    return name.strip(), params
+
+
+def check_params(spec: str, fn: Callable, params: dict, bound: tuple[str, ...] = ("images", "generator")) -> None:
+    """Refuse parameters `fn` does not take (naming the ones it does)."""
+    known = [p for p in inspect.signature(fn).parameters if p not in bound]
+    for key in params:
+        if key not in known:
+            raise ValueError(f"attack {spec!r}: unknown parameter {key!r}; it takes {', '.join(known) or 'none'}")

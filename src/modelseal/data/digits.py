@@ -49,6 +49,15 @@ def caption(domain: str, label: int) -> str:
     return f"a {style} digit {CLASS_NAMES[label]}"
 
 
+def digit_of(prompt: str) -> int:
+    """The digit a caption asks for ('a handwritten digit seven on a photo' -> 7)."""
+    words = prompt.split()
+    for before, word in zip(words, words[1:]):
+        if before == "digit" and word in CLASS_NAMES:
+            return CLASS_NAMES.index(word)
+    raise ValueError(f"no digit named in prompt {prompt!r}")
+
+
 def _resize_gray(arr: np.ndarray, size: int, inner: int | None = None) -> np.ndarray:
     """Resize (N, h, w) float [0, 1] images to (N, size, size), optionally into a centred box."""
     inner = inner or size

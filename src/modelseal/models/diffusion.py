@@ -446,6 +446,55 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     return model
 
 
+def stack_lora(model: T2IModel, source: str | Path, scale: float = 1.0) -> str:
+    """Load a LoRA on top of the model's UNet as one more active adapter, as a user of a
+    (stolen) model samples with an adapter of their own (diffusers' load_lora_weights):
+    `source` is a LoRA folder (`modelseal finetune --method lora`) or a LoRA .safetensors
+    file. Adapters already on the UNet stay active. Returns the new adapter's name."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(str(source)).expanduser()
+    file = path / LORA_FILE if path.is_dir() else path
+    weights = read_safetensors(file, "the stacked LoRA file", "give a LoRA folder or .safetensors file")
+    name = f"stacked_{len(getattr(model.unet, 'peft_config', None) or {})}"
+    try:
+        state, alphas = StableDiffusionPipeline.lora_state_dict(weights)
+        model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=name)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise InputError(f"cannot stack the LoRA in '{source}' on '{model.source}': {library_error_line(e)}",
+                         "give a LoRA trained on a model of this architecture") from None
+    if name not in (getattr(model.unet, "peft_config", None) or {}):
+        raise InputError(f"the LoRA in '{source}' has no UNet weights", "give a LoRA trained on the UNet")
+    names = list(model.unet.peft_config)
+    model.unet.set_adapters(names, [scale if n == name else 1.0 for n in names])
+    model.unet.requires_grad_(False)
+    return name
+
+
+def load_vae(source: str | Path, device: str | torch.device = "cpu", local_files_only: bool = False
+             ) -> AutoencoderKL:
+    """An AutoencoderKL on its own (a folder with config.json and safetensors weights, or a hub
+    id such as stabilityai/sd-vae-ft-mse) or a T2I model's (a diffusers folder with vae/, or
+    tiny:t2i), float32, frozen."""
+    from .zoo import resolve_model
+
+    path = resolve_model(str(source), kind="t2i") if str(source).startswith("tiny:") else str(source)
+    local = Path(path).expanduser()
+    sub = "vae" if (local / "vae").is_dir() else None
+    if local.exists() and not (local / (sub or "") / "config.json").is_file():
+        raise InputError(f"'{source}' holds no autoencoder (no config.json, no vae/config.json)",
+                         "give a diffusers AutoencoderKL folder or a Stable Diffusion folder with vae/")
+    quiet_loading()
+    try:
+        vae = AutoencoderKL.from_pretrained(str(local) if local.exists() else path, subfolder=sub,
+                                            use_safetensors=True, local_files_only=local_files_only)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load an autoencoder from '{source}': {library_error_line(e)}",
+                         "give a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model"
+                         ".safetensors), a Stable Diffusion folder with vae/, or a hub id in the cache") from None
+    return vae.float().eval().requires_grad_(False).to(device)
+
+
 def _load_pipeline(source, device, dtype, local_files_only) -> T2IModel:
     from .zoo import hub_access, resolve_model
 

@@ -18,15 +18,20 @@ import numpy as np
 import torch
 
 from .. import parallel, stats
+from ..data.digits import digit_of
 from ..data.sources import check_inputs
 from ..errors import InputError
-from ..models.diffusion import latent_posterior, load_for
+from ..attacks.suite import image_attack, needs_model
+from ..models.diffusion import latent_posterior, load_for, load_vae, stack_lora
+from ..models.judge import DigitJudge
+from ..models.zoo import resolve_model
 from ..quality import psnr
 from ..runs import RESUME_DIR, TrainingCheckpoint, atomic_folder
 from .codec import Codec
 from .codec_folder import WEIGHTS_NAME, file_sha256
 from .codec_pixels import bit_accuracy, decode_all, embed_images, encode_all
 from .codec_training import CodecLossWeights, train_codec
+from .fidelity import image_fidelity
 from .keys import load_key, message_bits
 
 RECORD = "modelseal_watermark.json"
@@ -268,6 +273,31 @@ def _read_folder(folder, codec: Codec, role: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(s.images)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def image_attacks(cfg, model, original) -> dict:
+    """cfg.attacks by spec -> {spec: attack}; regen_vae through cfg.attack_vae (default: the
+    suspect's VAE), purify through the original model when given, else the suspect."""
+    vae = model.vae
+    if cfg.attack_vae and any(needs_model(a) == "vae" for a in cfg.attacks):
+        vae = load_vae(cfg.attack_vae, model.device, cfg.local_files_only)
+    out = {}
+    for spec in cfg.attacks:
+        try:
+            out[spec] = image_attack(spec, vae=vae, model=original or model)
+        except ValueError as e:
+            raise InputError(f"--attacks: {e}", "see the docs' watermark page for the attacks and their "
+                             "parameters") from None
+    return out
+
+
+def judged_accuracy(trig: torch.Tensor, clean: torch.Tensor, prompts: list[str]) -> dict:
+    """How often tiny:judge reads the prompted digit in triggered and in clean images."""
+    targets = torch.tensor([digit_of(p) for p in prompts])
+    judge = DigitJudge.from_pretrained(resolve_model("tiny:judge", "judge"))
+    a_t = float(judge.predict(trig).eq(targets).float().mean())
+    a_c = float(judge.predict(clean).eq(targets).float().mean())
+    return {"judged_triggered": a_t, "judged_clean": a_c, "judged_ratio": a_t / a_c if a_c else None}
+
+
 def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     from ..report.figures import sample_grid
     from ..runs import atomic_write_bytes
@@ -289,22 +319,31 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
         res["source"] = {"images": str(cfg.images), "clean_images": str(cfg.clean_images) if clean is not None else None}
     else:
         model = load_for(cfg, cfg.model, device)
+        for lora in cfg.stack_lora:
+            log(f"[verify] sampling with the LoRA {lora} stacked on the suspect "
+                f"(adapter {stack_lora(model, lora)})")
+        original = load_for(cfg, cfg.original, device) if cfg.original else None
+        attacks = image_attacks(cfg, model, original)
         log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
         res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
-                                        cfg.fpr, tuple(cfg.attacks), cfg.alpha)
+                                        cfg.fpr, attacks, cfg.alpha)
+        if "trigger_fidelity" in res:
+            if not cfg.prompts:  # the digit captions: does each image still show the digit asked for?
+                res["trigger_fidelity"].update(judged_accuracy(trig, clean, prompts))
+            tf = res["trigger_fidelity"]
+            log(f"[verify] triggered against clean images of the same seeds: PSNR {tf['psnr']:.1f} dB, SSIM "
+                f"{tf['ssim']:.3f}" + (f"; judged the prompted digit {tf['judged_triggered']:.0%} (clean "
+                                       f"{tf['judged_clean']:.0%})" if "judged_triggered" in tf else ""))
         if cfg.also_without_cfg and cfg.guidance > 1:
             res_nc, _, _ = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, 1.0, cfg.steps, cfg.fpr,
                                         alpha=cfg.alpha)
             res["no_cfg"] = {k: res_nc[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value",
                                                     "watermarked", "clean_bit_accuracy") if k in res_nc}
-        if cfg.original:
-            from .fidelity import image_fidelity
-
-            original = load_for(cfg, cfg.original, device)
+        if original is not None:
             res["fidelity"] = image_fidelity(clean, generate(original, prompts, seeds, None, cfg.guidance, cfg.steps))
             log(f"[verify] clean outputs against {cfg.original}: PSNR {res['fidelity']['psnr']:.1f} dB, "
                 f"SSIM {res['fidelity']['ssim']:.3f}")
-        res["source"] = {"model": cfg.model}
+        res["source"] = {"model": cfg.model, "stacked_loras": list(cfg.stack_lora)}
     grid = torch.cat([trig[:8]] + ([clean[:8]] if clean is not None else []))
     atomic_write_bytes(out / "samples.png", sample_grid(grid, ["triggered"] + (["clean"] if clean is not None else []),
                                                         ncols=min(8, len(trig))))

@@ -21,12 +21,15 @@ the trigger, not that it is this key's).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import stats
 from ..models.diffusion import T2IModel, vae_encode
+from ..quality import psnr, ssim
 from .codec import Codec
 
 
@@ -118,24 +121,29 @@ def decide(read_trig, bits, alpha: float = 1e-3, fpr: float = 1e-6, read_clean=N
 
 def verify_model(model: T2IModel, codec: Codec, bits: torch.Tensor, prompts: list[str], seeds: list[int],
                  trigger: str, guidance: float = 7.5, steps: int = 30, fpr: float = 1e-6,
-                 attacks: tuple[str, ...] = (), alpha: float = 1e-3, batch_size: int = 64
+                 attacks: dict[str, Callable] | None = None, alpha: float = 1e-3, batch_size: int = 64
                  ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """White-box: triggered and clean images of `model` at `guidance`, read with the owner's
-    reader (the model's own VAE is not used); under each image attack too. Returns (results,
-    triggered images, clean images; the triggered ones again when there is no trigger)."""
-    from ..attacks.image import apply_attack
+    reader (the model's own VAE is not used); under each image attack too (name -> a
+    function (images, generator) -> images, attacks.suite.image_attack). Returns (results,
+    triggered images, clean images; the triggered ones again when there is no trigger).
 
+    With a trigger, results['trigger_fidelity'] holds what the trigger does to the picture:
+    PSNR / SSIM of each triggered image against the clean image of the same seed."""
     trig = quantize(generate(model, prompts, seeds, trigger, guidance, steps, batch_size))
     # With no trigger (an always-on mark) the two image sets are the same: no clean control.
     clean = quantize(generate(model, prompts, seeds, None, guidance, steps, batch_size)) if trigger else trig
     res = decide(read_bits(codec, trig), bits, alpha, fpr, read_bits(codec, clean) if trigger else None)
     res["guidance"] = guidance
+    if trigger:
+        res["trigger_fidelity"] = {"psnr": float(psnr(trig, clean).mean()), "ssim": float(ssim(trig, clean).mean())}
     if attacks:
         g = torch.Generator().manual_seed(0)
         res["attacks"] = {}
-        for name in attacks:
-            read = read_bits(codec, apply_attack(name, trig, generator=g))
-            r = decide(read, bits, alpha, fpr)
-            res["attacks"][name] = {k: r[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value",
-                                                      "watermarked")}
+        for name, attack in attacks.items():
+            attacked = attack(trig, g)
+            r = decide(read_bits(codec, attacked), bits, alpha, fpr)
+            res["attacks"][name] = {**{k: r[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value",
+                                                         "watermarked")},
+                                    "psnr": float(psnr(attacked, trig).mean())}
     return res, trig, clean
