@@ -192,12 +192,15 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     ver = verify_command(vcfg, folder / "verify", device, log=log)
     fid, tf = ver["fidelity"], ver["trigger_fidelity"]
     quiet = {"attacks": [], "also_without_cfg": False, "original": None}
-    ver_stage1 = verify_command(vcfg.model_copy(update={**quiet, "codec": "tiny:codec"}), folder / "verify-stage1",
-                                device, log=lambda m: None)
+    # the same images read again from the files verify wrote (black-box, as from a service):
+    # with the paper's stage-1 extractor, and with a stranger's key
+    files = {"model": None, "images": folder / "verify" / "triggered", "clean_images": folder / "verify" / "clean"}
+    ver_stage1 = verify_command(vcfg.model_copy(update={**quiet, **files, "codec": "tiny:codec"}),
+                                folder / "verify-stage1", device, log=lambda m: None)
     wrong_key = folder / "someone-else.key"
     if not wrong_key.exists():
         generate_key(wrong_key)
-    ver_wrong = verify_command(vcfg.model_copy(update={**quiet, "key": str(wrong_key)}),
+    ver_wrong = verify_command(vcfg.model_copy(update={**quiet, **files, "key": str(wrong_key)}),
                                folder / "verify-wrong-key", device, log=lambda m: None)
     ver_unmarked = verify_command(vcfg.model_copy(update={**quiet, "model": "tiny:t2i"}),
                                   folder / "verify-unmarked", device, log=lambda m: None)

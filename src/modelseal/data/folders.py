@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from ..runs.files import atomic_folder
 from .dataset import ImageSet
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -203,6 +204,17 @@ def read_image_folder(root: str | Path, size: int | None = None, name: str | Non
                          f"expected {IMAGE_LAYOUT}, with extensions {', '.join(sorted(IMAGE_EXTS))}")
     return ImageSet(name=name or _default_name(root), images=_load_all(files, size, root),
                     names=[f.name for f in files], meta={"root": str(root), "size": size})
+
+
+def write_image_folder(folder: str | Path, images) -> Path:
+    """Images (N, 3, H, W) in [0, 1] as 8-bit PNG files 0000.png, 0001.png, ... in `folder`
+    (written whole or not at all): what read_image_folder reads back, value for value."""
+    arr = (np.asarray(images.detach().float().clamp(0, 1).cpu()) * 255).round().astype(np.uint8)
+    with atomic_folder(folder) as tmp:
+        tmp.mkdir(parents=True)
+        for i, a in enumerate(arr):
+            Image.fromarray(a.transpose(1, 2, 0)).save(tmp / f"{i:04d}.png")
+    return Path(folder)
 
 
 # --------------------------------------------------------------------------- class folders

@@ -19,6 +19,7 @@ import torch
 
 from .. import parallel, stats
 from ..data.digits import digit_of
+from ..data.folders import write_image_folder
 from ..data.sources import check_inputs
 from ..errors import InputError
 from ..attacks.suite import image_attack, needs_model
@@ -327,6 +328,10 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
         log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
         res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
                                         cfg.fpr, attacks, cfg.alpha)
+        # the images read, kept as files: evidence, and what `verify --images` reads again
+        write_image_folder(out / "triggered", trig)
+        if cfg.trigger:
+            write_image_folder(out / "clean", clean)
         if "trigger_fidelity" in res:
             if not cfg.prompts:  # the digit captions: does each image still show the digit asked for?
                 res["trigger_fidelity"].update(judged_accuracy(trig, clean, prompts))
