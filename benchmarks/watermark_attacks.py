@@ -71,7 +71,7 @@ def main() -> None:
     for spec in args.loras:
         domain, steps, lr = spec.split(":")
         ft = modelseal.finetune(out=args.out / f"lora-{domain}-{steps}", method="lora", data=f"builtin:{domain}",
-                                pretrained=args.original, steps=int(steps), lr=float(lr), overwrite=True)
+                                model=args.original, steps=int(steps), lr=float(lr), overwrite=True)
         v = modelseal.watermark_verify(out=args.out / f"stacked-{domain}-{steps}", stack_lora=[str(ft.path / "model")],
                                        attacks=[], **common)
         stacked.append({"lora": spec, "bit_accuracy": v["bit_accuracy"], "tpr": v["tpr_at_fpr"]["1e-6"],

@@ -93,3 +93,11 @@ def test_presets_by_name(tmp_path):
         resolve_config("lock-train.ownership", "audit")
     with pytest.raises(InputError, match="neither a file nor a shipped preset"):
         resolve_config("nope", "audit")
+
+
+def test_a_run_reads_like_its_results(tmp_path):
+    run = api.Run(tmp_path, "watermark verify", None, {"p_value": 0.5})
+    assert run["p_value"] == 0.5 and "p_value" in run and "fidelity" not in run
+    assert run.get("fidelity") is None and run.get("fidelity", {}) == {}
+    with pytest.raises(KeyError):
+        run["fidelity"]

@@ -43,6 +43,13 @@ class Run:
     def __getitem__(self, key: str) -> Any:
         return self.results[key]
 
+    def __contains__(self, key: str) -> bool:
+        return key in self.results
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """results.get: a result the command writes only in some runs (e.g. verify's fidelity)."""
+        return self.results.get(key, default)
+
 
 def stderr_log(msg: str) -> None:
     """The default progress sink: one plain line on stderr (rank 0 only under a launcher)."""
