@@ -105,6 +105,11 @@ def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
     assert first["step"] == 0 and first["verdict"] == "watermarked" and first["judged accuracy kept"] > 0.8
     assert wm["embed"]["steps"] == 60 and "keep_clean" in wm["embed"]["final"]
     assert "key test p" in html and "not verified" in html and "judged accuracy kept" in html
+    # what the mark costs stands beside the verdicts: triggered against clean images of the same seeds
+    tf = wm["verify"]["trigger_fidelity"]
+    assert 0 < tf["psnr"] < 100 and 0 <= tf["judged_triggered"] <= 1 and tf["judged_clean"] >= 0.5
+    assert "PSNR vs clean (dB)" in html and "judged digit, triggered / clean" in html
+    assert all("psnr" in a for a in wm["attacks"].values())
 
 
 def test_a_failed_run_is_marked_failed_with_its_error(tmp_path, capsys):
