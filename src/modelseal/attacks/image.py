@@ -259,9 +259,10 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name.strip(), params
 
 
-def check_params(spec: str, fn: Callable, params: dict, bound: tuple[str, ...] = ("images", "generator")) -> None:
-    """Refuse parameters `fn` does not take (naming the ones it does)."""
-    known = [p for p in inspect.signature(fn).parameters if p not in bound]
+def check_params(spec: str, fn: Callable, params: dict, positional: int = 1) -> None:
+    """Refuse parameters `fn` does not take (naming the ones it does); its first `positional`
+    arguments (the images, a model) and its generator are the caller's, not the spec's."""
+    known = [p for p in list(inspect.signature(fn).parameters)[positional:] if p != "generator"]
     for key in params:
         if key not in known:
             raise ValueError(f"attack {spec!r}: unknown parameter {key!r}; it takes {', '.join(known) or 'none'}")

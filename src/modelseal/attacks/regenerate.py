@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 
-from ..models.diffusion import T2IModel, vae_encode, vae_shift_scale
+from ..models.diffusion import T2IModel, vae_decode, vae_encode
 
 
 def _to_size(images: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -27,14 +27,14 @@ def _to_size(images: torch.Tensor, h: int, w: int) -> torch.Tensor:
 @torch.no_grad()
 def vae_regenerate(images: torch.Tensor, vae: AutoencoderKL, batch_size: int = 64,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """decode(encode(x)) through `vae` (posterior mean), clamped to [0, 1]."""
-    shift, scale = vae_shift_scale(vae)
-    out = []
-    for i in range(0, len(images), batch_size):
-        z = vae_encode(vae, images[i:i + batch_size])
-        x = vae.decode(z / scale + shift).sample
-        out.append(((x.float() + 1) / 2).clamp(0, 1).to(images.device))
-    return torch.cat(out)
+    """decode(encode(x)) through `vae` (posterior mean), in [0, 1]."""
+    return torch.cat([vae_decode(vae, vae_encode(vae, images[i:i + batch_size])).to(images.device)
+                      for i in range(0, len(images), batch_size)])
+
+
+def check_strength(strength: float) -> None:
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"purify strength must be in (0, 1], got {strength}")
 
 
 @torch.no_grad()
@@ -43,8 +43,7 @@ def purify(images: torch.Tensor, model: T2IModel, strength: float = 0.2, steps: 
     """Diffusion purification: z0 = E(x); z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps at the DDIM
     step nearest t = strength * T; then the remaining DDIM steps to t = 0 with `model`
     (`prompt`, no CFG; the empty prompt by default); decoded to pixels."""
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"purify strength must be in (0, 1], got {strength}")
+    check_strength(strength)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     h, w = images.shape[-2:]
     x = _to_size(images, model.image_size, model.image_size)
@@ -64,4 +63,5 @@ def purify(images: torch.Tensor, model: T2IModel, strength: float = 0.2, steps: 
     return _to_size(res, h, w).clamp(0, 1)
 
 
-REGENERATION = {"regen_vae": vae_regenerate, "purify": purify}
+# name -> (the attack, the kind of model it regenerates through: its second argument)
+REGENERATION = {"regen_vae": (vae_regenerate, "vae"), "purify": (purify, "t2i")}

@@ -9,10 +9,11 @@ from typing import Callable
 import torch
 
 from .image import ATTACKS, apply_attack, check_params, parse_spec
-from .regenerate import REGENERATION, purify, vae_regenerate
+from .regenerate import REGENERATION, check_strength
 
 ImageAttack = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 KNOWN = ("none", *ATTACKS, *REGENERATION)
+_WHAT = {"vae": "an autoencoder to regenerate through", "t2i": "a diffusion model to purify through"}
 
 
 def image_attack(spec: str, vae=None, model=None) -> ImageAttack:
@@ -22,22 +23,22 @@ def image_attack(spec: str, vae=None, model=None) -> ImageAttack:
         if name in ATTACKS:
             check_params(spec, ATTACKS[name], params)
         return lambda x, g=None: apply_attack(name, x, generator=g, **params)
-    if name == "regen_vae":
-        if vae is None:
-            raise ValueError(f"attack {spec!r} needs an autoencoder to regenerate through")
-        check_params(spec, vae_regenerate, params, ("images", "vae", "generator"))
-        return lambda x, g=None: vae_regenerate(x, vae, generator=g, **params)
-    if name == "purify":
-        if model is None:
-            raise ValueError(f"attack {spec!r} needs a diffusion model to purify through")
-        check_params(spec, purify, params, ("images", "model", "generator"))
-        if not 0 < float(params.get("strength", 0.2)) <= 1:
-            raise ValueError(f"attack {spec!r}: strength must be in (0, 1]")
-        return lambda x, g=None: purify(x, model, generator=g, **params)
-    raise ValueError(f"unknown image attack {name!r}; known: {', '.join(KNOWN)}")
+    if name not in REGENERATION:
+        raise ValueError(f"unknown image attack {name!r}; known: {', '.join(KNOWN)}")
+    fn, kind = REGENERATION[name]
+    through = {"vae": vae, "t2i": model}[kind]
+    if through is None:
+        raise ValueError(f"attack {spec!r} needs {_WHAT[kind]}")
+    check_params(spec, fn, params, positional=2)
+    if "strength" in params:
+        try:
+            check_strength(params["strength"])
+        except ValueError as e:
+            raise ValueError(f"attack {spec!r}: {e}") from None
+    return lambda x, g=None: fn(x, through, generator=g, **params)
 
 
 def needs_model(spec: str) -> str | None:
     """'vae' or 't2i' when the attack regenerates through a model, else None."""
-    name = parse_spec(spec)[0]
-    return {"regen_vae": "vae", "purify": "t2i"}.get(name)
+    entry = REGENERATION.get(parse_spec(spec)[0])
+    return entry[1] if entry else None

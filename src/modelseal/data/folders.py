@@ -126,6 +126,16 @@ def read_text_lines(path: str | Path, what: str, fix: str) -> list[str]:
     return lines
 
 
+def read_json_file(path: str | Path, what: str, fix: str):
+    """The parsed content of a JSON file the user gave; an unreadable or malformed one is one
+    InputError naming `what` (the caller checks the content's shape)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{what} '{path}' is not readable JSON ({e.__class__.__name__})", fix) from None
+
+
 def _visible(p: Path) -> bool:
     """Not hidden; a visible link that cannot be followed (it loops, or points at nothing) is an
     InputError naming it, rather than an entry skipped without a word."""

@@ -3,12 +3,12 @@ backbone they belong to (its id and a content hash of its weights)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from ..data.folders import read_json_file
 from ..errors import InputError
 from ..models.weights import read_safetensors
 from ..runs import atomic_path, write_json
@@ -44,10 +44,7 @@ def read_card(folder: str | Path) -> dict:
     if not card.is_file() or not (folder / WEIGHTS).is_file():
         raise InputError(f"'{folder}' is not a lock checkpoint (needs {CARD} and {WEIGHTS})",
                          "give the checkpoint/ folder written by `modelseal lock train`")
-    try:
-        data = json.loads(card.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(f"{card} is not valid JSON", "restore the checkpoint from its run folder") from None
+    data = read_json_file(card, "lock card", "restore the checkpoint from its run folder")
     if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict) or "sha256" not in data["backbone"]:
         raise InputError(f"{card} is not a lock card (no backbone hash)", "restore the checkpoint from its run folder")
     return data

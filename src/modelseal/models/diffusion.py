@@ -40,6 +40,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from ..data.folders import read_json_file
 from ..errors import InputError
 from .quiet import quiet_loading
 from .weights import library_error_line, mismatch_line, read_safetensors
@@ -63,6 +64,13 @@ def vae_encode(vae: AutoencoderKL, images: torch.Tensor, sample: bool = False,
     z = dist.sample(generator) if sample else dist.mean
     shift, scale = vae_shift_scale(vae)
     return (z - shift) * scale
+
+
+def vae_decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
+    """Scaled diffusion latents -> images in [0, 1] (float32): vae_encode's inverse."""
+    shift, scale = vae_shift_scale(vae)
+    x = vae.decode(z.to(vae.dtype) / scale + shift).sample
+    return ((x.float() + 1) / 2).clamp(0, 1)
 
 
 @dataclass
@@ -292,9 +300,7 @@ class T2IModel:
         """Diffusion latents -> images in [0, 1]."""
         if self.vae is None:
             return ((z + 1) / 2).clamp(0, 1)
-        shift, scale = self._shift_scale()
-        x = self.vae.decode(z.to(self.vae.dtype) / scale + shift).sample
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        return vae_decode(self.vae, z)
 
     # ---- sampling ---------------------------------------------------------------------
     @torch.no_grad()
@@ -405,10 +411,7 @@ def _index(path: str, local_files_only: bool) -> dict:
     """model_index.json of a diffusers folder or cached hub id ({} when there is none)."""
     f = Path(path, "model_index.json")
     if f.is_file():
-        try:
-            return json.loads(f.read_text())
-        except ValueError:
-            raise InputError(f"'{f}' is not valid JSON", "restore the checkpoint's model_index.json") from None
+        return read_json_file(f, "model index", "restore the checkpoint's model_index.json")
     if Path(path).exists():
         return {}
     try:
@@ -446,25 +449,31 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     return model
 
 
+def _add_lora(model: T2IModel, weights: dict, name: str, source) -> None:
+    """A diffusers LoRA state dict as the UNet's adapter `name` (the library's errors pass
+    through); a LoRA without UNet weights is an InputError."""
+    from diffusers import StableDiffusionPipeline
+
+    state, alphas = StableDiffusionPipeline.lora_state_dict(weights)
+    model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=name)
+    if name not in (getattr(model.unet, "peft_config", None) or {}):
+        raise InputError(f"the LoRA in '{source}' has no UNet weights", "give a LoRA trained on the UNet")
+
+
 def stack_lora(model: T2IModel, source: str | Path, scale: float = 1.0) -> str:
     """Load a LoRA on top of the model's UNet as one more active adapter, as a user of a
     (stolen) model samples with an adapter of their own (diffusers' load_lora_weights):
     `source` is a LoRA folder (`modelseal finetune --method lora`) or a LoRA .safetensors
     file. Adapters already on the UNet stay active. Returns the new adapter's name."""
-    from diffusers import StableDiffusionPipeline
-
     path = Path(str(source)).expanduser()
     file = path / LORA_FILE if path.is_dir() else path
     weights = read_safetensors(file, "the stacked LoRA file", "give a LoRA folder or .safetensors file")
     name = f"stacked_{len(getattr(model.unet, 'peft_config', None) or {})}"
     try:
-        state, alphas = StableDiffusionPipeline.lora_state_dict(weights)
-        model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=name)
+        _add_lora(model, weights, name, source)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InputError(f"cannot stack the LoRA in '{source}' on '{model.source}': {library_error_line(e)}",
                          "give a LoRA trained on a model of this architecture") from None
-    if name not in (getattr(model.unet, "peft_config", None) or {}):
-        raise InputError(f"the LoRA in '{source}' has no UNet weights", "give a LoRA trained on the UNet")
     names = list(model.unet.peft_config)
     model.unet.set_adapters(names, [scale if n == name else 1.0 for n in names])
     model.unet.requires_grad_(False)
@@ -549,8 +558,6 @@ def _load_pipeline(source, device, dtype, local_files_only) -> T2IModel:
 
 
 def _load_lora(source, device, dtype, local_files_only, base) -> T2IModel:
-    from diffusers import StableDiffusionPipeline
-
     base = base or lora_base(source)
     if base is None:
         raise InputError(f"'{source}' is a LoRA folder that does not name its base model",
@@ -560,8 +567,7 @@ def _load_lora(source, device, dtype, local_files_only, base) -> T2IModel:
                                "restore it, or rerun `modelseal finetune --method lora`")
     model = _load_pipeline(base, device, dtype, local_files_only)
     try:
-        state, alphas = StableDiffusionPipeline.lora_state_dict(weights)
-        model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=ADAPTER_NAME)
+        _add_lora(model, weights, ADAPTER_NAME, source)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         why = mismatch_line(e, "the LoRA", f"'{base}'")
         if why:
@@ -569,8 +575,6 @@ def _load_lora(source, device, dtype, local_files_only, base) -> T2IModel:
                              "give the base model the LoRA was trained on (--pretrained, or lora_base.json)") from None
         raise InputError(f"cannot apply the LoRA in '{source}' to '{base}': {library_error_line(e)}",
                          "check that the LoRA was trained on this base model") from None
-    if not model.has_adapter:
-        raise InputError(f"the LoRA in '{source}' has no UNet weights", "give a LoRA trained on the UNet")
     model.unet.requires_grad_(False)
     model.source = str(source)
     return model.to(device)

@@ -6,12 +6,12 @@ it is refused.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Self
 
 import torch
 
+from ..data.folders import read_json_file
 from ..errors import InputError
 from ..models.diffusion import T2IModel
 from ..models.weights import compare_shapes, read_safetensors
@@ -76,10 +76,7 @@ class CodecFolder:
         fix = "give OUT/codec of `modelseal watermark codec` (or of `watermark adapt`), or tiny:codec"
         if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
             raise InputError(f"'{folder}' is not a watermark codec folder", fix)
-        try:
-            cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise InputError(f"'{folder / CONFIG_NAME}' is not readable JSON ({e.__class__.__name__})", fix) from None
+        cfg = read_json_file(folder / CONFIG_NAME, "codec config", fix)
         if not isinstance(cfg, dict) or cfg.get("_class_name") != CODEC_CLASS:
             raise InputError(f"'{folder}' does not hold a SleeperMark codec", fix)
         if cfg.get("format_version") != CODEC_VERSION:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.folders import read_json_file
 from ..errors import InputError
 
 KEY_FORMAT = "modelseal-owner-key"
@@ -85,10 +86,7 @@ def load_key(path: str | Path) -> bytes:
     if not path.is_file():
         raise InputError(f"key file '{path}' does not exist", fix)
     _warn_if_readable(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"key file '{path}' is not readable JSON ({e.__class__.__name__})", fix) from None
+    data = read_json_file(path, "key file", fix)
     if not isinstance(data, dict) or data.get("format") != KEY_FORMAT:
         raise InputError(f"'{path}' is not a modelseal owner key file", fix)
     if data.get("version") != KEY_VERSION:

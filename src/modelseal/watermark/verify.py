@@ -29,8 +29,9 @@ import torch.nn.functional as F
 
 from .. import stats
 from ..models.diffusion import T2IModel, vae_encode
-from ..quality import psnr, ssim
+from ..quality import psnr
 from .codec import Codec
+from .fidelity import image_fidelity
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,7 @@ def verify_model(model: T2IModel, codec: Codec, bits: torch.Tensor, prompts: lis
     res = decide(read_bits(codec, trig), bits, alpha, fpr, read_bits(codec, clean) if trigger else None)
     res["guidance"] = guidance
     if trigger:
-        res["trigger_fidelity"] = {"psnr": float(psnr(trig, clean).mean()), "ssim": float(ssim(trig, clean).mean())}
+        res["trigger_fidelity"] = image_fidelity(trig, clean)
     if attacks:
         g = torch.Generator().manual_seed(0)
         res["attacks"] = {}
