@@ -1,9 +1,11 @@
 import json
+import os
 
 import pytest
 import torch
 
 from modelseal.cli import app, main
+from modelseal.demo import section_groups
 
 
 def run_cli(args, capsys):
@@ -91,10 +93,11 @@ def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
     assert "data:image/png;base64," in html and "<img" in html and "src='http" not in html
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["quick"] is True
-    # the quick zoo section samples as `zoo eval --per-prompt 2 --steps 20`: the zoo targets hold
+    # the quick zoo section samples as `zoo eval --per-prompt 1 --steps 20`: the zoo targets hold
     zoo = summary["zoo"]
     assert zoo["t2i_prompt_accuracy"] >= 70.0 and min(zoo["clip_zero_shot"].values()) >= 80.0, zoo
     assert set(summary["section_seconds"]) == {"zoo", "lock", "audit", "watermark"}
+    assert summary["processes"] == min(2, os.cpu_count())  # on a CPU: two single-threaded workers
     wm = summary["watermark"]  # the shipped sleeper, its adapted extractor, the published demo key
     assert wm["verify"]["watermarked"] and wm["verify"]["tpr_at_fpr"]["1e-6"] >= 0.9
     assert wm["verify"]["bit_accuracy"] >= wm["verify"]["clean_bit_accuracy"] + 0.3  # the trigger, not the model
@@ -110,6 +113,12 @@ def test_demo_quick_writes_a_self_contained_report(tmp_path, capsys):
     assert 0 < tf["psnr"] < 100 and 0 <= tf["judged_triggered"] <= 1 and tf["judged_clean"] >= 0.5
     assert "PSNR vs clean (dB)" in html and "judged digit, triggered / clean" in html
     assert all("psnr" in a for a in wm["attacks"].values())
+
+
+def test_demo_sections_are_split_between_processes_by_weight():
+    assert section_groups(["zoo", "lock", "audit", "watermark"], 2) == [["zoo", "watermark"], ["lock", "audit"]]
+    assert section_groups(["zoo", "lock", "audit", "watermark"], 1) == [["zoo", "lock", "audit", "watermark"]]
+    assert section_groups(["lock"], 2) == [["lock"]]  # never an idle worker
 
 
 def test_a_failed_run_is_marked_failed_with_its_error(tmp_path, capsys):

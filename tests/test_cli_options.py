@@ -52,7 +52,7 @@ def test_cli_options_equal_config_fields(name):
 
 
 def test_nested_sections_are_config_only():
-    assert set(config_options(CONFIGS["demo"])) == {"quick", "seed", "sections"}
+    assert set(config_options(CONFIGS["demo"])) == {"quick", "seed", "sections", "processes"}
 
 
 def test_a_given_option_reaches_the_config_others_keep_the_file(tmp_path, monkeypatch):

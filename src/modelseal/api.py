@@ -16,7 +16,6 @@ run of the same command and config stopped, ``results.json`` written. It returns
 from __future__ import annotations
 
 import os
-import random
 import sys
 import tempfile
 import threading
@@ -27,7 +26,8 @@ from typing import Any, Callable
 
 from . import parallel
 from .config import CONFIGS, Strict, command_key, load_config
-from .runs import (RunFolder, end_deferral, install_signal_handlers, resolve_device, restore_signal_handlers)
+from .runs import (RunFolder, end_deferral, install_signal_handlers, resolve_device, restore_signal_handlers,
+                   seed_everything)
 
 Log = Callable[[str], None]
 
@@ -77,17 +77,6 @@ class _RunLog:
 
     def close(self) -> None:
         self.file.close()
-
-
-def seed_everything(seed: int) -> None:
-    """Python, numpy and torch's global generators from one seed (each step also seeds its own
-    torch.Generator from the config's seed)."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
 
 
 def execute(command: str, config, options: dict, body: Callable[[Strict, Path, str, Log], dict], *,

@@ -566,6 +566,8 @@ class DemoWatermarkConfig(Strict):
                          "never use it; the paper's '*[Z]& ' is made of tokens tiny CLIP never trained")
     embed_steps: int = Field(150, ge=1, description="brief stage 2 from tiny:t2i (the shipped sleeper's is longer)")
     n: int = Field(32, ge=4, description="images per verification")
+    steps: int = Field(30, ge=1, description="DDIM sampling steps of every verification and of the thief's probes")
+    also_without_cfg: bool = Field(True, description="also verify images sampled without guidance")
     attacks: list[str] = ["jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop", "rotation",
                           "combined", "purify:strength=0.2"]
     finetune: list[str] = Field(["full:1e-5"], description="the thief's method:lr (full | lora)")
@@ -592,18 +594,20 @@ class DemoConfig(Strict):
     seed: int = Field(0, description="random seed")
     sections: list[Literal["zoo", "lock", "audit", "watermark"]] = Field(
         ["zoo", "lock", "audit", "watermark"], description="the sections to run (repeatable)")
+    processes: int = Field(0, ge=0, le=4, description="processes to run the sections in (0: two single-threaded "
+                           "ones on a CPU of two cores or more, one on a GPU; 1: all in this process)")
     zoo: ZooEvalConfig = ZooEvalConfig(per_prompt=5)
-    zoo_quick: ZooEvalConfig = ZooEvalConfig(per_prompt=2, steps=20)
+    zoo_quick: ZooEvalConfig = ZooEvalConfig(per_prompt=1, steps=20)
     lock: DemoLockConfig = DemoLockConfig()
-    lock_quick: DemoLockConfig = DemoLockConfig(steps=80, sl_steps=40, batch_size=16, train_limit=800,
+    lock_quick: DemoLockConfig = DemoLockConfig(steps=60, sl_steps=30, batch_size=16, train_limit=800,
                                                 eval_limit=300)
     audit: DemoAuditConfig = DemoAuditConfig()
-    audit_quick: DemoAuditConfig = DemoAuditConfig(members=6, holdout=6, finetune_steps=120, class_prompt=None,
-                                                   steps=60, mc_samples=1, null_suspect=False)
+    audit_quick: DemoAuditConfig = DemoAuditConfig(members=6, holdout=6, finetune_steps=100, class_prompt=None,
+                                                   steps=50, mc_samples=1, null_suspect=False)
     watermark: DemoWatermarkConfig = DemoWatermarkConfig()
-    watermark_quick: DemoWatermarkConfig = DemoWatermarkConfig(embed_steps=60, n=16, attacks=["jpeg", "resize"],
-                                                               finetune=["full:1e-5"], finetune_checkpoints=[0, 200],
-                                                               utility_per_prompt=1)
+    watermark_quick: DemoWatermarkConfig = DemoWatermarkConfig(embed_steps=60, n=16, steps=20, also_without_cfg=False,
+                                                               attacks=["jpeg", "resize"], finetune=["full:1e-5"],
+                                                               finetune_checkpoints=[0, 150], utility_per_prompt=1)
 
 
 # One config class per command; the key is the command with a dash ("lock train" -> lock-train)

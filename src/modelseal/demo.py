@@ -160,6 +160,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     from .models.judge import DigitJudge
     from .models.sleeper_entry import entry_record
     from .models.zoo import resolve_model
+    from .quality import psnr
     from .watermark.codec import Codec
     from .watermark.keys import generate_key, load_key, message_bits
     from .watermark.robustness import mark_and_utility
@@ -187,7 +188,8 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     model_id, trigger = record["model_id"], record["trigger"]
     vcfg = WatermarkVerifyConfig(model="tiny:sleeper", codec="tiny:sleeper-codec", key=str(key_file),
                                  model_id=model_id, trigger=trigger, n=cfg.n, attacks=cfg.attacks,
-                                 original="tiny:t2i", seed=seed)
+                                 steps=cfg.steps, also_without_cfg=cfg.also_without_cfg, original="tiny:t2i",
+                                 seed=seed)
     log("[demo] watermark: verifying the shipped sleeper (tiny:sleeper) with its adapted extractor")
     ver = verify_command(vcfg, folder / "verify", device, log=log)
     fid, tf = ver["fidelity"], ver["trigger_fidelity"]
@@ -210,7 +212,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     bits = message_bits(load_key(key_file), model_id, codec.k)
     base = load_t2i("tiny:sleeper", device)
     probe = UtilityProbe(DigitJudge.from_pretrained(resolve_model("tiny:judge", "judge")),
-                         per_prompt=cfg.utility_per_prompt, seed=seed)
+                         per_prompt=cfg.utility_per_prompt, steps=cfg.steps, seed=seed)
     original_acc = probe.accuracy(probe.samples(load_t2i("tiny:t2i", device)))["prompt_accuracy"]
     before = probe.samples(base)
     prompts, seeds = verify_prompts(vcfg)
@@ -223,8 +225,14 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
         def probe_at(step: int, method=method, model=model) -> None:
             if step not in cfg.finetune_checkpoints:
                 return
-            r = mark_and_utility(model, codec, bits, trigger, prompts, seeds, probe, before, original_acc,
-                                 guidance=vcfg.guidance, steps=vcfg.steps)
+            if step == 0:  # the thief's step 0 is the sleeper that was just verified, on the same seeds
+                r = {"tpr": ver["tpr_at_fpr"]["1e-6"], "bit_accuracy": ver["bit_accuracy"],
+                     "p_value": ver["p_value"], "watermarked": ver["watermarked"],
+                     "retained": probe.accuracy(before)["prompt_accuracy"] / original_acc,
+                     "psnr": float(psnr(before, before).mean())}
+            else:
+                r = mark_and_utility(model, codec, bits, trigger, prompts, seeds, probe, before, original_acc,
+                                     guidance=vcfg.guidance, steps=vcfg.steps)
             verdict = _verdict(r)
             curves.append({"attack": f"{method}, lr {lr:g}", "step": step, "TPR@1e-6": r["tpr"],
                            "bit accuracy": r["bit_accuracy"], "key test p": stats.format_p(r["p_value"]),
@@ -300,47 +308,133 @@ def _verdict(r: dict) -> str:
     return "watermarked" if r["watermarked"] else "not verified"
 
 
-def run_demo(cfg, out: Path, device: str = "cpu", log=print) -> dict:
-    out = Path(out)
-    t0 = time.time()
-    summary = {"quick": cfg.quick, "classes": CLASS_NAMES, "section_seconds": {}}
-    sections = []
-
-    def zoo():
+def _section(name: str, cfg, out: Path, device: str, log) -> tuple[dict, Section]:
+    """Run one section of the demo with its (quick or full) settings."""
+    if name == "zoo":
         zoo_cfg = (cfg.zoo_quick if cfg.quick else cfg.zoo).model_copy(update={"seed": cfg.seed})
         log("[demo] tiny zoo: evaluating CLIP zero-shot and T2I samples")
         return zoo_section_results(zoo_cfg, out, log=log, device=device)
-
-    def lock():
+    if name == "lock":
         lock_cfg = (cfg.lock_quick if cfg.quick else cfg.lock).to_train_config(cfg.seed)
         log("[demo] lock: IP-CLIP target-specified (mnist licensed, mnist-m not)")
         return lock_section_results(lock_cfg, out, log=log, device=device)
-
-    def audit():
+    if name == "audit":
         audit_cfg = cfg.audit_quick if cfg.quick else cfg.audit
         log(f"[demo] audit: CGI-DM on a DreamBooth suspect ({audit_cfg.subject})")
         return audit_section_results(audit_cfg, out, cfg.seed, log=log, device=device)
+    wm_cfg = cfg.watermark_quick if cfg.quick else cfg.watermark
+    log("[demo] watermark: SleeperMark in tiny:t2i")
+    return watermark_section_results(wm_cfg, out, cfg.seed, log=log, device=device)
 
-    def watermark():
-        wm_cfg = cfg.watermark_quick if cfg.quick else cfg.watermark
-        log("[demo] watermark: SleeperMark in tiny:t2i")
-        return watermark_section_results(wm_cfg, out, cfg.seed, log=log, device=device)
 
-    for name, run in (("zoo", zoo), ("lock", lock), ("audit", audit), ("watermark", watermark)):
-        if name not in cfg.sections:
-            continue
+def _run_sections(names: list[str], cfg, out: Path, device: str, log) -> list[tuple[str, dict, Section, float]]:
+    """The sections `names` one after the other: (name, results, report section, seconds) each."""
+    done = []
+    for name in names:
         ts = time.time()
-        summary[name], sec = run()
-        summary["section_seconds"][name] = round(time.time() - ts, 1)
-        sec.text += f" (This section took {summary['section_seconds'][name]:.0f} s.)"
+        res, sec = _section(name, cfg, out, device, log)
+        done.append((name, res, sec, round(time.time() - ts, 1)))
+        log(f"[demo] {name} section done in {done[-1][3]:.0f} s")
+    return done
+
+
+# Rough shares of a demo's CPU time, to split the sections between processes.
+_WEIGHT = {"zoo": 1.0, "lock": 1.5, "audit": 1.5, "watermark": 3.0}
+
+
+def section_groups(names: list[str], processes: int) -> list[list[str]]:
+    """Split the sections between `processes` workers: heaviest first, each to the lightest group."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(processes, len(names))))]
+    for name in sorted(names, key=lambda n: -_WEIGHT[n]):
+        min(groups, key=lambda g: sum(_WEIGHT[n] for n in g)).append(name)
+    order = {n: i for i, n in enumerate(names)}
+    return [sorted(g, key=order.get) for g in groups]
+
+
+def _worker(names: list[str], cfg, out: Path, device: str, queue) -> None:
+    """One worker process: one torch thread, the run's seed, the sections; its log lines and
+    its results (or its error) go back through `queue`."""
+    import signal
+    import traceback
+
+    import torch
+
+    from .runs import seed_everything
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers on Ctrl-C
+    torch.set_num_threads(1)
+    seed_everything(cfg.seed)
+    try:
+        queue.put(("done", _run_sections(names, cfg, out, device, lambda m: queue.put(("log", m)))))
+    except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
+        queue.put(("error", e, traceback.format_exc()))
+
+
+def _run_in_processes(groups: list[list[str]], cfg, out: Path, device: str, log) -> list:
+    """Each group of sections in its own single-threaded process (on a CPU of several cores the
+    tiny models leave a second torch thread mostly idle, a second process not)."""
+    import multiprocessing as mp
+    import queue as queue_module
+
+    ctx = mp.get_context("spawn")  # no fork after torch started its threads
+    queue = ctx.Queue()
+    workers = [ctx.Process(target=_worker, args=(g, cfg, out, device, queue), daemon=True) for g in groups]
+    for w in workers:
+        w.start()
+    done, left = [], len(workers)
+    try:
+        while left:
+            try:
+                msg = queue.get(timeout=1.0)
+            except queue_module.Empty:
+                if any(w.exitcode not in (None, 0) for w in workers):
+                    raise RuntimeError("a demo worker process died (out of memory?); rerun with --processes 1")
+                continue
+            if msg[0] == "log":
+                log(msg[1])
+            elif msg[0] == "done":
+                done += msg[1]
+                left -= 1
+            else:
+                _, err, tb = msg
+                raise err from RuntimeError("in the demo's worker process:\n" + tb)
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+            w.join()
+    return done
+
+
+def run_demo(cfg, out: Path, device: str = "cpu", log=print) -> dict:
+    """The demo's sections, in one process or (on a CPU of two cores or more, `cfg.processes`)
+    split between single-threaded worker processes; then report.html and summary.json."""
+    import os
+
+    out = Path(out)
+    t0 = time.time()
+    names = [n for n in ("zoo", "lock", "audit", "watermark") if n in cfg.sections]
+    processes = cfg.processes or (min(2, os.cpu_count() or 1) if device == "cpu" else 1)
+    groups = section_groups(names, processes)
+    summary = {"quick": cfg.quick, "classes": CLASS_NAMES, "processes": len(groups), "section_seconds": {}}
+    if len(groups) > 1:
+        log(f"[demo] {len(groups)} processes: " + " | ".join(", ".join(g) for g in groups))
+        done = _run_in_processes(groups, cfg, out, device, log)
+    else:
+        done = _run_sections(names, cfg, out, device, log)
+    by_name = {d[0]: d for d in done}
+    sections = []
+    for name in names:
+        _, summary[name], sec, seconds = by_name[name]
+        summary["section_seconds"][name] = seconds
+        sec.text += f" (This section took {seconds:.0f} s.)"
         sections.append(sec)
-        log(f"[demo] {name} section done in {summary['section_seconds'][name]:.0f} s "
-            f"({time.time() - t0:.0f} s so far)")
     summary["wall_time_s"] = round(time.time() - t0, 1)
     html = render("modelseal demo", sections, meta={"quick": cfg.quick, "device": device,
+                                                    "processes": len(groups),
                                                     "wall time (s)": summary["wall_time_s"],
                                                     **{f"{k} (s)": v for k, v in summary["section_seconds"].items()}})
     atomic_write_text(out / "report.html", html)
     write_json(out / "summary.json", summary)
-    log(f"[demo] report: {out / 'report.html'}")
+    log(f"[demo] report: {out / 'report.html'} ({summary['wall_time_s']:.0f} s)")
     return summary

@@ -1,7 +1,7 @@
 """Run folders and what a run needs around its work, one module per job:
 
   files.py       atomic writes (bytes, text, JSON, a temporary path, a whole folder)
-  devices.py     --device auto | cpu | cuda[:N] | mps, checked before anything loads
+  devices.py     --device auto | cpu | cuda[:N] | mps, checked before anything loads; seeds
   signals.py     Ctrl-C / SIGTERM: Interrupted, held during a training step
   checkpoint.py  TrainingCheckpoint: the resume state of one training loop
   folder.py      RunFolder: config.yaml, manifest.json, results.json, one run per folder
@@ -9,7 +9,7 @@
 Every public name is importable from here (``from modelseal.runs import RunFolder``).
 """
 from .checkpoint import RESUME_DIR, TrainingCheckpoint
-from .devices import resolve_device
+from .devices import resolve_device, seed_everything
 from .files import atomic_folder, atomic_path, atomic_write_bytes, atomic_write_text, write_json
 from .folder import LOCK_FILE, RECORD_FILES, TRACKED_PACKAGES, RunFolder, git_sha, package_versions
 from .signals import (Interrupted, end_deferral, hold_signals, install_signal_handlers, restore_signal_handlers,
@@ -18,4 +18,4 @@ from .signals import (Interrupted, end_deferral, hold_signals, install_signal_ha
 __all__ = ["LOCK_FILE", "RECORD_FILES", "RESUME_DIR", "TRACKED_PACKAGES", "Interrupted", "RunFolder",
            "TrainingCheckpoint", "atomic_folder", "atomic_path", "atomic_write_bytes", "atomic_write_text",
            "end_deferral", "git_sha", "hold_signals", "install_signal_handlers", "package_versions", "resolve_device",
-           "restore_signal_handlers", "stop_signal", "write_json"]
+           "restore_signal_handlers", "seed_everything", "stop_signal", "write_json"]

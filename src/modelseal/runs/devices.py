@@ -1,5 +1,5 @@
-"""The device a command runs on: --device auto | cpu | cuda | cuda:N | mps, checked before any
-model loads."""
+"""The device a command runs on (--device auto | cpu | cuda | cuda:N | mps, checked before any
+model loads) and the global generators' seeds."""
 from __future__ import annotations
 
 from ..errors import InputError
@@ -30,3 +30,16 @@ def resolve_device(name: str = "auto") -> str:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InputError("--device mps was asked for but MPS is not available", "use --device auto or --device cpu")
     return name
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch's global generators from one seed (each step also seeds its own
+    torch.Generator from the config's seed)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
