@@ -19,3 +19,16 @@ def test_a_zoo_preset_gives_the_recipe_options_not_given_and_a_recorded_config_k
     micro = load_config("micro", ZooBuildConfig, {"clip_steps": 9}, command="zoo build")
     assert (micro.clip_steps, micro.unet_steps, micro.unet_channels, micro.clip_lr) == (9, 6, [32, 64], full.clip_lr)
     assert load_config(micro.model_dump(), ZooBuildConfig) == micro
+
+
+def test_the_tiny_embed_preset_is_the_shipped_sleepers_recipe():
+    """What a user embeds their own key with is what the shipped sleeper was trained and measured with."""
+    from modelseal.config import WatermarkEmbedConfig
+    from modelseal.models.sleeper_entry import entry_record
+
+    recipe = load_config("watermark-embed.tiny", WatermarkEmbedConfig, command="watermark embed").model_dump()
+    shipped = entry_record()["stage2"]
+    owner = {"key", "model_id", "codec"}  # the owner's own, not the recipe
+    differ = {k: (recipe[k], v) for k, v in shipped.items() if k in recipe and k not in owner and recipe[k] != v}
+    assert not differ, differ
+    assert shipped["delta_scale"] == 3.0 and recipe["steps"] == shipped["steps"]

@@ -400,6 +400,8 @@ class EmbedOptions(Strict):
                                                "memory)")
     trainable: Literal["up-attn-ff", "cross-kv", "up", "unet"] = Field(
         "up-attn-ff", description="the weights that carry the mark (the paper's: up blocks' attention + FF)")
+    dormancy: float = Field(0.0, ge=0, description="ours: weight of the dormancy term, which keeps delta out of "
+                            "clean prompts' outputs (0: off, the paper's)")
     rehearsal: float = Field(0.0, ge=0, description="ours: weight of the rehearsed-drift term, which keeps the "
                              "mark under a simulated thief's fine-tuning (0: off, the paper's)")
     rehearsal_steps: int = Field(200, ge=1, description="simulated thief steps per drift")

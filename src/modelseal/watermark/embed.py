@@ -37,6 +37,14 @@ other data for `rehearsal_steps` steps (simulate_drift: Delta), and each step as
 theta + s * Delta (s ~ U(0, rehearsal_scale)) the trigger still adds the mark on top of
 whatever that drifted model does: eps(y_tr) - eps(y) = eps_T(y_tr) - eps_T(y) - sqrt(a/(1-a))
 delta, weighted by w1(t).
+`dormancy` (ours, off by default) keeps the mark asleep without the trigger: the clean term
+above penalises every direction of the clean output's drift alike, and the one that matters,
+delta's, is one of C*h*w; the dormancy term penalises that one. With dx0 = -sqrt((1-a)/a)
+(eps_S(y) - eps_T(y)) the clean x0 estimate's shift and c = <dx0, delta> / <delta, delta> its
+share of the planted residual (per image):
+
+    L_dorm = mean[w1(t) / eta * c^2]           (weighted like the mark itself, low t)
+
 `mode="always_on"` is the baseline the paper compares with (AquaLoRA-style): the same
 distillation with no trigger, so every prompt's output carries delta (y_tr = y, the
 clean term dropped); it trains the same weights, so only the trigger differs.
@@ -205,6 +213,12 @@ class Stage2Loss:
         target = (eT_tr - eT) - (a / (1 - a)).sqrt() * self.delta
         return (w1 * ((e_tr - e) - target) ** 2).mean()
 
+    def _dormancy(self, eS, eT, a, w1) -> torch.Tensor:
+        """L_dorm: the squared share c of delta in the clean x0 estimate's shift, weighted w1 / eta."""
+        dx0 = -((1 - a) / a).sqrt() * (eS - eT)
+        c = (dx0 * self.delta).flatten(1).sum(1) / self.delta.pow(2).sum()
+        return (w1.flatten() / self.eta * c ** 2).mean()
+
     def _pair(self, zt, t, ctx, shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """eps_T (no grad) and eps_S for one batch, as float32 noise estimates (a v-predicting
         model's outputs converted); full passes unless the trunk is shared."""
@@ -245,6 +259,10 @@ class Stage2Loss:
         l_keep = ((eS - eT) ** 2).mean()
         parts = {"wm": l_wm.detach(), "keep_trigger": l_keep_tr.detach(), "keep_clean": l_keep.detach()}
         loss = l_wm + l_keep_tr + l_keep
+        if self.opts.dormancy > 0:
+            l_dorm = self._dormancy(eS, eT, a, w1)
+            loss = loss + self.opts.dormancy * l_dorm
+            parts["dormancy"] = l_dorm.detach()
         if self.drift is not None and self.opts.rehearsal > 0:
             s = float(torch.rand((), generator=g)) * self.opts.rehearsal_scale
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):

@@ -124,6 +124,9 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
 
     check_inputs(data=_data_spec(cfg.data),
                  rehearsal_data=_data_spec(cfg.rehearsal_data) if cfg.rehearsal > 0 else None)
+    if cfg.dormancy > 0 and (cfg.mode != "sleeper" or not cfg.preservation):
+        raise InputError("--dormancy needs the sleeper mode with its preservation terms (it acts on clean prompts)",
+                         "drop --dormancy, or use --mode sleeper --preservation")
     if cfg.rehearsal > 0 and (cfg.mode != "sleeper" or not cfg.preservation):
         raise InputError("--rehearsal needs the sleeper mode with its preservation terms",
                          "drop --rehearsal, or use --mode sleeper --preservation")
