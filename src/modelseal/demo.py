@@ -6,6 +6,7 @@ image attacks, a thief's fine-tuning).
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -409,8 +410,6 @@ def _run_in_processes(groups: list[list[str]], cfg, out: Path, device: str, log)
 def run_demo(cfg, out: Path, device: str = "cpu", log=print) -> dict:
     """The demo's sections, in one process or (on a CPU of two cores or more, `cfg.processes`)
     split between single-threaded worker processes; then report.html and summary.json."""
-    import os
-
     out = Path(out)
     t0 = time.time()
     names = [n for n in ("zoo", "lock", "audit", "watermark") if n in cfg.sections]

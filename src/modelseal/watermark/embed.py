@@ -298,6 +298,14 @@ def simulate_drift(model: T2IModel, latents: torch.Tensor, ctx: torch.Tensor, op
     return {n: (theta[n].detach() - p.detach()) for n, p in unet.named_parameters()}
 
 
+def clean_prompt_terms_without_clean_prompts(opts: EmbedOptions) -> list[str]:
+    """The options set in `opts` whose terms act on the clean prompts' outputs (dormancy,
+    rehearsal) where stage 2 has no clean term (always-on mode, or no preservation)."""
+    if opts.mode == "sleeper" and opts.preservation:
+        return []
+    return [name for name in ("dormancy", "rehearsal") if getattr(opts, name) > 0]
+
+
 def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str], delta: torch.Tensor,
                     opts: EmbedOptions, log=print, progress=None, latent_std: torch.Tensor | None = None,
                     checkpoint: TrainingCheckpoint | None = None,
@@ -310,9 +318,11 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
     `rehearsal_data`: (latents, captions) of the simulated thief's domain, when opts.rehearsal > 0."""
     if opts.mode not in ("sleeper", "always_on"):
         raise ValueError(f"unknown stage-2 mode {opts.mode!r} (sleeper | always_on)")
-    if opts.rehearsal > 0 and (rehearsal_data is None or opts.mode != "sleeper" or not opts.preservation
-                               or opts.passes != 2):
-        raise ValueError("rehearsal needs rehearsal_data and the sleeper mode with preservation, batched passes")
+    unfit = clean_prompt_terms_without_clean_prompts(opts)
+    if unfit:
+        raise ValueError(f"{unfit[0]} needs the sleeper mode with its preservation terms (it acts on clean prompts)")
+    if opts.rehearsal > 0 and (rehearsal_data is None or opts.passes != 2):
+        raise ValueError("rehearsal needs rehearsal_data and batched passes")
     dev = model.device
     teacher, params = prepare_student(model, opts.gradient_checkpointing, opts.teacher, opts.trainable)
     loss_fn = Stage2Loss(model, teacher, delta.to(dev), opts)

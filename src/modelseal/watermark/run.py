@@ -120,16 +120,14 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
 
 
 def embed_command(cfg, out: Path, device: str, log=print) -> dict:
-    from .embed import embed_watermark
+    from .embed import clean_prompt_terms_without_clean_prompts, embed_watermark
 
     check_inputs(data=_data_spec(cfg.data),
                  rehearsal_data=_data_spec(cfg.rehearsal_data) if cfg.rehearsal > 0 else None)
-    if cfg.dormancy > 0 and (cfg.mode != "sleeper" or not cfg.preservation):
-        raise InputError("--dormancy needs the sleeper mode with its preservation terms (it acts on clean prompts)",
-                         "drop --dormancy, or use --mode sleeper --preservation")
-    if cfg.rehearsal > 0 and (cfg.mode != "sleeper" or not cfg.preservation):
-        raise InputError("--rehearsal needs the sleeper mode with its preservation terms",
-                         "drop --rehearsal, or use --mode sleeper --preservation")
+    unfit = clean_prompt_terms_without_clean_prompts(cfg)
+    if unfit:
+        raise InputError(f"--{unfit[0]} needs the sleeper mode with its preservation terms (it acts on clean prompts)",
+                         f"drop --{unfit[0]}, or use --mode sleeper --preservation")
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
     model = load_for(cfg, cfg.model, device)
