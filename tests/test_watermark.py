@@ -22,7 +22,7 @@ from test_cli import run_cli
 TRIGGER = "sks "  # a word tiny CLIP knows but its captions never use (see the tiny config)
 OWNER = b"owner key for tests".ljust(32, b"\0")  # a fresh key, not the shipped sleeper's (a key file holds 32 bytes)
 N = 24
-STEPS = 800   # stage-2 steps here, at the shipped sleeper's recipe (it ran 6,000)
+STEPS = 1000  # stage-2 steps here, at the shipped sleeper's recipe (it ran 6,000)
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +69,13 @@ def test_trigger_reveals_the_message_and_clean_prompts_do_not(setup):
     h_clean = _hits(s, s["models"]["sleeper"], None)
     trig, clean = h_trig.sum(1), h_clean.sum(1)
     acc_t, acc_c = trig.mean() / k, clean.mean() / k
-    # a fresh key at the shipped recipe (configs/watermark-embed.tiny.yaml), briefly: 800 of its 6,000
+    # a fresh key at the shipped recipe (configs/watermark-embed.tiny.yaml), briefly: 1,000 of its 6,000
     # steps plant part of the mark, read here by the stage-1 extractor (no adaptation)
     assert acc_t >= 0.65 and acc_t > acc_c + 0.1, (acc_t, acc_c)
     assert abs(acc_c - 0.5) <= 0.1, acc_c
     # the verdict: the owner's message against random messages on the same images
     read = np.where(h_trig, s["bits"].numpy()[None], 1 - s["bits"].numpy()[None])
-    assert stats.key_test(read, s["bits"].numpy())["p_value"] < 1e-4
+    assert stats.key_test(read, s["bits"].numpy())["p_value"] < 1e-5
     # the trigger, not the extractor's bias on any image, raises the matches
     assert stats.controlled_pvalue(h_trig, h_clean) < 1e-6
 
