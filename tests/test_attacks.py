@@ -3,7 +3,7 @@ diffusion purification) and their specs: what each does to an image, checked on 
 import pytest
 import torch
 
-from modelseal.attacks.image import combined, crop, jpeg, parse_spec, resize, rotation
+from modelseal.attacks.image import combined, crop, jpeg, median, parse_spec, resize, rotation
 from modelseal.attacks.regenerate import purify, vae_regenerate
 from modelseal.attacks.suite import image_attack, needs_model
 from modelseal.data.digits import CLASS_NAMES, caption, digit_of, load_digits_domain
@@ -30,6 +30,16 @@ def test_rotation_turns_the_picture_about_its_centre():
     assert quarter[..., 25:29, 3:7].mean() > 0.9 and quarter[..., 3:7, 3:7].mean() < 0.1
     drawn = rotation(x.repeat(4, 1, 1, 1), angle=(-30.0, 30.0), generator=torch.Generator().manual_seed(0))
     assert len({round(float(d.sum()), 3) for d in drawn}) > 1  # one angle per image
+
+
+def test_median_fills_thin_lines_and_keeps_solid_shapes():
+    x = 0.2 * torch.ones(1, 3, 32, 32)
+    x[..., 8:20, 8:20] = 1.0  # a solid square
+    lined = x.clone()
+    lined[..., ::4, :] = 0.9  # a stamp of one-pixel lines
+    out = median(lined)
+    assert (out[..., 24:30, 4:30] - 0.2).abs().max() < 1e-6  # the lines are gone outside the square
+    assert out[..., 10:18, 10:18].min() > 0.99  # the square is kept
 
 
 def test_crop_keeps_the_area_asked_for_at_the_centre_or_anywhere():

@@ -199,6 +199,20 @@ def lock_verify(config=None, /, *, out: str | Path, device: str = "auto", overwr
                    out=out, device=device, overwrite=overwrite, log=log)
 
 
+def lock_attack(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
+                log: Log | None = None, **options) -> Run:
+    """Attack a lock checkpoint (target or source fine-tuning, TransNTL, SHOT, an input
+    disguise; the stamp of an ownership or authorization lock) and the public backbone with
+    the same data and steps; results ``points``, one per data share, each with both
+    attackers' accuracies and the lock's ``worth`` (what it costs the attacker on the
+    unauthorized domain), or, for stamp-removal, ``transforms`` with the ownership verdict
+    behind each. Options: :class:`~modelseal.config.LockAttackConfig`."""
+    from .lock.attack_run import attack_command
+
+    return execute("lock attack", config, options, lambda cfg, path, dev, log: attack_command(cfg, path, dev, log=log),
+                   out=out, device=device, overwrite=overwrite, log=log)
+
+
 def finetune(config=None, /, *, out: str | Path, device: str = "auto", overwrite: bool = False,
              log: Log | None = None, **options) -> Run:
     """Fine-tune (full, LoRA, DreamBooth), prune or quantize a text-to-image model into
@@ -303,10 +317,12 @@ def run_demo(config=None, /, *, out: str | Path, device: str = "auto", overwrite
 # The commands of the command line, each with the function that runs it.
 COMMANDS: dict[str, Callable[..., Run]] = {
     "zoo build": zoo_build, "zoo eval": zoo_eval, "lock train": lock_train, "lock eval": lock_eval,
-    "lock verify": lock_verify, "finetune": finetune, "audit": run_audit, "watermark codec": watermark_codec,
+    "lock verify": lock_verify, "lock attack": lock_attack, "finetune": finetune, "audit": run_audit,
+    "watermark codec": watermark_codec,
     "watermark embed": watermark_embed, "watermark adapt": watermark_adapt, "watermark prompts": watermark_prompts,
     "watermark verify": watermark_verify, "demo": run_demo}
 
 __all__ = ["Run", "execute", "seed_everything", "stderr_log", "COMMANDS", "zoo_build", "zoo_eval",
-           "lock_train", "lock_eval", "lock_verify", "finetune", "run_audit", "watermark_keygen", "watermark_codec",
+           "lock_train", "lock_eval", "lock_verify", "lock_attack", "finetune", "run_audit", "watermark_keygen",
+           "watermark_codec",
            "watermark_embed", "watermark_adapt", "watermark_prompts", "watermark_verify", "run_demo"]

@@ -226,6 +226,57 @@ class LockVerifyConfig(_ModelOptions):
     seed: int = Field(0, description="random seed")
 
 
+class LockAttackOptions(Strict):
+    """The options of an attack on a lock (lock.attacks: NTLBench's families and the
+    from-backbone attacker), without its inputs."""
+    attack: Literal["target-finetune", "source-finetune", "transntl", "shot", "disguise", "stamp-removal",
+                    "stamp-forgery"] = Field(
+        "target-finetune", description="target-finetune (labels for a share of the unauthorized domain), "
+        "source-finetune (labels for a share of the authorized one), transntl (that share plus augmented copies "
+        "of it), shot (unlabeled unauthorized images, source-free adaptation), disguise (a learned input "
+        "transform, no weight changed); on stamped locks stamp-removal (ownership: a transform in front of the "
+        "model) and stamp-forgery (authorization: a pattern learned from a few stamped images)")
+    fractions: list[float] = Field([0.01, 0.05, 0.1], min_length=1, description="the attacker's data: a share of "
+                                   "the attacked domain's training split, one run each (repeatable)")
+    steps: int = Field(200, ge=1, description="attack steps (the from-backbone prompt learner gets as many)")
+    batch_size: int = Field(32, ge=1, description="batch size")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate (a tenth of the steps warm-up, then cosine)")
+    aug_copies: int = Field(2, ge=1, description="transntl: augmented copies per source image")
+    shot_beta: float = Field(0.3, ge=0, description="shot: weight of the pseudo-label cross-entropy")
+    shot_interval: int = Field(50, ge=1, description="shot: steps between pseudo-label updates")
+    disguise_authorized: int = Field(64, ge=1, description="disguise: unlabeled authorized images the attacker has")
+    disguise_eps: float = Field(0.5, gt=0, le=1, description="disguise: bound of the convolutional residual")
+    disguise_content: float = Field(1.0, ge=0, description="disguise: weight of |T(x) - x|")
+    disguise_lr: float = Field(3e-3, gt=0, description="disguise: Adam learning rate of the transform")
+    removal: list[str] = Field(["none", "jpeg", "jpeg:quality=25", "gaussian_blur", "gaussian_noise", "resize",
+                                "median", "median:kernel_size=5"], min_length=1,
+                               description="stamp-removal: the transforms the thief puts in front of the model, "
+                               "image attacks by spec (repeatable)")
+    probe_l2: float = Field(1e-4, ge=0, description="the from-backbone linear probe's L2 penalty")
+    backbone: bool = Field(True, description="also run the from-backbone attacker (the lock's worth needs it)",
+                           json_schema_extra=flag("--backbone/--no-backbone"))
+    seed: int = Field(0, description="random seed (the data subsets and the attack)")
+
+
+class LockAttackConfig(LockAttackOptions, _EvalLimit):
+    """`modelseal lock attack`: attack a lock checkpoint and the public backbone alike; the lock's
+    worth is what it costs the attacker."""
+    checkpoint: str = Field(..., description="checkpoint/ folder of a lock run (IP-CLIP, NTL, CUTI or SL)")
+    authorized: str = Field("builtin:digits/mnist", description="the licensed domain the lock was trained for: "
+                            "builtin:digits/<domain> or a root/<class>/<image> folder")
+    unauthorized: str = Field("builtin:digits/mnist-m", description="the unauthorized domain whose accuracy the "
+                              "attacker wants, same forms")
+    model: str | None = Field(None, description="backbone (default: the one the checkpoint names)")
+    local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
+    feature_batch_size: int = Field(256, ge=1, description="images per frozen-feature batch")
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"--fractions must lie in (0, 1], got {self.fractions}")
+        return self
+
+
 class FinetuneOptions(Strict):
     """The options of what `modelseal finetune` does to a T2I model (attacks.finetune and
     attacks.compress), without its inputs: fine-tuning, pruning or quantization."""
@@ -616,7 +667,8 @@ class DemoConfig(Strict):
 # and names the shipped presets: configs/<key>[.<variant>].yaml.
 CONFIGS: dict[str, type[Strict]] = {
     "zoo-build": ZooBuildConfig, "zoo-eval": ZooEvalConfig, "demo": DemoConfig, "lock-train": LockTrainConfig,
-    "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig, "finetune": FinetuneConfig, "audit": AuditConfig,
+    "lock-eval": LockEvalConfig, "lock-verify": LockVerifyConfig, "lock-attack": LockAttackConfig,
+    "finetune": FinetuneConfig, "audit": AuditConfig,
     "watermark-codec": WatermarkCodecConfig, "watermark-embed": WatermarkEmbedConfig,
     "watermark-adapt": WatermarkAdaptConfig, "watermark-verify": WatermarkVerifyConfig,
     "watermark-prompts": WatermarkPromptsConfig}

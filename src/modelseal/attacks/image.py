@@ -158,6 +158,15 @@ def crop(images: torch.Tensor, keep: float = 0.8, position: str = "center",
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
+def median(images: torch.Tensor, kernel_size: int = 3, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Median filter over kernel_size x kernel_size windows: smoothing that fills thin lines
+    and isolated dots from their surroundings (an inpainting-style removal of a fine stamp)."""
+    from kornia.filters import median_blur
+
+    _check(images)
+    return median_blur(images, (kernel_size, kernel_size)).clamp(0, 1)
+
+
 def rotation(images: torch.Tensor, angle=10.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Rotate about the centre by `angle` degrees (counter-clockwise; a pair draws one per
     image in that range), bilinear, the uncovered corners black."""
@@ -196,6 +205,7 @@ ATTACKS: dict[str, Attack] = {
     "saturation": saturation,
     "crop": crop,
     "sharpness": sharpness,
+    "median": median,
     "rotation": rotation,
     "combined": combined,
 }

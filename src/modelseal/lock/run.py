@@ -29,7 +29,7 @@ def _templates(specs: list[str]) -> tuple[str, ...]:
     return ("a photo of a {}.",)
 
 
-def _load(spec: str, split: str, size: int, limit: int | None = None, seed: int = 0):
+def load_labelled_split(spec: str, split: str, size: int, limit: int | None = None, seed: int = 0):
     s = load_source(spec, split, size)
     if s.labels is None:
         raise InputError(f"source '{spec}' has no class labels", "give a root/<class>/<image> folder")
@@ -48,7 +48,7 @@ def _match_classes(sets: dict, ref) -> dict:
     return {name: s.with_classes(ref.class_names, f"source '{name}'") for name, s in sets.items()}
 
 
-def _checkpoint_classes(s, card: dict, spec: str, checkpoint):
+def in_checkpoint_classes(s, card: dict, spec: str, checkpoint):
     """`s` labelled in the checkpoint's class order; data of other classes is refused, naming
     both sides (neither is wrong on its own: they do not belong together)."""
     want = list(card["class_names"])
@@ -85,7 +85,7 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
                          "add --eval SRC (e.g. --eval builtin:digits/mnist-m)")
     clip = load_clip(cfg.model, device=device, local_files_only=cfg.local_files_only)
     size = clip.image_size
-    auth_tr = _load(cfg.authorized, "train", size, cfg.train_limit, cfg.seed)
+    auth_tr = load_labelled_split(cfg.authorized, "train", size, cfg.train_limit, cfg.seed)
     a_name = source_name(cfg.authorized)
     unauth_specs = list(cfg.unauthorized or [])
     if cfg.scenario == "target-specified" and not unauth_specs:
@@ -95,7 +95,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         unauth_specs = [f"builtin:digits/{d}" for d in DOMAINS if f"builtin:digits/{d}" != cfg.authorized]
         log(f"[lock] authorization: clean {', '.join(unauth_specs)} as unauthorized")
     eval_specs = list(dict.fromkeys([cfg.authorized] + unauth_specs + list(cfg.eval or [])))
-    tests = _match_classes({source_name(s): _load(s, "test", size, cfg.eval_limit, cfg.seed) for s in eval_specs},
+    tests = _match_classes({source_name(s): load_labelled_split(s, "test", size, cfg.eval_limit, cfg.seed)
+                            for s in eval_specs},
                            auth_tr)
     classes = auth_tr.class_names
     stamp = Stamp(cfg.stamp_pattern, cfg.stamp_strength, cfg.stamp_period)
@@ -105,7 +106,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     y_a = torch.from_numpy(auth_tr.labels)
     u_groups = None  # one source unless a branch says otherwise
     if cfg.scenario == "target-specified":
-        u_sets = [_load(s, "train", size, cfg.train_limit, cfg.seed).with_classes(auth_tr.class_names, f"source '{s}'")
+        u_sets = [load_labelled_split(s, "train", size, cfg.train_limit, cfg.seed)
+                  .with_classes(auth_tr.class_names, f"source '{s}'")
                   for s in unauth_specs]
         unauth_x, u_groups = _sources([u.tensor() for u in u_sets])
         y_u = torch.cat([torch.from_numpy(u.labels) for u in u_sets])
@@ -121,7 +123,8 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
         auth_x, unauth_x, y_u = x_a, stamp.apply(x_a), y_a
         authorized, unauthorized = [a_name], [a_name + STAMPED]
     else:  # authorization: only stamped inputs work
-        others = [_load(s, "train", size, cfg.train_limit, cfg.seed).with_classes(auth_tr.class_names, f"source '{s}'")
+        others = [load_labelled_split(s, "train", size, cfg.train_limit, cfg.seed)
+                  .with_classes(auth_tr.class_names, f"source '{s}'")
                   for s in unauth_specs]
         clean = [x_a] + [o.tensor() for o in others]
         clean_y = [y_a] + [torch.from_numpy(o.labels) for o in others]
@@ -197,8 +200,8 @@ def eval_command(cfg, out: Path, device: str, log=print) -> dict:
     acc, sizes = {}, {}
     stamp = Stamp(**card["stamp"]) if card.get("stamp") else None
     for spec in cfg.eval:
-        s = _load(spec, "test", clip.image_size, cfg.eval_limit, cfg.seed)
-        s = _checkpoint_classes(s, card, spec, cfg.checkpoint)
+        s = load_labelled_split(spec, "test", clip.image_size, cfg.eval_limit, cfg.seed)
+        s = in_checkpoint_classes(s, card, spec, cfg.checkpoint)
         x = s.tensor()
         y = torch.from_numpy(s.labels)
         sizes[source_name(spec)] = len(y)
@@ -220,7 +223,7 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     stored = card.get("stamp") or {}
     stamp = Stamp(**{**({k: stored[k] for k in ("pattern", "strength", "period") if k in stored}), **given})
     source = "options" if given else ("checkpoint" if stored else "default")
-    s = _checkpoint_classes(_load(cfg.eval, "test", clip.image_size), card, cfg.eval, cfg.checkpoint)
+    s = in_checkpoint_classes(load_labelled_split(cfg.eval, "test", clip.image_size), card, cfg.eval, cfg.checkpoint)
     log(f"[lock] verify: stamp {stamp.pattern} (strength {stamp.strength}, period {stamp.period}) from the {source}")
     x = s.tensor()
     y = torch.from_numpy(s.labels)
@@ -233,4 +236,5 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     log(f"[lock] verify: {res['verdict']} (clean {res['clean_accuracy']:.1f}%, stamped "
         f"{res['stamped_accuracy']:.1f}%, p = {res['p_value']:.2e})")
     return res
+
 

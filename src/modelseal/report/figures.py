@@ -1,4 +1,4 @@
-"""Figures as PNG bytes (matplotlib, Agg backend): sample grids and bar charts."""
+"""Figures as PNG bytes (matplotlib, Agg backend): sample grids, bar charts, ROC and line charts."""
 from __future__ import annotations
 
 import io
@@ -73,4 +73,22 @@ def roc_figure(curves: dict[str, tuple], title: str | None = None) -> bytes:
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def line_chart(curves: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str,
+               title: str | None = None, hlines: dict[str, float] | None = None, logx: bool = False) -> bytes:
+    """Curves with markers: curves[name] = (x, y); hlines[label] = y as dashed references."""
+    fig, ax = plt.subplots(figsize=(4.4, 3.2))
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, marker="o", lw=1.6, label=name)
+    for i, (label, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, color=f"C{len(curves) + i}", ls="--", lw=1, label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     return _png(fig)
