@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from modelseal.runs import git_sha
+
 METHODS = ["ip-clip", "ntl", "cuti", "supervised"]
 ATTACKS = ["target-finetune", "source-finetune", "transntl", "shot", "disguise"]
 # unlabeled images are cheap: the budget of the attacks that need no labels is larger
@@ -36,11 +38,7 @@ FORGERY_FRACTIONS = [0.0025, 0.01, 0.05]  # stamped images an unlicensed user co
 
 
 def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return (git_sha() or "unknown")[:7]
 
 
 def modelseal(*args: str) -> dict:

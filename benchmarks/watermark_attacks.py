@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import modelseal
 from modelseal.models.sleeper_entry import entry_record
+from modelseal.runs import git_sha
 from modelseal.stats import format_p
 from modelseal.watermark.keys import generate_key
 
@@ -34,11 +34,7 @@ LORAS = [("faces", 500, 1e-4), ("faces", 2000, 1e-4), ("textures", 1000, 1e-4)] 
 
 
 def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return (git_sha() or "unknown")[:7]
 
 
 def other_vae(folder: Path) -> Path:

@@ -36,7 +36,7 @@ def exit_code(args, capsys) -> tuple[int, str]:
 def locked(tmp_path_factory):
     """An IP-CLIP lock of mnist against mnist-m at a small size (module-wide)."""
     out = tmp_path_factory.mktemp("lock")
-    main_ok(["lock", "train", "--out", str(out), "--unauthorized", "builtin:digits/mnist-m", "--steps", "60",
+    main_ok(["lock", "train", "--out", str(out), "--unauthorized", "builtin:digits/mnist-m", "--steps", "100",
              "--batch-size", "16", "--train-limit", "600", "--eval-limit", "300"])
     res = json.loads((out / "results.json").read_text())
     assert res["accuracy"]["mnist-m"] <= res["chance"] + 15, res  # locked before any attack

@@ -134,8 +134,8 @@ def attack_command(cfg, out: Path, device: str, log=print) -> dict:
             seen = feats(transform.apply(test_x["unauthorized"]), test_y["unauthorized"])
             point["checkpoint"] = {"unauthorized": round(lock_attacks.lock_accuracy(attacked, seen), 2),
                                    "authorized": before["checkpoint"]["authorized"]}
-            point["weights_unchanged"] = all(torch.equal(v, attacked.trainable_state()[k])
-                                             for k, v in lm.trainable_state().items())
+            after = attacked.trainable_state()
+            point["weights_unchanged"] = all(torch.equal(v, after[k]) for k, v in lm.trainable_state().items())
             point["reference_images"] = len(reference)
         else:
             if labelled:
@@ -143,7 +143,6 @@ def attack_command(cfg, out: Path, device: str, log=print) -> dict:
             else:
                 lock_attacks.shot_prompts(attacked, data, cfg, log, tag + " (checkpoint)")
             point["checkpoint"] = accs(lambda f: lock_attacks.lock_accuracy(attacked, f))
-        del attacked
         if cfg.backbone:
             point.update(_backbone(cfg, clip, classes, templates, card, data, labelled, before, accs, log, tag))
             point["worth"] = round(point["backbone_best"]["unauthorized"] - point["checkpoint"]["unauthorized"], 2)

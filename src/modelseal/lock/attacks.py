@@ -62,10 +62,8 @@ from ..config import LockAttackOptions
 from .ipclip import ProjectorConfig, block_statistics, frozen_features
 from .train import LockModel, zero_shot_probs
 
+# the attacks whose data carries labels (the names: LockAttackOptions.attack)
 LABELLED = ("target-finetune", "source-finetune", "transntl")
-UNLABELLED = ("shot", "disguise")
-STAMP = ("stamp-removal", "stamp-forgery")
-ATTACKS = LABELLED + UNLABELLED + STAMP
 
 
 @dataclass
@@ -81,11 +79,6 @@ class Features:
     def subset(self, idx: torch.Tensor) -> "Features":
         return Features({k: v[idx] for k, v in self.frozen.items()},
                         None if self.labels is None else self.labels[idx])
-
-    @staticmethod
-    def cat(parts: list["Features"]) -> "Features":
-        return Features({k: torch.cat([p.frozen[k] for p in parts]) for k in parts[0].frozen},
-                        torch.cat([p.labels for p in parts]))
 
 
 def clone_lock(lm: LockModel) -> LockModel:
@@ -313,6 +306,25 @@ def _live_features(clip, images: torch.Tensor) -> dict:
     return {"mu": mu, "sigma": sigma, "feat": feat.float()}
 
 
+@dataclass
+class DomainStatistics:
+    """A domain's mean vision-block statistics (what IP-CLIP's domain tokens read), from a
+    few of its images, and their mean square (the style loss's scale)."""
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def of(cls, clip, images: torch.Tensor) -> "DomainStatistics":
+        ref = frozen_features(clip, images)
+        mu, sigma = ref["mu"].mean(0), ref["sigma"].mean(0)  # (L, W)
+        return cls(mu, sigma, (mu.pow(2).mean() + sigma.pow(2).mean()).detach())
+
+    def style_loss(self, live: dict) -> torch.Tensor:
+        """How far each image's block statistics lie from the domain's, relative to their size."""
+        return ((live["mu"] - self.mu).pow(2).mean() + (live["sigma"] - self.sigma).pow(2).mean()) / self.scale
+
+
 def train_disguise(lm: LockModel, unauthorized: torch.Tensor, authorized: torch.Tensor, opts: LockAttackOptions,
                    log=print, tag: str = "") -> Disguise:
     """Fit a Disguise on unlabeled images (in [0, 1]) with the locked model frozen; the lock's
@@ -322,9 +334,7 @@ def train_disguise(lm: LockModel, unauthorized: torch.Tensor, authorized: torch.
     torch.manual_seed(opts.seed)
     disguise = Disguise(eps=opts.disguise_eps).to(dev)
     lm.eval().requires_grad_(False)
-    ref = frozen_features(clip, authorized)
-    mu_a, sigma_a = ref["mu"].mean(0), ref["sigma"].mean(0)  # (L, W): the authorized domain's statistics
-    scale = (mu_a.pow(2).mean() + sigma_a.pow(2).mean()).detach()
+    target = DomainStatistics.of(clip, authorized)
     opt = torch.optim.Adam(disguise.parameters(), lr=opts.disguise_lr)
     g = torch.Generator().manual_seed(opts.seed)
     t0 = time.time()
@@ -335,7 +345,7 @@ def train_disguise(lm: LockModel, unauthorized: torch.Tensor, authorized: torch.
         x = unauthorized[idx].to(dev)
         xd = disguise(x)
         fr = _live_features(clip, xd)
-        l_style = ((fr["mu"] - mu_a).pow(2).mean() + (fr["sigma"] - sigma_a).pow(2).mean()) / scale
+        l_style = target.style_loss(fr)
         l_im = information_maximisation(lm.ipclip(fr)[0])
         l_content = (xd - x).abs().mean()
         loss = l_style + l_im + opts.disguise_content * l_content
@@ -376,16 +386,14 @@ def train_forgery(lm: LockModel, clean: torch.Tensor, stamped: torch.Tensor, opt
         diff = (stamped.mean(0, keepdim=True) - clean.mean(0, keepdim=True)).to(clip.device)
         forgery.raw.copy_(torch.atanh((diff / opts.disguise_eps).clamp(-0.99, 0.99)))
     lm.eval().requires_grad_(False)
-    ref = frozen_features(clip, stamped)
-    mu_s, sigma_s = ref["mu"].mean(0), ref["sigma"].mean(0)
-    scale = (mu_s.pow(2).mean() + sigma_s.pow(2).mean()).detach()
+    target = DomainStatistics.of(clip, stamped)
     opt = torch.optim.Adam(forgery.parameters(), lr=opts.disguise_lr * 10)
     g = torch.Generator().manual_seed(opts.seed)
     t0 = time.time()
     for step in range(opts.steps):
         idx = torch.randint(0, len(clean), (min(opts.batch_size, len(clean)),), generator=g)
         fr = _live_features(clip, forgery(clean[idx].to(clip.device)))
-        l_style = ((fr["mu"] - mu_s).pow(2).mean() + (fr["sigma"] - sigma_s).pow(2).mean()) / scale
+        l_style = target.style_loss(fr)
         l_im = information_maximisation(lm.ipclip(fr)[0])
         loss = l_style + l_im
         opt.zero_grad(set_to_none=True)
