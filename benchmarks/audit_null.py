@@ -53,7 +53,8 @@ from audit_table import _finetune, add_suspect_options
 
 from modelseal import stats
 from modelseal.audit.decision import row_scores
-from modelseal.audit.run import audit_command, audit_decisions
+from modelseal.audit.decision import audit_decisions
+from modelseal.audit.run import audit_command
 from modelseal.config import AuditConfig
 from modelseal.data.sources import load_source
 from modelseal.data.subjects import builtin_subject, write_split

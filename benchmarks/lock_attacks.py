@@ -161,6 +161,41 @@ def table(runs: dict) -> list[str]:
     return lines
 
 
+NAMES = {"ip-clip": "IP-CLIP", "ntl": "NTL", "cuti": "CUTI", "supervised": "SL"}
+
+
+def method_rows(results: dict) -> list[str]:
+    """NTLBench's layout: a row per method and one for the from-backbone attacker, a column per
+    attack; a cell gives the unauthorized accuracy at the largest share on each pair (pairs
+    joined by ' / '), the lock's worth beside the method's."""
+    pairs = list(results)
+    attacks = list(results[pairs[0]])
+    methods = list(results[pairs[0]][attacks[0]])
+
+    def backbone(pair: str, attack: str) -> dict:
+        per = results[pair][attack]
+        return next(r for r in per.values() if "backbone_best" in r["points"][-1])["points"][-1]["backbone_best"]
+
+    head = "| method (" + " / ".join(pairs) + ") | none | " + " | ".join(attacks) + " |"
+    lines = [head, "|---|---|" + "---|" * len(attacks)]
+    for m in methods:
+        cells = [" / ".join(f"{results[p][attacks[0]][m]['before']['checkpoint']['unauthorized']:.1f}" for p in pairs)]
+        for a in attacks:
+            vals = []
+            for p in pairs:
+                got = results[p][a][m]["points"][-1]["checkpoint"]["unauthorized"]
+                vals.append(f"{got:.1f} ({backbone(p, a)['unauthorized'] - got:+.1f})")
+            cells.append(" / ".join(vals))
+        lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(cells) + " |")
+    zs = []
+    for p in pairs:
+        per = results[p][attacks[0]]
+        zs.append(f"{next(r for r in per.values() if 'zero_shot' in r['before'])['before']['zero_shot']['unauthorized']:.1f}")
+    lines.append("| from the backbone (best of) | " + " / ".join(zs) + " | "
+                 + " | ".join(" / ".join(f"{backbone(p, a)['unauthorized']:.1f}" for p in pairs) for a in attacks) + " |")
+    return lines
+
+
 def figure(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -228,6 +263,8 @@ def main() -> None:
         if pair in stamps:
             print(f"\n{pair}: the stamp (IP-CLIP ownership lock: removal; authorization lock: forgery)")
             print("\n".join(stamp_table(stamps[pair])))
+    print("\nmethods x attacks (NTLBench's layout): unauthorized accuracy (%), the lock's worth in brackets")
+    print("\n".join(method_rows(results)))
     print(f"\ncommit {out['commit']}, {out['seconds']:.0f} s; {args.out / 'lock_attacks.json'}")
 
 

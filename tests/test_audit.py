@@ -97,7 +97,7 @@ def test_cgi_dm_separates_members_and_the_null_suspect_does_not(subject, capsys)
     assert res["auroc"] >= 0.85, res["metrics"]
     assert abs(res["baselines"]["null_suspect"] - 0.5) <= 0.3
     # the published baselines on the same suspect (measured alone: PIA 1.00, CLiD_th 0.83)
-    assert res["baselines"]["pia"] >= 0.8 and res["baselines"]["clid"] >= 0.6, res["baselines"]
+    assert res["decision_scores"]["pia"]["auroc"] >= 0.8 and res["baselines"]["clid"] >= 0.6, res["baselines"]
     assert set(res["tpr_at_fpr"]) == {"0.01", "0.05"} and len(res["auroc_ci"]) == 2
     assert len(res["scores"]) == 16 and (out / res["scores"][0]["evidence"]).is_file()
     assert (out / "report.html").read_text().count("<img") >= 17 and (out / "roc.png").is_file()

@@ -5,7 +5,7 @@ from scipy.stats import binom, mannwhitneyu
 
 from modelseal import stats
 from modelseal.stats import format_p
-from modelseal.audit.run import audit_decisions, audit_summary
+from modelseal.audit.decision import audit_decisions, audit_summary
 
 
 def _within(rejections: int, n: int, alpha: float = 0.05) -> bool:

@@ -15,7 +15,6 @@ run of the same command and config stopped, ``results.json`` written. It returns
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import threading

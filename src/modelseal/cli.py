@@ -24,7 +24,7 @@ from click.core import ParameterSource
 from pydantic import BaseModel
 
 from . import __version__, api
-from .config import CONFIGS, command_key, option_flag, preset_names, resolve_config
+from .config import CONFIGS, command_key, preset_names, resolve_config
 from .errors import InputError
 from .models.quiet import quiet_loading
 from .runs import stop_signal

@@ -356,12 +356,19 @@ class AuditConfig(InversionOptions):
     calibration: Path | None = Field(None, description="audit: images known not to be in the fine-tuning set")
     null_finetuned: str | None = Field(None, description="evaluation: a model fine-tuned on other images (a null "
                                        "suspect: its AUROC should be near 0.5)")
+    generated: Path | None = Field(None, description="black-box audit (no suspect weights): images the suspect's "
+                                   "service returned for the fine-tuning prompt")
+    neutral: Path | None = Field(None, description="black-box: images the same service returned for a neutral prompt "
+                                 "(e.g. 'a dog'); each image's nearness to them is subtracted")
+    similarity: Literal["ssim", "features"] = Field("ssim", description="black-box: how near two images are: SSIM "
+                                                    "(at most 64 px) or cosine of --features embeddings")
     metric: Literal["ssim", "ssim_removed", "psnr_removed", "features"] = Field(
         "ssim_removed", description="CGI-DM's similarity of recovered and original image")
-    score: Literal["cgi-dm", "calibrated", "combined"] = Field(
+    score: Literal["cgi-dm", "calibrated", "combined", "pia", "pia-calibrated"] = Field(
         "combined", description="the statistic that decides (audit/decision.py): combined (CGI-DM + calibrated "
-                                "loss, robust-scaled), cgi-dm (the paper's) or calibrated (L_pre - L_ft); "
-                                "CGI-DM's picture is the evidence whichever decides")
+                                "loss, robust-scaled), cgi-dm (the paper's), calibrated (L_pre - L_ft), pia (the "
+                                "suspect's PIA) or pia-calibrated (PIA_ft - PIA_pre); CGI-DM's picture is the "
+                                "evidence whichever decides")
     features: str | None = Field("tiny:clip", description="DINO or CLIP checkpoint for the features metric")
     loss_samples: int = Field(32, ge=1, description="(t, noise) draws per image for the loss scores")
     ablations: bool = Field(False, description="also run the one-model ablations")

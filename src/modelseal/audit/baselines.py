@@ -71,19 +71,20 @@ def _steps(model: T2IModel, t: int) -> int:
 
 @torch.no_grad()
 def pia_scores(model: T2IModel, images: torch.Tensor, prompts: list[str], t: int = 200, p: float = 4.0,
-               batch: int = 32, progress=None) -> torch.Tensor:
+               batch: int = 32, progress=None, suspect: bool = True) -> torch.Tensor:
     """PIA's score per image (higher = member): -|| eps(z_t, t, c) - eps(z0, 0, c) ||_p with
     z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps(z0, 0, c) (two queries per image, no randomness);
-    `progress(done, n)` after each batch of images."""
+    `progress(done, n)` after each batch of images. On a LoRA model `suspect` switches the
+    adapter on (True) or off (False: the pretrained model)."""
     out = []
     for i in range(0, len(images), batch):
         z0 = model.encode_images(images[i:i + batch]).float()
         ctx = model.encode_prompts(prompts[i:i + batch])
         zero = torch.zeros(len(z0), dtype=torch.long, device=z0.device)
-        eps0 = _eps(model, z0, zero, ctx, True)
+        eps0 = _eps(model, z0, zero, ctx, suspect)
         tt = torch.full_like(zero, _steps(model, t))
         zt = model.noisy(z0, eps0, tt)
-        out.append(-(_eps(model, zt, tt, ctx, True) - eps0).flatten(1).norm(p=p, dim=1).cpu())
+        out.append(-(_eps(model, zt, tt, ctx, suspect) - eps0).flatten(1).norm(p=p, dim=1).cpu())
         if progress is not None:
             progress(min(i + batch, len(images)), len(images))
     return torch.cat(out)

@@ -16,6 +16,12 @@ DECIDES = {
                 "L_pre - L_ft, each robust-scaled over the images scored together.",
     "cgi-dm": "The number that decides is CGI-DM's similarity of the recovery to the original (the paper's score).",
     "calibrated": "The number that decides is the calibrated loss L_pre - L_ft; the pictures are CGI-DM's.",
+    "pia": "The number that decides is PIA on the suspect alone; the pictures are CGI-DM's.",
+    "pia-calibrated": "The number that decides is PIA of the suspect minus PIA of the pretrained model; the "
+                      "pictures are CGI-DM's.",
+    "near": "The number that decides is the audited image's similarity to its nearest generated image.",
+    "near-calibrated": "The number that decides is the audited image's similarity to its nearest generated image "
+                       "minus that to its nearest neutral-prompt image.",
 }
 
 
@@ -34,25 +40,34 @@ def _upscale(x: torch.Tensor, min_side: int = 128) -> torch.Tensor:
     return x.repeat_interleave(f, -2).repeat_interleave(f, -1)
 
 
-def evidence_strip(original: torch.Tensor, partial: torch.Tensor, recovered: torch.Tensor) -> np.ndarray:
-    """original | partial | recovered side by side (uint8 H x 3W x 3), small images upscaled."""
-    pad = torch.ones(3, _upscale(original).shape[-2], 4)
-    row = torch.cat([_upscale(original), pad, _upscale(partial), pad, _upscale(recovered)], dim=-1)
+def evidence_strip(*images: torch.Tensor) -> np.ndarray:
+    """Images (3, H, W) side by side, e.g. original | partial | recovered (uint8 H x nW x 3),
+    small images upscaled."""
+    big = [_upscale(x) for x in images]
+    pad = torch.ones(3, big[0].shape[-2], 4)
+    row = torch.cat([t for x in big for t in (x, pad)][:-1], dim=-1)
     return (row.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def write_evidence(folder: Path, names: list[str], images: torch.Tensor, scored: dict) -> list[str]:
+def write_strips(folder: Path, names: list[str], strips: list[list[torch.Tensor]]) -> list[str]:
+    """One PNG strip per image, named after it; the paths relative to folder's parent."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, name in enumerate(names):
+    for name, row in zip(names, strips):
         stem = name.replace("/", "__").rsplit(".", 1)[0]
         p = folder / f"{stem}.png"
         with atomic_path(p) as tmp:
-            Image.fromarray(evidence_strip(images[i], scored["partial"][i], scored["recovered"][i])).save(tmp, "PNG")
+            Image.fromarray(evidence_strip(*row)).save(tmp, "PNG")
         paths.append(str(p.relative_to(folder.parent)))
     return paths
+
+
+def write_evidence(folder: Path, names: list[str], images: torch.Tensor, scored: dict) -> list[str]:
+    """CGI-DM's strips: original | partial | recovered."""
+    return write_strips(folder, names, [[images[i], scored["partial"][i], scored["recovered"][i]]
+                                        for i in range(len(names))])
 
 
 def roc_figure_file(out: Path, curves: dict, labels) -> None:
@@ -71,10 +86,19 @@ def write_report(out: Path, res: dict) -> None:
 
     from ..report.html import Section, render
 
-    text = (f"Suspect {res['finetuned']} ({res['suspect_kind']}) against {res['pretrained']}, prompt "
-            f"'{res['prompt']}'. Each strip: original | partial (half of the latent removed) | recovered by "
-            f"contrasting gradient inversion. A recovery close to the original is evidence that the suspect "
-            f"model was fine-tuned on the image. {DECIDES[res['score']]}")
+    if res.get("access") == "black-box":
+        text = (f"Black-box audit: {res['n_generated']} images the suspect's service returned ({res['generated']})"
+                + (f", {res['n_neutral']} for a neutral prompt ({res['neutral']})" if res.get("neutral") else "")
+                + ". Each strip: the audited image | the nearest generated image"
+                + (" | the nearest neutral-prompt image" if res.get("neutral") else "")
+                + f" ({res['similarity']}). {DECIDES[res['score']]}")
+        strip_head = "image | nearest generated" + (" | nearest neutral" if res.get("neutral") else "")
+    else:
+        text = (f"Suspect {res['finetuned']} ({res['suspect_kind']}) against {res['pretrained']}, prompt "
+                f"'{res['prompt']}'. Each strip: original | partial (half of the latent removed) | recovered by "
+                f"contrasting gradient inversion. A recovery close to the original is evidence that the suspect "
+                f"model was fine-tuned on the image. {DECIDES[res['score']]}")
+        strip_head = "original | partial | recovered"
     tables = []
     figures = []
     if res["mode"] == "evaluation":
@@ -85,7 +109,7 @@ def write_report(out: Path, res: dict) -> None:
                        + [{"method": k, "AUROC": v["auroc"], "TPR@1%": v["tpr_at_fpr"]["0.01"],
                            "TPR@5%": v["tpr_at_fpr"]["0.05"]} for k, v in res["decision_scores"].items()
                           if k != res["score"]]
-                       + baseline_rows(res)))
+                       + (baseline_rows(res) if "baselines" in res else [])))
         if (out / "roc.png").is_file():
             figures.append(("ROC curves", (out / "roc.png").read_bytes()))
     else:
@@ -109,7 +133,8 @@ def write_report(out: Path, res: dict) -> None:
         p = stats.format_p(r.get("p_value"))
         rows.append(f"<tr><td>{html.escape(r['image'])}</td><td>{html.escape(str(label))}</td>"
                     f"<td>{r['score']:.4f}</td><td>{p}</td><td>{img}</td></tr>")
-    page = render("modelseal audit (CGI-DM)", [summary], meta={"mode": res["mode"], "images": len(res["scores"])})
+    title = "modelseal audit (black-box)" if res.get("access") == "black-box" else "modelseal audit (CGI-DM)"
+    page = render(title, [summary], meta={"mode": res["mode"], "images": len(res["scores"])})
     table = ("<h2>evidence per image</h2><table><tr><th>image</th><th>set / verdict</th><th>score</th>"
-             "<th>p-value</th><th>original | partial | recovered</th></tr>" + "".join(rows) + "</table>")
+             f"<th>p-value</th><th>{strip_head}</th></tr>" + "".join(rows) + "</table>")
     atomic_write_text(out / "report.html", page.replace("</body></html>", table + "</body></html>"))

@@ -27,12 +27,13 @@ from ..config import InversionOptions
 from ..errors import InputError
 from ..models.diffusion import DTYPES, T2IModel, is_lora_folder, load_t2i
 from ..runs import atomic_path
-from .baselines import loss_scores, paired_losses
-from .decision import decision_scores
+from .baselines import clid_terms, clid_th, loss_scores, paired_losses, pia_scores
+from .blackbox import blackbox_command
+from .decision import audit_mode_result, audit_summary, calibration_note, decision_scores
 from .evidence import roc_figure_file, write_evidence, write_report
 from .inversion import invert
+from .inputs import check_mode, check_sets, read_sets
 from .scoring import FeatureExtractor, similarity
-from ..data.folders import check_disjoint
 from ..models.zoo import resolve_model
 
 FINETUNE_RECORD = "modelseal_finetune.json"
@@ -73,19 +74,6 @@ def default_prompt(finetuned: str) -> str | None:
         except ValueError:
             return None
     return None
-
-
-# --------------------------------------------------------------------------- data
-
-def _tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-
-
-def _read(folder: Path, size: int, role: str):
-    from ..data.folders import read_image_folder
-
-    s = read_image_folder(folder, size, name=role)
-    return _tensor(s.images), [f"{role}/{n}" for n in s.names]
 
 
 # --------------------------------------------------------------------------- scoring with a cache
@@ -164,25 +152,6 @@ def score_set(pre: T2IModel, ft: T2IModel, images: torch.Tensor, prompt: str, op
 
 # --------------------------------------------------------------------------- the command
 
-def _check_mode(cfg) -> str:
-    evaluation = cfg.members is not None or cfg.holdout is not None
-    real = cfg.images is not None or cfg.calibration is not None
-    if evaluation and real:
-        raise InputError("give either --members and --holdout (evaluation) or --images and --calibration "
-                         "(audit), not both", "drop one pair of options")
-    if evaluation:
-        if cfg.members is None or cfg.holdout is None:
-            raise InputError("evaluation mode needs both --members DIR and --holdout DIR",
-                             "give the images used in fine-tuning and images of the same kind that were not")
-        return "evaluation"
-    if real:
-        if cfg.images is None or cfg.calibration is None:
-            raise InputError("audit mode needs both --images DIR and --calibration DIR",
-                             "give the images to test and images known not to be in the fine-tuning set")
-        return "audit"
-    raise InputError("no images to audit", "give --members DIR --holdout DIR, or --images DIR --calibration DIR")
-
-
 class _Progress:
     """Progress of one long phase of the audit. Over PGD steps x images on a terminal: a rich
     bar. Otherwise (stderr piped to a file, the Python API) plain lines through `log`, as the
@@ -240,29 +209,23 @@ class _Progress:
 
 def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     out = Path(out)
-    if not cfg.finetuned:
-        raise InputError("no suspect model", "give --finetuned DIR (a diffusers folder or a LoRA folder)")
-    mode = _check_mode(cfg)
-    from ..data.sources import check_inputs
-
-    check_inputs(members=cfg.members, holdout=cfg.holdout, images=cfg.images, calibration=cfg.calibration)
-    if mode == "evaluation":
-        check_disjoint(cfg.members, cfg.holdout, "--members", "--holdout",
-                       "an image is a member or a hold-out image, not both: keep each image in one folder")
-    else:
-        check_disjoint(cfg.images, cfg.calibration, "--images", "--calibration",
-                       "calibration images must be known not to be in the fine-tuning set, so none can be under "
-                       "test: keep each image in one folder")
+    if not cfg.finetuned and cfg.generated is None:
+        raise InputError("no suspect", "give --finetuned DIR (a diffusers folder or a LoRA folder), or --generated DIR "
+                         "(images the suspect's service returned) for a black-box audit")
+    if cfg.finetuned and cfg.generated is not None:
+        raise InputError("both --finetuned and --generated given",
+                         "give the suspect's weights (--finetuned) or only its images (--generated), not both")
+    mode = check_mode(cfg)
+    if cfg.generated is not None:
+        return blackbox_command(cfg, out, mode, device, log)
+    check_sets(cfg, mode)
     prompt = cfg.prompt or default_prompt(cfg.finetuned)
     if not prompt:
         raise InputError("no fine-tuning prompt: the suspect's folder does not record one",
                          "give --prompt, e.g. --prompt \"a sks dog\" (the identifier prompt it was fine-tuned with)")
     pre, ft = load_pair(cfg.pretrained, cfg.finetuned, device, cfg.dtype, cfg.local_files_only, cfg.size)
     size = cfg.size or pre.image_size
-    if mode == "evaluation":
-        sets = {"members": _read(cfg.members, size, "members"), "holdout": _read(cfg.holdout, size, "holdout")}
-    else:
-        sets = {"images": _read(cfg.images, size, "images"), "calibration": _read(cfg.calibration, size, "calibration")}
+    sets = read_sets(cfg, mode, size)
     features = FeatureExtractor(cfg.features, device, cfg.local_files_only) if cfg.features else None
     if cfg.metric == "features" and features is None:
         raise InputError("--metric features needs a feature model", "give --features tiny:clip or a DINO/CLIP checkpoint")
@@ -278,17 +241,20 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
                                      out / "cache" / f"{role}-{_cache_key(cfg, prompt, role, x)}", progress=bar,
                                      role=role)
     invert_s = time.time() - t0
+    names = [n for _, ns in sets.values() for n in ns]
+    images = torch.cat([x for x, _ in sets.values()])
     log(f"[audit] loss scores: L_pre and L_ft of {total} images, {cfg.loss_samples} draws each")
     for role, (x, _) in sets.items():
         losses[role] = _losses(pre, ft, x, prompt, cfg, _Progress(log, f"loss scores, {role}"))
 
-    names = [n for _, ns in sets.values() for n in ns]
-    images = torch.cat([x for x, _ in sets.values()])
     merged = {k: torch.cat([scored[r][k] for r in sets]) for k in ("partial", "recovered", "keep")}
     metric_vals = {m: torch.cat([scored[r]["metrics"][m] for r in sets]).numpy() for m in scored[next(iter(sets))]["metrics"]}
     l_pre = torch.cat([losses[r][0] for r in sets])
     l_ft = torch.cat([losses[r][1] for r in sets])
-    decision = decision_scores(metric_vals[cfg.metric], l_pre.numpy(), l_ft.numpy())
+    log(f"[audit] PIA of the suspect and of the pretrained model on {total} images")
+    pia_pre, pia_ft = _pia_pair(pre, ft, images, prompt, _Progress(log, "PIA"))
+    decision = decision_scores(metric_vals[cfg.metric], l_pre.numpy(), l_ft.numpy(), pia_pre.numpy(),
+                               pia_ft.numpy())
     primary = decision[cfg.score]
     evidence = write_evidence(out / "evidence", names, images, merged) if cfg.evidence else [None] * len(names)
 
@@ -300,7 +266,8 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     def row(i: int) -> dict:
         return {**{m: float(metric_vals[m][i]) for m in metric_vals},
                 **{f"score_{k.replace('-', '_')}": float(v[i]) for k, v in decision.items()},
-                "L_pre": float(l_pre[i]), "L_ft": float(l_ft[i])}
+                "L_pre": float(l_pre[i]), "L_ft": float(l_ft[i]), "PIA_pre": float(pia_pre[i]),
+                "PIA_ft": float(pia_ft[i])}
 
     if mode == "evaluation":
         labels = np.array([1] * len(sets["members"][0]) + [0] * len(sets["holdout"][0]))
@@ -320,52 +287,15 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
                               + (" (decides)" if k == cfg.score else ""): v for k, v in decision.items()}, labels)
     else:
         n_img = len(sets["images"][0])
-        calib = primary[n_img:]
-        d = audit_decisions(primary[:n_img], calib, cfg.alpha, cfg.control, cfg.seed)
-        rows = []
-        for i in range(len(names)):
-            test = i < n_img
-            rows.append({"image": names[i], "role": "test" if test else "calibration", "score": float(primary[i]),
-                         "p_value": float(d["p_values"][i]) if test else None,
-                         "verdict": ("member" if d["member"][i] else "not shown") if test else None,
-                         "evidence": evidence[i], **row(i)})
-        res.update({"alpha": cfg.alpha, "control": cfg.control, "control_note": stats.CONTROLS[cfg.control],
-                    "set_p_value": d["set_p_value"], "set_test": d["set_test"],
-                    "set_verdict": "used" if d["set_used"] else "not shown to be used",
-                    "members_found": int(d["member"].sum()), "members_uncontrolled": int(d["uncontrolled"].sum()),
-                    "threshold": stats.calibrate_threshold(calib, cfg.alpha), "n_images": n_img,
-                    "n_calibration": len(calib), "scores": rows})
+        res.update(audit_mode_result(names, primary, n_img, cfg.alpha, cfg.control, cfg.seed, evidence,
+                                     [row(i) for i in range(len(names))]))
         for line in audit_summary(res):
             log(line)
-        m = n_img if cfg.control != "none" else 1  # a lone member needs p <= alpha / m
-        if 1 / (len(calib) + 1) > cfg.alpha / m:
-            log(f"[audit] note: with {len(calib)} calibration images the smallest per-image p-value is "
-                f"{stats.format_p(1 / (len(calib) + 1))}, above alpha / {m}: a member is found only beside others (or "
-                f"never); give at least {int(np.ceil(m / cfg.alpha)) - 1} calibration images")
+        note = calibration_note(res["n_calibration"], n_img, cfg.alpha, cfg.control)
+        if note:
+            log(note)
     write_report(out, res)
     return res
-
-
-def audit_decisions(test_scores, calib_scores, alpha: float, control: str, seed: int = 0) -> dict:
-    """Audit mode's decisions from scores: the collection's rank test (set_p_value, set_used) and
-    per image a conformal p-value against the calibration scores, rejected under `control`."""
-    test = np.asarray(test_scores, dtype=np.float64)
-    p = np.array([stats.empirical_pvalue(s, calib_scores) for s in test])
-    set_p, method = stats.rank_set_test(test, calib_scores, seed=seed)
-    return {"p_values": p, "member": stats.controlled_rejections(p, alpha, control), "uncontrolled": p <= alpha,
-            "set_p_value": set_p, "set_test": method, "set_used": set_p <= alpha}
-
-
-def audit_summary(res: dict) -> list[str]:
-    """The audit-mode verdict in two lines: the collection first, then the images."""
-    lines = [f"[audit] collection: {res['set_verdict']} (rank-sum p = {stats.format_p(res['set_p_value'])}, {res['n_images']} "
-             f"images vs {res['n_calibration']} calibration, {res['set_test']}; alpha {res['alpha']})",
-             f"[audit] images: {res['members_found']} of {res['n_images']} found members; control: {res['control_note']}"]
-    if res["control"] == "none":
-        lines[1] += f": about {res['alpha'] * res['n_images']:.2g} false members expected on an innocent model"
-    else:
-        lines[1] += f" ({res['members_uncontrolled']} at p <= alpha without control)"
-    return lines
 
 
 def _losses(pre: T2IModel, ft: T2IModel, x: torch.Tensor, prompt: str, cfg, bar: _Progress):
@@ -374,18 +304,24 @@ def _losses(pre: T2IModel, ft: T2IModel, x: torch.Tensor, prompt: str, cfg, bar:
                          progress=lambda i, n: bar.tick(f"draw {i}/{n}", end=i == n))
 
 
-def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> tuple[dict, dict]:
-    """(AUROC per extra baseline, per-image raw values: pia, clid_d, clid_l)."""
-    from .baselines import clid_terms, clid_th, pia_scores
+def _pia_pair(pre: T2IModel, ft: T2IModel, x: torch.Tensor, prompt: str, bar: _Progress):
+    """(PIA of the pretrained model, PIA of the suspect) per image."""
+    prompts = [prompt] * len(x)
+    a = pia_scores(pre, x, prompts, suspect=False, progress=lambda i, n: bar.tick(f"pretrained {i}/{n} images",
+                                                                                    end=i == n))
+    b = pia_scores(ft, x, prompts, suspect=True, progress=lambda i, n: bar.tick(f"suspect {i}/{n} images", end=i == n))
+    return a, b
 
+
+def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> tuple[dict, dict]:
+    """(AUROC per extra baseline, per-image raw values: clid_d, clid_l)."""
     xs = torch.cat([sets["members"][0], sets["holdout"][0]])
     prompts = [prompt] * len(xs)
-    log(f"[audit] baselines: CLiD and PIA on {len(xs)} images")
+    log(f"[audit] baselines: CLiD on {len(xs)} images")
     bar = _Progress(log, "baselines")
     d, l_cond = clid_terms(ft, xs, prompts, seed=cfg.seed,
                            progress=lambda i, n: bar.tick(f"CLiD {i}/{n} images", end=i == n))
-    pia = pia_scores(ft, xs, prompts, progress=lambda i, n: bar.tick(f"PIA {i}/{n} images", end=i == n))
-    extra = {"pia": stats.auroc(pia.numpy(), labels), "clid": stats.auroc(clid_th(d, l_cond).numpy(), labels)}
+    extra = {"clid": stats.auroc(clid_th(d, l_cond).numpy(), labels)}
     steps = len(xs) * cfg.steps
     if cfg.ablations:
         for obj in ("ft-only", "pre-only"):
@@ -399,6 +335,8 @@ def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> tuple
         with _Progress(log, "null suspect", steps, len(xs)) as bar:
             r = score_set(npre, nft, xs, prompt, cfg, features, None, bar)
         l_pre, l_ft = _losses(npre, nft, xs, prompt, cfg, _Progress(log, "null suspect loss scores"))
-        null = decision_scores(r["metrics"][cfg.metric].numpy(), l_pre.numpy(), l_ft.numpy())
+        n_pre, n_ft = _pia_pair(npre, nft, xs, prompt, _Progress(log, "null suspect PIA"))
+        null = decision_scores(r["metrics"][cfg.metric].numpy(), l_pre.numpy(), l_ft.numpy(), n_pre.numpy(),
+                               n_ft.numpy())
         extra["null_suspect"] = stats.auroc(null[cfg.score], labels)  # the statistic that decides
-    return extra, {"pia": pia.numpy(), "clid_d": d.numpy(), "clid_l": l_cond.numpy()}
+    return extra, {"clid_d": d.numpy(), "clid_l": l_cond.numpy()}

@@ -10,7 +10,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from .. import parallel
 from ..config import LockTrainOptions

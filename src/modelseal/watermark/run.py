@@ -114,7 +114,7 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
     for name in ("none", *EVAL_ATTACKS):
         m = bit_accuracy(codec, model, test, msg, attack=None if name == "none" else name)
         res["bit_accuracy"][name] = float(m.float().mean() / cfg.bits)
-    log(f"[codec] bit accuracy after decode -> attack -> re-encode: "
+    log("[codec] bit accuracy after decode -> attack -> re-encode: "
         + ", ".join(f"{k} {v:.3f}" for k, v in res["bit_accuracy"].items()))
     return res
 

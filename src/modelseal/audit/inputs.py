@@ -1,0 +1,64 @@
+"""An audit's inputs: which mode the options ask for and the image sets it reads.
+
+  evaluation  --members DIR --holdout DIR (labels known: AUROC, TPR at FPR)
+  audit       --images DIR --calibration DIR (real use: verdicts against calibration images)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.folders import check_disjoint, read_image_folder
+from ..data.sources import check_inputs
+from ..errors import InputError
+
+
+def check_mode(cfg) -> str:
+    """'evaluation' or 'audit' from the image options given; exit-2 errors for half a pair."""
+    evaluation = cfg.members is not None or cfg.holdout is not None
+    real = cfg.images is not None or cfg.calibration is not None
+    if evaluation and real:
+        raise InputError("give either --members and --holdout (evaluation) or --images and --calibration "
+                         "(audit), not both", "drop one pair of options")
+    if evaluation:
+        if cfg.members is None or cfg.holdout is None:
+            raise InputError("evaluation mode needs both --members DIR and --holdout DIR",
+                             "give the images used in fine-tuning and images of the same kind that were not")
+        return "evaluation"
+    if real:
+        if cfg.images is None or cfg.calibration is None:
+            raise InputError("audit mode needs both --images DIR and --calibration DIR",
+                             "give the images to test and images known not to be in the fine-tuning set")
+        return "audit"
+    raise InputError("no images to audit", "give --members DIR --holdout DIR, or --images DIR --calibration DIR")
+
+
+def check_sets(cfg, mode: str, **more) -> None:
+    """Every folder exists (and `more`, e.g. generated=...), and no image is in both sets."""
+    check_inputs(members=cfg.members, holdout=cfg.holdout, images=cfg.images, calibration=cfg.calibration, **more)
+    if mode == "evaluation":
+        check_disjoint(cfg.members, cfg.holdout, "--members", "--holdout",
+                       "an image is a member or a hold-out image, not both: keep each image in one folder")
+    else:
+        check_disjoint(cfg.images, cfg.calibration, "--images", "--calibration",
+                       "calibration images must be known not to be in the fine-tuning set, so none can be under "
+                       "test: keep each image in one folder")
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, H, W, 3) -> float (n, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def read_set(folder: Path, size: int, role: str) -> tuple[torch.Tensor, list[str]]:
+    """(images, names 'role/file') of an image folder at side `size`."""
+    s = read_image_folder(folder, size, name=role)
+    return to_tensor(s.images), [f"{role}/{n}" for n in s.names]
+
+
+def read_sets(cfg, mode: str, size: int) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """The mode's two sets, in order: members, holdout (evaluation) or images, calibration (audit)."""
+    roles = ("members", "holdout") if mode == "evaluation" else ("images", "calibration")
+    return {r: read_set(getattr(cfg, r), size, r) for r in roles}
