@@ -81,7 +81,7 @@ VARIANTS = {  # name: (audit options, similarity metric)
     "4 MC samples x 250 steps": ({"mc_samples": 4, "steps": 250}, "ssim_removed"),
 }
 DECIDERS = list(get_args(AuditConfig.model_fields["score"].annotation))  # what `modelseal audit --score` takes
-SCORES = ["cgi-dm", "calibrated", "combined", "loss", "pia", "clid"]
+SCORES = ["cgi-dm", "calibrated", "combined", "loss", "pia", "pia-calibrated", "clid"]
 SET_SIZES = [5, 10, 20, 40]
 BATCH = 4
 
@@ -161,7 +161,8 @@ def statistics(rows: list[dict], metric: str = "ssim_removed") -> dict[str, np.n
     col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
     out = row_scores(rows, metric)
     out["loss"] = -col("L_ft")
-    out["pia"] = col("pia")
+    if "pia" not in out:  # audits before PIA became a decision statistic recorded it as a baseline
+        out["pia"] = col("pia")
     out["clid"] = 0.5 * robust_z(col("clid_d")) + 0.5 * robust_z(col("clid_l"))  # CLiD_th, alpha 0.5
     return out
 

@@ -1,0 +1,235 @@
+"""Audit power against what the suspect learned (issue 28): LoRA and full fine-tunes of the
+kinds users make, each with its learned fidelity beside every decision statistic and the
+black-box audit.
+
+    python benchmarks/audit_lora.py --out runs/audit-lora [--grid small|full] [--pgd-steps 100]
+
+Subjects and split as benchmarks/audit_suspects.py (TUNE subjects are the only ones a choice
+is made on; HELD subjects are reported beside them). Every suspect fine-tunes tiny:t2i on the
+members of all nine subjects at once, each under its own prompt, batch 4:
+
+  lora-r{4,16,64}-lr{1e-4,1e-3}-{250,1000,3000}   UNet LoRA (the diffusers LoRA and
+                                                  DreamBooth-LoRA scripts' kind), total steps
+  dreambooth-200 / dreambooth-50 / full-flip-crop #18's full fine-tunes (steps per member image)
+  null                                            DreamBooth on other subjects' photos under the
+                                                  same prompts (nothing audited is a member)
+
+Per suspect and subject: K samples under the subject's prompt from the suspect and from
+tiny:t2i (same seeds). The learned fidelity (audit/generated.py) is the mean nearest-member
+SSIM of the suspect's samples minus the pretrained model's: how far the suspect moved toward
+the members. LEARNED, fixed before any suspect was measured: a suspect has learned its
+subjects when its gain on them is at least half of dreambooth-200's.
+
+Beside it, pooled over the TUNE (HELD) subjects' members and hold-out images: AUROC / TPR at
+1 % FPR of every gray-box statistic (`modelseal audit`: combined, cgi-dm, calibrated, pia,
+pia-calibrated, loss, CLiD) and of the black-box audit (`--generated`: the same K samples,
+nearest-image SSIM, minus the nearest pretrained sample's with the pretrained samples as
+--neutral). Writes OUT/table.json, OUT/table.md and OUT/fidelity.png; every fine-tune,
+sample set and audit is kept under OUT and skipped when rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audit_suspects import HELD, NULL_SUBJECTS, ROOT, TUNE, captioned_folder, detection, subjects, write_subject
+from modelseal import stats
+from modelseal.runs import atomic_path, atomic_write_text, git_sha, write_json
+
+BATCH = 4
+FULL = {  # name: (method, steps per member image, lr, extra)
+    "dreambooth-200": ("dreambooth", 200, None, {}),
+    "dreambooth-50": ("dreambooth", 50, None, {}),
+    "full-flip-crop": ("full", 100, 1e-4, {"flip": True, "crop": 0.8}),
+    "null": ("dreambooth", 200, None, {}),
+}
+GRIDS = {
+    "small": [(16, 1e-4, 1000), (16, 1e-3, 250), (16, 1e-3, 1000), (16, 1e-3, 3000)],
+    "full": [(r, lr, n) for r in (4, 16, 64) for lr in (1e-4, 1e-3) for n in (250, 1000, 3000)],
+}
+SHOWN = ["combined", "cgi-dm", "calibrated", "pia", "pia-calibrated", "loss", "clid"]
+
+
+def lora_name(rank: int, lr: float, steps: int) -> str:
+    return f"lora-r{rank}-lr{lr:.0e}-{steps}".replace("e-0", "e-")
+
+
+def suspect_specs(grid: str) -> dict:
+    specs = {lora_name(r, lr, n): {"method": "lora", "rank": r, "lr": lr, "steps": n} for r, lr, n in GRIDS[grid]}
+    for name, (method, per_image, lr, extra) in FULL.items():
+        specs[name] = {"method": method, "per_image": per_image, "lr": lr, **extra}
+    return specs
+
+
+def train(spec: dict, data: Path, n_images: int, out: Path, seed: int, scale: float) -> str:
+    from modelseal.attacks.run import finetune_command
+    from modelseal.config import FinetuneConfig
+
+    target = out / "model"
+    if (out / "results.json").is_file():
+        return str(target)
+    spec = dict(spec)
+    per_image = spec.pop("per_image", None)
+    steps = spec.pop("steps", None) or round(n_images * per_image / BATCH)
+    cfg = FinetuneConfig(data=str(data), steps=max(1, round(steps * scale)), batch_size=BATCH, seed=seed, **spec)
+    t0 = time.time()
+    finetune_command(cfg, out, "cpu", log=lambda m: None)
+    print(f"[lora] {out.name}: {cfg.method} {cfg.steps} steps on {n_images} images ({time.time() - t0:.0f} s)",
+          flush=True)
+    return str(target)
+
+
+def samples(model_path: str, prompt: str, k: int, folder: Path):
+    """K samples of the prompt (seeds 0..K-1), written once as a folder and read back."""
+    from modelseal.audit.inputs import read_set
+    from modelseal.data.folders import write_image_folder
+    from modelseal.models.diffusion import is_lora_folder, load_t2i
+
+    if not folder.is_dir():
+        m = load_t2i(model_path, base="tiny:t2i") if is_lora_folder(model_path) else load_t2i(model_path)
+        write_image_folder(folder, m.sample([prompt] * k, seeds=list(range(k)), steps=30))
+    return read_set(folder, 32, folder.name)[0]
+
+
+def audit(model: str, folders: dict, prompt: str, out: Path, args) -> list[dict]:
+    from modelseal.audit.run import audit_command
+    from modelseal.config import AuditConfig
+
+    f = out / "results.json"
+    if not f.is_file():
+        cfg = AuditConfig(finetuned=model, prompt=prompt, members=folders["members"], holdout=folders["holdout"],
+                          steps=args.pgd_steps, seed=args.seed, evidence=False)
+        res = audit_command(cfg, out, "cpu", log=lambda m: None)
+        write_json(f, {"scores": res["scores"]})
+    return json.loads(f.read_text())["scores"]
+
+
+def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
+    from modelseal.audit.generated import Similarity, blackbox_scores, learned_fidelity
+    from modelseal.audit.inputs import read_set
+
+    sim = Similarity("ssim")
+    rows = {"tune": [], "held": []}
+    gain = {}
+    for s in TUNE + HELD:
+        prompt = subj[s][1]
+        gen = samples(model, prompt, args.k, args.out / "samples" / name / s)
+        pre = samples("tiny:t2i", prompt, args.k, args.out / "samples" / "pretrained" / s)
+        mem = read_set(folders[s]["members"], 32, "members")[0]
+        hold = read_set(folders[s]["holdout"], 32, "holdout")[0]
+        gain[s] = learned_fidelity(mem, gen, pre, sim)
+        bb = blackbox_scores(torch.cat([mem, hold]), gen, pre, sim)
+        gray = audit(model, folders[s], prompt, args.out / "audits" / name / s, args)
+        for i, r in enumerate(gray):
+            r.update(subject=s, bb_near=float(bb["near"][i]), bb_calibrated=float(bb["calibrated"][i]))
+        rows["tune" if s in TUNE else "held"] += gray
+    out = {"fidelity": {s: g["gain"] for s, g in gain.items()}}
+    for part in ("tune", "held"):
+        names = TUNE if part == "tune" else HELD
+        d = detection(rows[part])
+        labels = np.array([r["member"] for r in rows[part]], dtype=int)
+        for k in ("bb_near", "bb_calibrated"):
+            v = np.array([r[k] for r in rows[part]])
+            d[k] = {"auroc": stats.auroc(v, labels), "tpr_1": stats.tpr_at_fpr(v, labels, 0.01),
+                    "tpr_5": stats.tpr_at_fpr(v, labels, 0.05)}
+        d["fidelity_gain"] = float(np.mean([gain[s]["gain"] for s in names]))
+        out[part] = d
+    return out
+
+
+def markdown(table: dict, learned: float) -> str:
+    cols = SHOWN + ["bb_near", "bb_calibrated"]
+    head = ("| suspect | subjects | fidelity gain | learned | " + " | ".join(cols) + " |\n|---|---|---|---|"
+            + "---|" * len(cols) + "\n")
+    lines = []
+    for name, t in table.items():
+        for part in ("tune", "held"):
+            d = t[part]
+            lines.append(f"| {name} | {part} ({d['members']} / {d['images'] - d['members']}) | "
+                         f"{d['fidelity_gain']:+.3f} | {'yes' if d['fidelity_gain'] >= learned else 'no'} | "
+                         + " | ".join(f"{d[k]['auroc']:.3f} / {d[k]['tpr_1']:.2f}" for k in cols) + " |")
+    return (head + "\n".join(lines) + f"\n\ncells: pooled AUROC / TPR at 1 % FPR; learned: fidelity gain >= "
+            f"{learned:.3f} (half of dreambooth-200's on the tune subjects); bb_*: the black-box audit\n")
+
+
+def plot(table: dict, learned: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, part in zip(axes, ("tune", "held")):
+        for j, k in enumerate(["combined", "pia", "pia-calibrated", "calibrated", "bb_calibrated"]):
+            xs = [t[part]["fidelity_gain"] for t in table.values()]
+            ys = [t[part][k]["auroc"] for t in table.values()]
+            ax.scatter(xs, ys, s=18, color=f"C{j}", label=k)
+        ax.axvline(learned, color="0.5", ls=":", lw=1)
+        ax.axhline(0.9, color="0.5", ls="--", lw=0.8)
+        ax.set_title(f"{part} subjects")
+        ax.set_xlabel("learned fidelity gain (nearest-member SSIM, suspect - pretrained)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AUROC (members vs hold-out)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "dreambooth")
+    ap.add_argument("--grid", choices=list(GRIDS), default="full")
+    ap.add_argument("--suspects", nargs="+", help="only these (names as in the table)")
+    ap.add_argument("--pgd-steps", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=16, help="samples per subject and model")
+    ap.add_argument("--ft-scale", type=float, default=1.0, help="multiply every suspect's steps (smoke runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    subj = subjects(args.photos, 32, TUNE + HELD)
+    folders = {n: write_subject(im, args.out / "data" / n) for n, (im, _, _) in subj.items()}
+    names = TUNE + HELD
+    n_mem = captioned_folder([(p, subj[n][1]) for n in names for p in sorted(folders[n]["members"].iterdir())],
+                             args.out / "data" / "train") if not (args.out / "data" / "train").is_dir() else \
+        len(list((args.out / "data" / "train").glob("*.png")))
+    if not (args.out / "data" / "null-train").is_dir():
+        others = subjects(args.photos, 32, NULL_SUBJECTS)
+        items = []
+        for j, o in enumerate(NULL_SUBJECTS):
+            f = write_subject(others[o][0], args.out / "data" / "null" / o)
+            items += [(p, subj[names[j % len(names)]][1]) for p in sorted(f["members"].iterdir())]
+        captioned_folder(items, args.out / "data" / "null-train")
+    n_null = len(list((args.out / "data" / "null-train").glob("*.png")))
+    specs = suspect_specs(args.grid)
+    order = ["dreambooth-200"] + [n for n in specs if n != "dreambooth-200"]
+    order = [n for n in order if not args.suspects or n in args.suspects or n == "dreambooth-200"]
+    table = {}
+    for name in order:
+        null = name == "null"
+        model = train(specs[name], args.out / "data" / ("null-train" if null else "train"), n_null if null else n_mem,
+                      args.out / "suspects" / name, args.seed, args.ft_scale)
+        table[name] = measure(name, model, subj, folders, args)
+        t = table[name]
+        print(f"[lora] {name}: fidelity gain tune {t['tune']['fidelity_gain']:+.3f} held {t['held']['fidelity_gain']:+.3f}"
+              "; held AUROC " + ", ".join(f"{k} {t['held'][k]['auroc']:.3f}" for k in SHOWN + ["bb_calibrated"]),
+              flush=True)
+        write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "table": table})
+    learned = 0.5 * table["dreambooth-200"]["tune"]["fidelity_gain"]
+    md = markdown(table, learned)
+    atomic_write_text(args.out / "table.md", md)
+    plot(table, learned, args.out / "fidelity.png")
+    print(md)
+    print(f"[lora] {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
