@@ -179,11 +179,20 @@ def test_lora_suspect_runs_as_one_model(tmp_path, capsys):
     assert pre is ft and pre.has_adapter
     j, g = _contrast_and_grad(pre, ft, "shared")
     assert j.abs().max() > 0  # the adapter is on for L_ft and off for L_pre
+    # PIA of the pretrained model is the LoRA model with its adapter off: the base model's own, exactly
+    from modelseal.audit.baselines import pia_scores
+
+    x = torch.from_numpy(builtin_subject("mnist/5")[:3]).permute(0, 3, 1, 2).float() / 255
+    base = load_t2i("tiny:t2i")
+    off, on = pia_scores(pre, x, ["a sks digit"] * 3, suspect=False), pia_scores(pre, x, ["a sks digit"] * 3)
+    assert torch.allclose(off, pia_scores(base, x, ["a sks digit"] * 3), atol=1e-5) and not torch.allclose(off, on)
     code, stdout, err = run_cli(["audit", "--finetuned", str(tmp_path / "lora" / "model"), "--members",
                                  str(f["members"]), "--holdout", str(f["holdout"]), "--steps", "3",
                                  "--out", str(tmp_path / "a"), "--json"], capsys)
     assert code == 0, err
-    assert json.loads(stdout)["suspect_kind"] == "lora"
+    res = json.loads(stdout)
+    assert res["suspect_kind"] == "lora"
+    assert all(r["score_pia_calibrated"] == pytest.approx(r["PIA_ft"] - r["PIA_pre"]) for r in res["scores"])
 
 
 @pytest.mark.slow
