@@ -26,6 +26,10 @@ pia-calibrated, loss, CLiD) and of the black-box audit (`--generated`: the same 
 nearest-image SSIM, minus the nearest pretrained sample's with the pretrained samples as
 --neutral). Writes OUT/table.json, OUT/table.md and OUT/fidelity.png; every fine-tune,
 sample set and audit is kept under OUT and skipped when rerun.
+
+--cost-suspect NAME adds the cost table: that suspect audited at each of --cost-steps PGD steps
+(one MC sample) and at a quarter of --pgd-steps with 4 MC samples (equal cost), AUROC of cgi-dm
+and combined against the UNet evaluations per image (OUT/cost.json, OUT/cost.md).
 """
 from __future__ import annotations
 
@@ -142,6 +146,51 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
     return out
 
 
+def unet_evals(pgd_steps: int, mc: int = 1, loss_samples: int = 32) -> int:
+    """UNet evaluations per audited image: PGD (forward + backward through both models per MC
+    sample, counted as 2 x 2 passes), the paired losses (2 per draw) and PIA (2 per model)."""
+    return 4 * pgd_steps * mc + 2 * loss_samples + 4
+
+
+def cost(name: str, model: str, subj: dict, folders: dict, args) -> dict:
+    """The same suspect audited at each PGD budget (one MC sample; and 4 MC samples at a quarter
+    of the steps): AUROC / TPR of cgi-dm and combined, pooled per part, beside the UNet
+    evaluations per image."""
+    from modelseal.audit.run import audit_command
+    from modelseal.config import AuditConfig
+
+    out = {}
+    budgets = [(n, 1) for n in args.cost_steps] + [(max(1, args.pgd_steps // 4), 4)]
+    for steps, mc in budgets:
+        key = f"{steps}x{mc}"
+        rows = {"tune": [], "held": []}
+        for s in TUNE + HELD:
+            f = args.out / "cost" / name / key / s / "results.json"
+            if not f.is_file():
+                cfg = AuditConfig(finetuned=model, prompt=subj[s][1], members=folders[s]["members"],
+                                  holdout=folders[s]["holdout"], steps=steps, mc_samples=mc, seed=args.seed,
+                                  evidence=False)
+                res = audit_command(cfg, f.parent, "cpu", log=lambda m: None)
+                write_json(f, {"scores": res["scores"], "seconds_per_image": res["seconds_per_image"]})
+            saved = json.loads(f.read_text())
+            rows["tune" if s in TUNE else "held"] += saved["scores"]
+        out[key] = {"pgd_steps": steps, "mc_samples": mc, "unet_evals": unet_evals(steps, mc),
+                    **{part: {k: detection(r)[k] for k in ("cgi-dm", "combined")} for part, r in rows.items()}}
+        print(f"[lora] cost {name} {key}: held cgi-dm {out[key]['held']['cgi-dm']['auroc']:.3f}, combined "
+              f"{out[key]['held']['combined']['auroc']:.3f}", flush=True)
+    return out
+
+
+def cost_markdown(c: dict) -> str:
+    lines = ["| PGD steps x MC samples | UNet evaluations per image | tune: cgi-dm | tune: combined | held: cgi-dm "
+             "| held: combined |", "|---|---|---|---|---|---|"]
+    for key, r in c.items():
+        lines.append(f"| {r['pgd_steps']} x {r['mc_samples']} | {r['unet_evals']} | " + " | ".join(
+            f"{r[p][k]['auroc']:.3f} / {r[p][k]['tpr_1']:.2f}" for p in ("tune", "held") for k in ("cgi-dm", "combined"))
+            + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(table: dict, learned: float) -> str:
     cols = SHOWN + ["bb_near", "bb_calibrated"]
     head = ("| suspect | subjects | fidelity gain | learned | " + " | ".join(cols) + " |\n|---|---|---|---|"
@@ -191,6 +240,8 @@ def main() -> None:
     ap.add_argument("--pgd-steps", type=int, default=1000)
     ap.add_argument("--k", type=int, default=16, help="samples per subject and model")
     ap.add_argument("--ft-scale", type=float, default=1.0, help="multiply every suspect's steps (smoke runs)")
+    ap.add_argument("--cost-suspect", help="also audit this suspect at each of --cost-steps (the cost table)")
+    ap.add_argument("--cost-steps", nargs="+", type=int, default=[25, 50, 100, 250])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -228,6 +279,11 @@ def main() -> None:
     atomic_write_text(args.out / "table.md", md)
     plot(table, learned, args.out / "fidelity.png")
     print(md)
+    if args.cost_suspect:
+        c = cost(args.cost_suspect, str(args.out / "suspects" / args.cost_suspect / "model"), subj, folders, args)
+        write_json(args.out / "cost.json", c)
+        atomic_write_text(args.out / "cost.md", cost_markdown(c))
+        print(cost_markdown(c))
     print(f"[lora] {time.time() - t0:.0f} s")
 
 
