@@ -495,7 +495,8 @@ def test_audit_progress_lines_and_resume_go_to_a_piped_stderr(tmp_path, capsys, 
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     for words in ("CGI-DM: members batch 1/1, PGD step 1/2", "CGI-DM: holdout batch 1/1, PGD step 2/2",
-                  "loss scores, members: draw 2/2", "baselines: CLiD 4/4 images", "baselines: PIA 4/4 images"):
+                  "loss scores, members: draw 2/2", "baselines: CLiD 4/4 images", "PIA: pretrained 4/4 images",
+                  "PIA: suspect 4/4 images"):
         assert words in err, (words, err)
     assert "Loading weights" not in err and "resuming" not in err
     next(iter((tmp_path / "r" / "cache").glob("holdout-*/batch0000.safetensors"))).unlink()
