@@ -230,7 +230,9 @@ def run_audit(config=None, /, *, out: str | Path, device: str = "auto", overwrit
     copy of each image by PGD on the contrast of the fine-tuned and pretrained models'
     gradients; results ``auroc``, ``tpr_at_fpr``, per-image ``scores`` (evaluation mode) or
     ``set_p_value``, ``set_verdict`` and per-image verdicts (audit mode), with the evidence
-    pictures. Options: :class:`~modelseal.config.AuditConfig`."""
+    pictures. With ``generated=`` instead of ``finetuned=``, the black-box audit: each image
+    against the images the suspect's service returned. Options:
+    :class:`~modelseal.config.AuditConfig`."""
     from .audit.run import audit_command
 
     return execute("audit", config, options, lambda cfg, path, dev, log: audit_command(cfg, path, dev, log=log),
