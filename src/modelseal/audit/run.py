@@ -9,6 +9,9 @@ Two modes:
               in training), and per image a conformal p-value against the calibration
               images with a verdict under the stated control (Benjamini-Hochberg by default)
 
+With --generated instead of --finetuned the audit is black-box (audit/blackbox.py): the same
+modes and verdicts from the images the suspect's service returned.
+
 Work is cached per image batch under OUT/cache, keyed by the models and options, so an
 interrupted audit resumes where it stopped.
 """
