@@ -75,8 +75,8 @@ def train(spec: dict, data: Path, n_images: int, out: Path, seed: int, scale: fl
     from modelseal.config import FinetuneConfig
 
     target = out / "model"
-    if (out / "results.json").is_file():
-        return str(target)
+    if (target / "model_index.json").is_file() or (target / "pytorch_lora_weights.safetensors").is_file():
+        return str(target)  # trained before (finetune_command writes the model last)
     spec = dict(spec)
     per_image = spec.pop("per_image", None)
     steps = spec.pop("steps", None) or round(n_images * per_image / BATCH)
