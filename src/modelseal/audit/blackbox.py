@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from .. import stats
+from ..data.folders import list_images, load_image
 from ..errors import InputError
-from .decision import audit_mode_result, audit_summary, calibration_note
+from .decision import audit_mode_result, detection_scores
 from .evidence import roc_figure_file, write_report, write_strips
 from .generated import Similarity, blackbox_scores
 from .inputs import check_sets, read_set, read_sets
@@ -41,8 +42,6 @@ def _check_folders(cfg) -> None:
 
 def _side(folder: Path) -> int:
     """The side of the first generated image: the size every set is read at by default."""
-    from ..data.folders import list_images, load_image
-
     return int(min(load_image(list_images(folder)[0], None).shape[:2]))
 
 
@@ -92,8 +91,7 @@ def blackbox_command(cfg, out: Path, mode: str, device: str, log=print) -> dict:
         decision = {"near": sc["near"].double().numpy()}
         if neu_x is not None:
             decision["near-calibrated"] = primary
-        res["decision_scores"] = {k: {"auroc": stats.auroc(v, labels), "tpr_at_fpr": {
-            stats.fpr_key(f): stats.tpr_at_fpr(v, labels, f) for f in (0.01, 0.05)}} for k, v in decision.items()}
+        res["decision_scores"] = detection_scores(decision, labels)
         res["scores"] = [{"image": n, "member": bool(y), "score": float(s), "evidence": e, **row(i)}
                          for i, (n, y, s, e) in enumerate(zip(names, labels, primary, evidence))]
         roc_figure_file(out, {k + (" (decides)" if k == score else ""): v for k, v in decision.items()}, labels)
@@ -101,11 +99,6 @@ def blackbox_command(cfg, out: Path, mode: str, device: str, log=print) -> dict:
     else:
         n_img = len(sets["images"][0])
         res.update(audit_mode_result(names, primary, n_img, cfg.alpha, cfg.control, cfg.seed, evidence,
-                                     [row(i) for i in range(len(names))]))
-        for line in audit_summary(res):
-            log(line)
-        note = calibration_note(res["n_calibration"], n_img, cfg.alpha, cfg.control)
-        if note:
-            log(note)
+                                     [row(i) for i in range(len(names))], log))
     write_report(out, res)
     return res

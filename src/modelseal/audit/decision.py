@@ -81,10 +81,17 @@ def audit_summary(res: dict) -> list[str]:
     return lines
 
 
+def detection_scores(decision: dict[str, np.ndarray], labels) -> dict[str, dict]:
+    """Evaluation mode: AUROC and TPR at 1 % / 5 % FPR of every decision statistic."""
+    return {k: {"auroc": stats.auroc(v, labels), "tpr_at_fpr": {
+        stats.fpr_key(f): stats.tpr_at_fpr(v, labels, f) for f in (0.01, 0.05)}} for k, v in decision.items()}
+
+
 def audit_mode_result(names: list[str], primary, n_img: int, alpha: float, control: str, seed: int,
-                      evidence: list, extra_rows: list[dict]) -> dict:
+                      evidence: list, extra_rows: list[dict], log=print) -> dict:
     """Audit mode's part of results.json: the collection's verdict and, per image (the first
-    n_img audited, the rest calibration), its p-value and verdict beside `extra_rows[i]`."""
+    n_img audited, the rest calibration), its p-value and verdict beside `extra_rows[i]`; the
+    verdict (audit_summary) and, if too few calibration images, a note go to `log`."""
     calib = primary[n_img:]
     d = audit_decisions(primary[:n_img], calib, alpha, control, seed)
     rows = []
@@ -94,12 +101,18 @@ def audit_mode_result(names: list[str], primary, n_img: int, alpha: float, contr
                      "p_value": float(d["p_values"][i]) if test else None,
                      "verdict": ("member" if d["member"][i] else "not shown") if test else None,
                      "evidence": evidence[i], **extra_rows[i]})
-    return {"alpha": alpha, "control": control, "control_note": stats.CONTROLS[control],
-            "set_p_value": d["set_p_value"], "set_test": d["set_test"],
-            "set_verdict": "used" if d["set_used"] else "not shown to be used",
-            "members_found": int(d["member"].sum()), "members_uncontrolled": int(d["uncontrolled"].sum()),
-            "threshold": stats.calibrate_threshold(calib, alpha), "n_images": n_img,
-            "n_calibration": len(calib), "scores": rows}
+    res = {"alpha": alpha, "control": control, "control_note": stats.CONTROLS[control],
+           "set_p_value": d["set_p_value"], "set_test": d["set_test"],
+           "set_verdict": "used" if d["set_used"] else "not shown to be used",
+           "members_found": int(d["member"].sum()), "members_uncontrolled": int(d["uncontrolled"].sum()),
+           "threshold": stats.calibrate_threshold(calib, alpha), "n_images": n_img,
+           "n_calibration": len(calib), "scores": rows}
+    for line in audit_summary(res):
+        log(line)
+    note = calibration_note(len(calib), n_img, alpha, control)
+    if note:
+        log(note)
+    return res
 
 
 def calibration_note(n_calib: int, n_img: int, alpha: float, control: str) -> str | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data.folders import check_disjoint, read_image_folder
@@ -47,15 +46,10 @@ def check_sets(cfg, mode: str, **more) -> None:
                        "test: keep each image in one folder")
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (n, H, W, 3) -> float (n, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-
-
 def read_set(folder: Path, size: int, role: str) -> tuple[torch.Tensor, list[str]]:
     """(images, names 'role/file') of an image folder at side `size`."""
     s = read_image_folder(folder, size, name=role)
-    return to_tensor(s.images), [f"{role}/{n}" for n in s.names]
+    return s.tensor(), [f"{role}/{n}" for n in s.names]
 
 
 def read_sets(cfg, mode: str, size: int) -> dict[str, tuple[torch.Tensor, list[str]]]:

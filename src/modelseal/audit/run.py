@@ -32,7 +32,7 @@ from ..models.diffusion import DTYPES, T2IModel, is_lora_folder, load_t2i
 from ..runs import atomic_path
 from .baselines import clid_terms, clid_th, loss_scores, paired_losses, pia_scores
 from .blackbox import blackbox_command
-from .decision import audit_mode_result, audit_summary, calibration_note, decision_scores
+from .decision import audit_mode_result, decision_scores, detection_scores
 from .evidence import roc_figure_file, write_evidence, write_report
 from .inversion import invert
 from .inputs import check_mode, check_sets, read_sets
@@ -277,8 +277,7 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
         res.update(stats.summarize_audit(primary, labels, seed=cfg.seed))
         res["accuracy_crossfit"] = stats.crossfit_accuracy(primary, labels, seed=cfg.seed)
         res["metrics"] = {m: stats.auroc(v, labels) for m, v in metric_vals.items()}
-        res["decision_scores"] = {k: {"auroc": stats.auroc(v, labels), "tpr_at_fpr": {
-            stats.fpr_key(f): stats.tpr_at_fpr(v, labels, f) for f in (0.01, 0.05)}} for k, v in decision.items()}
+        res["decision_scores"] = detection_scores(decision, labels)
         base = {k: stats.auroc(v.numpy(), labels) for k, v in loss_scores(l_pre, l_ft).items()}
         extra, raw = _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log)
         base.update(extra)
@@ -291,12 +290,7 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     else:
         n_img = len(sets["images"][0])
         res.update(audit_mode_result(names, primary, n_img, cfg.alpha, cfg.control, cfg.seed, evidence,
-                                     [row(i) for i in range(len(names))]))
-        for line in audit_summary(res):
-            log(line)
-        note = calibration_note(res["n_calibration"], n_img, cfg.alpha, cfg.control)
-        if note:
-            log(note)
+                                     [row(i) for i in range(len(names))], log))
     write_report(out, res)
     return res
 
