@@ -1,13 +1,15 @@
-"""The lock under attack: NTLBench's table for the four lock methods (IP-CLIP, NTL, CUTI, SL)
-and the attack families of `modelseal lock attack`, each beside the from-backbone attacker
-(the same data and steps spent on the public CLIP), on two domain pairs:
+"""The lock under attack: NTLBench's table for the lock methods (IP-CLIP, NTL, CUTI, SL, and our
+IP-CLIP hardened against the disguise) and the attack families of `modelseal lock attack`, each
+beside the from-backbone attacker (the same data and steps spent on the public CLIP), on domain
+pairs:
 
-  digits   mnist licensed, mnist-m refused (built-in; the pair the lock's settings were chosen on)
-  folders  syn licensed, uci refused, both written as root/<class>/<image> folders (held out:
-           no lock or attack setting was chosen on them)
+  digits     mnist licensed, mnist-m refused (built-in; the pair the lock's settings were chosen on)
+  folders    syn licensed, uci refused, both written as root/<class>/<image> folders (held out:
+             no lock or attack setting was chosen on them; the hardening was developed on it)
+  mnist-syn  mnist licensed, syn refused (built-in; no hardening setting was chosen on it)
 
-Per pair: `lock train` for ip-clip (its SL reference is the supervised checkpoint), ntl and
-cuti; then `lock attack` for every (method, attack); then the stamp: an IP-CLIP ownership lock
+Per pair: `lock train` for ip-clip (its SL reference is the supervised checkpoint), ntl,
+cuti and ip-clip --harden disguise; then `lock attack` for every (method, attack); then the stamp: an IP-CLIP ownership lock
 under stamp-removal (its SL reference beside it) and an authorization lock under
 stamp-forgery. The from-backbone attacker does not
 depend on the lock, so it runs once per attack (with the SL checkpoint's run) and is shared.
@@ -30,7 +32,13 @@ from pathlib import Path
 
 from modelseal.runs import git_sha
 
-METHODS = ["ip-clip", "ntl", "cuti", "supervised"]
+METHODS = ["ip-clip", "ntl", "cuti", "ip-clip-hardened", "supervised"]
+# lock train options per method (the hardened lock: ours, `--harden disguise`)
+TRAIN_ARGS = {"ip-clip": ["--method", "ip-clip"], "ntl": ["--method", "ntl"], "cuti": ["--method", "cuti"],
+              "ip-clip-hardened": ["--method", "ip-clip", "--harden", "disguise"]}
+# the pairs: (licensed, refused); folders are written from the built-in digits
+PAIRS = {"digits": ("builtin:digits/mnist", "builtin:digits/mnist-m"), "folders": None,
+         "mnist-syn": ("builtin:digits/mnist", "builtin:digits/syn")}
 ATTACKS = ["target-finetune", "source-finetune", "transntl", "shot", "disguise"]
 # unlabeled images are cheap: the budget of the attacks that need no labels is larger
 UNLABELED_FRACTIONS = [0.1, 0.25, 1.0]
@@ -71,10 +79,10 @@ def folder_pair(root: Path) -> tuple[str, str]:
 def pair_runs(out: Path, authorized: str, unauthorized: str, args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     lock = {}
-    for method in ("ip-clip", "ntl", "cuti"):
+    for method in dict.fromkeys(["ip-clip"] + [m for m in args.methods if m != "supervised"]):
         folder = out / f"lock-{method}"
         if not (folder / "results.json").is_file():
-            modelseal("lock", "train", "--out", str(folder), "--method", method, "--authorized", authorized,
+            modelseal("lock", "train", "--out", str(folder), *TRAIN_ARGS[method], "--authorized", authorized,
                       "--unauthorized", unauthorized, "--eval-limit", str(args.eval_limit))
         lock[method] = folder / "checkpoint"
     lock["supervised"] = out / "lock-ip-clip" / "checkpoint-sl"
@@ -161,7 +169,8 @@ def table(runs: dict) -> list[str]:
     return lines
 
 
-NAMES = {"ip-clip": "IP-CLIP", "ntl": "NTL", "cuti": "CUTI", "supervised": "SL"}
+NAMES = {"ip-clip": "IP-CLIP", "ntl": "NTL", "cuti": "CUTI", "ip-clip-hardened": "IP-CLIP hardened (ours)",
+         "supervised": "SL"}
 
 
 def method_rows(results: dict) -> list[str]:
@@ -231,7 +240,8 @@ def figure(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--pairs", nargs="+", default=["digits", "folders"], choices=["digits", "folders"])
+    ap.add_argument("--pairs", nargs="+", default=["digits", "folders"], choices=list(PAIRS),
+                    help="mnist-syn: the pair no hardening setting was chosen on")
     ap.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
                     help="the last one also runs the from-backbone attacker")
@@ -244,10 +254,7 @@ def main() -> None:
     t0 = time.time()
     results, stamps = {}, {}
     for pair in args.pairs:
-        if pair == "digits":
-            a, u = "builtin:digits/mnist", "builtin:digits/mnist-m"
-        else:
-            a, u = folder_pair(args.out / "folders-data")
+        a, u = PAIRS[pair] or folder_pair(args.out / "folders-data")
         results[pair] = pair_runs(args.out / pair, a, u, args)
         if not args.no_stamps:
             stamps[pair] = stamp_runs(args.out / pair, a, args)

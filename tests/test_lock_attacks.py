@@ -168,3 +168,33 @@ def test_bad_attack_input_exits_2_with_one_line(tmp_path, capsys):
                           capsys)
     assert code == 2
     assert not (tmp_path / "c" / "results.json").exists()
+
+
+def test_hardening_needs_a_target_specified_lock(tmp_path, capsys):
+    code, err = exit_code(["lock", "train", "--out", str(tmp_path / "h"), "--scenario", "ownership", "--harden",
+                           "disguise"], capsys)
+    assert code == 2 and "--harden disguise" in err and "target-specified" in err
+    assert not (tmp_path / "h" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_hardening_makes_the_disguise_fail_where_it_unlocks_the_papers_lock(tmp_path, capsys):
+    """syn licensed, uci refused, small: the disguise unlocks the paper's lock; after
+    `--harden disguise` a fresh disguise (another seed than the owner's rounds) does not, and
+    the licensed accuracy stays."""
+    common = ["--authorized", "builtin:digits/syn", "--unauthorized", "builtin:digits/uci", "--steps", "150",
+              "--train-limit", "600", "--eval-limit", "300"]
+    acc = {}
+    for name, extra in (("paper", []), ("hardened", ["--harden", "disguise", "--harden-rounds", "2"])):
+        res = cli(["lock", "train", "--out", str(tmp_path / name), *common, *extra], capsys)
+        att = cli(["lock", "attack", "--out", str(tmp_path / f"{name}-disguise"), "--checkpoint",
+                   str(tmp_path / name / "checkpoint"), "--attack", "disguise", "--fractions", "1", "--steps", "100",
+                   "--no-backbone", *common[:4], "--eval-limit", "300"], capsys)
+        acc[name] = (res["accuracy"]["syn"], res["accuracy"]["uci"], att["points"][0]["checkpoint"]["unauthorized"])
+        if name == "hardened":
+            assert [r["round"] for r in res["harden"]] == [1, 2]
+    (p_syn, p_uci, p_dis), (h_syn, h_uci, h_dis) = acc["paper"], acc["hardened"]
+    assert p_uci <= 25 and h_uci <= 25, acc  # both locked as released
+    assert p_dis >= 60, acc  # the disguise unlocks the paper's lock
+    assert h_dis <= p_dis - 30, acc  # and not the hardened one
+    assert h_syn >= p_syn - 5, acc  # the licence kept

@@ -87,3 +87,23 @@ def test_checkpointed_text_chunks_give_the_same_features_and_gradients():
         out.append((feats.detach(), [p.grad.clone() for p in model.projector.parameters() if p.grad is not None]))
     torch.testing.assert_close(out[1][0], out[0][0])
     assert out[0][1] and all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(out[0][1], out[1][1]))
+
+
+def test_reading_the_feature_starts_as_the_papers_projector_and_then_reads_content(clip):
+    """read_feature adds a zero-initialised map of the final feature to the domain tokens: the
+    same state gives the paper's prompts until that map is trained; then images with the same
+    block statistics but another feature get other prompts."""
+    torch.manual_seed(2)
+    paper = IPCLIP(clip, CLASSES, ProjectorConfig())
+    ours = IPCLIP(clip, CLASSES, ProjectorConfig(read_feature=True))
+    missing, unexpected = ours.load_state_dict(paper.state_dict(), strict=False)
+    assert not unexpected and {k for k in missing if not k.startswith("clip.")} == \
+        {"projector.feature.weight", "projector.feature.bias"}
+    frozen = frozen_features(clip, torch.rand(3, 3, 32, 32))
+    torch.testing.assert_close(ours(frozen)[0], paper(frozen)[0])
+    torch.nn.init.normal_(ours.projector.feature.weight, std=0.5)
+    moved = dict(frozen, feat=frozen["feat"].flip(0))  # statistics kept, features swapped
+    assert (ours(moved)[0] - ours(frozen)[0]).abs().max() > 1e-3
+    torch.testing.assert_close(paper(moved)[1], paper(frozen)[1])  # the paper's prompts ignore it
+    with pytest.raises(ValueError, match="feat"):
+        ours.projector(frozen["mu"], frozen["sigma"])

@@ -171,6 +171,16 @@ class LockTrainOptions(Strict):
                                   json_schema_extra=flag("--train-attention/--frozen-attention"))
     n_image_tokens: int = Field(4, ge=1, description="image-conditioned prompt tokens")
     shared_image_tokens: bool = Field(True, description="one image token set shared by all classes")
+    read_feature: bool = Field(False, description="ours, not the paper's: the domain tokens also read the image's "
+                               "final feature (--harden turns it on)",
+                               json_schema_extra=flag("--read-feature/--statistics-only"))
+    harden: Literal["none", "disguise"] = Field(
+        "none", description="ours, not the paper's (target-specified only): none (the paper's lock) or disguise: "
+        "after training, rounds of fitting the input disguise attack (lock attack --attack disguise) against the "
+        "lock and training on the disguised unauthorized images, with --read-feature")
+    harden_rounds: int = Field(3, ge=1, description="--harden: rounds of disguise then lock training")
+    harden_steps: int = Field(100, ge=1, description="--harden: lock training steps per round (at half --lr)")
+    harden_disguise_steps: int = Field(100, ge=1, description="--harden: steps of each round's disguise")
     text_chunk: int | None = Field(None, ge=1, description="images per checkpointed text-encoder chunk: trades "
                                    "one more text pass for memory (big backbones, many classes)")
     bank_k: int = Field(5, ge=1, description="IP-CLIP: the most confident images per class whose mean "
@@ -288,7 +298,8 @@ class FinetuneOptions(Strict):
     batch_size: int = Field(4, ge=1, description="batch size")
     rank: int = Field(8, ge=1, description="LoRA rank")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (default: the rank)")
-    train_text_encoder: bool = Field(False, description="DreamBooth: train the text encoder too",
+    train_text_encoder: bool = Field(False, description="DreamBooth: train the text encoder too; LoRA: adapters on "
+                                     "the text encoder too",
                                      json_schema_extra=flag("--train-text-encoder/--frozen-text-encoder"))
     class_prompt: str | None = Field(None, description="DreamBooth prior preservation: the class prompt, e.g. 'a dog'")
     class_images: int = Field(50, ge=1, description="DreamBooth: prior-preservation images to generate")

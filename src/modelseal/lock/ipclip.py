@@ -28,6 +28,10 @@ class ProjectorConfig:
     domain_repeat: int = 2
     domain_hidden: int = 256
     eps: float = 1e-6
+    # Ours, not the paper's: the domain tokens also read the image's final feature (a
+    # zero-initialised linear map added to each), so the lock can refuse inputs whose block
+    # statistics were made to look licensed while their content did not move (a disguise).
+    read_feature: bool = False
 
 
 def block_statistics(blocks: list[torch.Tensor], eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,10 +59,15 @@ def frozen_features(clip: CLIPBundle, images: torch.Tensor, batch_size: int = 25
 class IPProjector(nn.Module):
     """Maps block statistics to domain (style) tokens and image (content) tokens."""
 
-    def __init__(self, n_layers: int, vis_width: int, txt_width: int, cfg: ProjectorConfig | None = None):
+    def __init__(self, n_layers: int, vis_width: int, txt_width: int, cfg: ProjectorConfig | None = None,
+                 feat_dim: int | None = None):
         super().__init__()
         self.cfg = cfg or ProjectorConfig()
         c = self.cfg
+        if c.read_feature:
+            self.feature = nn.Linear(feat_dim or txt_width, txt_width)
+            nn.init.zeros_(self.feature.weight)
+            nn.init.zeros_(self.feature.bias)
         self.domain = nn.ModuleList(
             nn.Sequential(nn.Linear(vis_width, c.domain_hidden), nn.Linear(c.domain_hidden, txt_width))
             for _ in range(n_layers))
@@ -70,10 +79,16 @@ class IPProjector(nn.Module):
     def n_context(self) -> int:
         return len(self.domain) * self.cfg.domain_repeat + self.cfg.n_image_tokens
 
-    def forward(self, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu, sigma (B, L, W) -> domain tokens (B, L, D), image tokens (B, n, D)."""
+    def forward(self, mu: torch.Tensor, sigma: torch.Tensor,
+                feat: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, sigma (B, L, W) [, feat (B, dim) where the config reads it] -> domain tokens
+        (B, L, D), image tokens (B, n, D)."""
         style = (mu + sigma) / 2
         dom = torch.stack([proj(style[:, l]) for l, proj in enumerate(self.domain)], dim=1)
+        if self.cfg.read_feature:
+            if feat is None:
+                raise ValueError("this projector reads the image feature: pass feat")
+            dom = dom + self.feature(feat.to(dom.dtype)).unsqueeze(1)
         per_layer = torch.stack([proj(mu[:, l]) for l, proj in enumerate(self.content)], dim=1)  # (B, L, D)
         mixed = [m(per_layer.transpose(1, 2)).transpose(1, 2) for m in self.mix]  # each (B, 1, D)
         if self.cfg.shared_image_tokens:
@@ -82,9 +97,10 @@ class IPProjector(nn.Module):
             img = torch.cat(mixed, dim=1)
         return dom, img
 
-    def context(self, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def context(self, mu: torch.Tensor, sigma: torch.Tensor,
+                feat: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The learned prompt context (B, n_context, D) and the domain tokens."""
-        dom, img = self(mu, sigma)
+        dom, img = self(mu, sigma, feat)
         return torch.cat([dom.repeat(1, self.cfg.domain_repeat, 1), img], dim=1), dom
 
 
@@ -140,7 +156,8 @@ class IPCLIP(nn.Module):
         self.clip = clip
         self.class_names = list(class_names)
         vc, tc = clip.model.config.vision_config, clip.model.config.text_config
-        self.projector = IPProjector(vc.num_hidden_layers, vc.hidden_size, tc.hidden_size, cfg)
+        self.projector = IPProjector(vc.num_hidden_layers, vc.hidden_size, tc.hidden_size, cfg,
+                                     clip.model.config.projection_dim)
         self.prompts = ClassPrompts(clip, class_names, self.projector.n_context)
         # Images per checkpointed text-encoder chunk while training (None: one pass, all kept
         # for backward). Activations grow as images x classes; chunks keep that to one chunk's,
@@ -152,10 +169,11 @@ class IPCLIP(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.model.logit_scale.exp().float()
 
-    def text_features(self, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_features(self, mu: torch.Tensor, sigma: torch.Tensor,
+                      feat: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, dim) normalised text features, one set per image, in ONE text-encoder pass;
         and the domain tokens (B, L, D)."""
-        ctx, dom = self.projector.context(mu, sigma)
+        ctx, dom = self.projector.context(mu, sigma, feat)
         emb, eos = self.prompts.embeddings(ctx.to(self.clip.model.dtype))
         step = (self.text_chunk or 0) * len(self.class_names)
         if step and torch.is_grad_enabled() and len(emb) > step:
@@ -167,10 +185,11 @@ class IPCLIP(nn.Module):
             feats = self.clip.text_features_from_embeddings(emb, eos).float()
         return feats.view(len(mu), len(self.class_names), -1), dom
 
-    def reference_text_features(self, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def reference_text_features(self, mu: torch.Tensor, sigma: torch.Tensor,
+                                feat: torch.Tensor | None = None) -> torch.Tensor:
         """The reference code's structure: one text-encoder pass per image and class, each
         padded to the encoder's full length (for benchmarks and equivalence tests)."""
-        ctx, _ = self.projector.context(mu, sigma)
+        ctx, _ = self.projector.context(mu, sigma, feat)
         max_pos = self.clip.model.config.text_config.max_position_embeddings
         out = torch.empty(len(mu), len(self.class_names), self.clip.model.config.projection_dim, device=mu.device)
         for i in range(len(mu)):
@@ -186,7 +205,7 @@ class IPCLIP(nn.Module):
         return self.logit_scale * torch.einsum("bd,bcd->bc", feat, text)
 
     def forward(self, frozen: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        text, dom = self.text_features(frozen["mu"], frozen["sigma"])
+        text, dom = self.text_features(frozen["mu"], frozen["sigma"], frozen["feat"])
         return self.logits(frozen["feat"], text), text, dom
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ from ..models.clip import ZERO_SHOT_TEMPLATES, load_clip
 from ..report.figures import bar_chart
 from ..runs import TrainingCheckpoint, atomic_write_bytes
 from .checkpoint import backbone_hash, load_lock_state, read_card, save_lock
+from .harden import harden_lock
 from .ipclip import ProjectorConfig, frozen_features
 from .metrics import lock_metrics, ownership_metric, ownership_test
 from .scenarios import Stamp, heavy_augment
@@ -80,6 +81,10 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     if same:
         raise InputError(f"--unauthorized '{same[0]}' is the --authorized domain '{cfg.authorized}': a lock cannot "
                          "keep a domain and refuse it", "give --unauthorized a domain other than the licensed one")
+    if cfg.harden != "none" and (cfg.scenario != "target-specified" or cfg.method == "supervised"):
+        raise InputError(f"--harden {cfg.harden} hardens a target-specified lock against the disguise of its "
+                         f"unauthorized domain; this run is a {cfg.scenario} / {cfg.method} one",
+                         "use --scenario target-specified with a locking --method, or --harden none")
     if cfg.scenario == "target-free" and not [e for e in (cfg.eval or []) if e != cfg.authorized]:
         raise InputError("the target-free scenario has no other domain to measure the lock on (D_u, W_ua)",
                          "add --eval SRC (e.g. --eval builtin:digits/mnist-m)")
@@ -153,6 +158,14 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
     else:
         model, history = train_lock(clip, classes, f_auth, y_a, f_unauth, y_u, cfg, templates, log=log,
                                     u_groups=u_groups, checkpoint=ck)
+    harden_ck = {}
+    if cfg.harden != "none":
+        def round_checkpoint(r: int) -> TrainingCheckpoint:
+            harden_ck[r] = TrainingCheckpoint.in_run(out, f"lock-harden{r}", f"lock:harden {r}", log, final=True)
+            return harden_ck[r]
+
+        model, res_harden = harden_lock(model, clip, classes, f_auth, y_a, f_unauth, y_u, u_groups, unauth_x, auth_x,
+                                        cfg, templates, lambda x: _features(clip, x, bs), round_checkpoint, log=log)
     acc = {n: round(accuracy(model.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     acc_sl = {n: round(accuracy(sl.ipclip, f, y), 2) for n, (f, y) in test_feats.items()}
     res = {"method": cfg.method, "scenario": cfg.scenario, "accuracy": acc, "accuracy_sl": acc_sl,
@@ -168,13 +181,15 @@ def train_command(cfg, out: Path, device: str, log=print) -> dict:
             "authorized": authorized, "unauthorized": unauthorized}
     save_lock(out / "checkpoint", model.trainable_state(), card)
     save_lock(out / "checkpoint-sl", sl.trainable_state(), {**card, "method": "supervised"})
-    ck_sl.remove()
-    ck.remove()
+    for c in [ck_sl, ck, *harden_ck.values()]:
+        c.remove()
     png = bar_chart({cfg.method: acc, "supervised (SL)": acc_sl}, ylabel="accuracy (%)",
                     title=f"lock: {cfg.scenario}, authorized {', '.join(authorized)}",
                     hline=res["chance"], hline_label="chance")
     atomic_write_bytes(out / "accuracy.png", png)
     res["history"] = history
+    if cfg.harden != "none":
+        res["harden"] = res_harden
     res["train_s"] = round(time.time() - t0, 1)
     res["processes"] = parallel.world_size()
     log(f"[lock] accuracy {acc} | SL {acc_sl} | W_ua {res['W_ua']:.2f}")

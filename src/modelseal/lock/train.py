@@ -23,7 +23,8 @@ METHODS = ("ip-clip", "supervised", "ntl", "cuti")
 
 def projector_config(opts: LockTrainOptions) -> ProjectorConfig:
     """The prompt learner's architecture the options ask for (a checkpoint's card records it)."""
-    return ProjectorConfig(n_image_tokens=opts.n_image_tokens, shared_image_tokens=opts.shared_image_tokens)
+    return ProjectorConfig(n_image_tokens=opts.n_image_tokens, shared_image_tokens=opts.shared_image_tokens,
+                           read_feature=opts.read_feature or opts.harden != "none")
 
 
 def _subset(frozen: dict, idx) -> dict:
@@ -60,7 +61,8 @@ class LockModel(torch.nn.Module):
 def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unauth: dict | None,
                y_u: torch.Tensor | None, cfg: LockTrainOptions, templates=("a photo of a {}.",), log=print,
                progress_every: int = 50, u_groups: torch.Tensor | None = None,
-               checkpoint: TrainingCheckpoint | None = None) -> tuple[LockModel, list[dict]]:
+               checkpoint: TrainingCheckpoint | None = None,
+               init: dict[str, torch.Tensor] | None = None) -> tuple[LockModel, list[dict]]:
     """auth / unauth: cached frozen features (mu, sigma, feat) with labels.
 
     u_groups (optional): the source of each unauthorized image. Batches then draw every
@@ -71,12 +73,16 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
     Under `accelerate launch` / `torchrun` every process draws its own batches (so the
     effective batch is batch_size x processes) and gradients are averaged (parallel.py).
     `checkpoint`: where the loop saves and resumes its state (runs.TrainingCheckpoint).
+    `init`: a trainable state (LockModel.trainable_state) to start from instead of the
+    initial prompts (a hardening round continues the lock it hardens).
     """
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 7919 * parallel.rank())
     model = LockModel(clip, class_names, projector_config(cfg), cfg.text_chunk)
+    if init is not None:
+        model.load_state_dict({k: v.clone() for k, v in init.items()}, strict=False)
     params = list(model.ipclip.projector.parameters())
     if cfg.method == "ip-clip":
         w = IPLossWeights.preset(cfg.weights)
