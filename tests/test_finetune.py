@@ -56,6 +56,37 @@ def test_lora_folder_round_trip(tmp_path, capsys):
     assert torch.allclose(off, base, atol=1e-5) and not torch.allclose(on, base, atol=1e-4)
 
 
+def test_text_encoder_lora_round_trips_and_switches_with_the_unets(tmp_path, capsys):
+    """--train-text-encoder with LoRA: adapters on the text encoder too, saved under
+    'text_encoder.' keys, loaded back; adapter(False) gives the base model's contexts and
+    PIA, adapter(True) the suspect's."""
+    from safetensors import safe_open
+
+    from modelseal.audit.baselines import paired_losses, pia_scores
+    from modelseal.models.diffusion import LORA_FILE
+
+    f = write_split(builtin_subject("mnist/5"), tmp_path / "d", {"members": 4})
+    code, out, err = run_cli(["finetune", "--method", "lora", "--train-text-encoder", "--data", str(f["members"]),
+                              "--prompt", "a sks digit", "--steps", "40", "--rank", "4", "--out", str(tmp_path / "r"),
+                              "--json"], capsys)
+    assert code == 0, err
+    folder = tmp_path / "r" / "model"
+    with safe_open(str(folder / LORA_FILE), "pt") as fh:
+        keys = list(fh.keys())
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    m, base = load_t2i(folder), load_t2i("tiny:t2i")
+    p = ["a sks digit"] * 3
+    want = base.encode_prompts(p)
+    assert torch.allclose(m.encode_prompts_as(p, False), want, atol=1e-5)
+    assert not torch.allclose(m.encode_prompts_as(p, True), want, atol=1e-4)
+    assert torch.allclose(m.encode_prompts(p), m.encode_prompts_as(p, True))  # on as loaded
+    x = _images(3)
+    assert torch.allclose(pia_scores(m, x, p, suspect=False), pia_scores(base, x, p), atol=1e-5)
+    l_pre, l_ft = paired_losses(m, m, x, p, samples=4)
+    b_pre, _ = paired_losses(base, base, x, p, samples=4)
+    assert torch.allclose(l_pre, b_pre, atol=1e-5) and not torch.allclose(l_pre, l_ft)
+
+
 def test_dreambooth_with_prior_preservation_writes_a_full_model(tmp_path, capsys):
     f = write_split(builtin_subject("mnist-m/3"), tmp_path / "d", {"members": 4})
     code, out, err = run_cli(["finetune", "--method", "dreambooth", "--data", str(f["members"]), "--prompt",

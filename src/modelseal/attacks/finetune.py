@@ -3,8 +3,9 @@
 Methods
   full        every UNet weight trains on a captioned set (text encoder frozen, as in SD
               fine-tuning scripts).
-  lora        low-rank adapters (peft) on the UNet attention projections; the base stays
-              untouched and is saved as a diffusers LoRA file.
+  lora        low-rank adapters (peft) on the UNet attention projections (and, with
+              train_text_encoder, on the text encoder's); the base stays untouched and is
+              saved as a diffusers LoRA file.
   dreambooth  full UNet (and optionally the text encoder) on a few images of one subject
               with an identifier prompt ("a sks dog"), optionally with prior preservation:
               images the pretrained model generates for the class prompt ("a dog") are
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from .. import parallel
 from ..config import FinetuneOptions
 from ..errors import InputError
-from ..models.diffusion import ADAPTER_NAME, T2IModel, latent_posterior
+from ..models.diffusion import ADAPTER_NAME, T2IModel, add_text_encoder_lora, latent_posterior
 from ..runs import TrainingCheckpoint
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -39,15 +40,24 @@ def default_lr(method: str, tiny: bool) -> float:
     return 1e-4 if tiny else 5e-6
 
 
-def add_lora(model: T2IModel, rank: int, alpha: float | None = None, seed: int = 0) -> list[torch.nn.Parameter]:
-    """LoRA adapters (peft) on every attention projection of the UNet; returns their weights."""
+def add_lora(model: T2IModel, rank: int, alpha: float | None = None, seed: int = 0,
+             text_encoder: bool = False) -> list[torch.nn.Parameter]:
+    """LoRA adapters (peft) on every attention projection of the UNet and, with
+    `text_encoder`, of the text encoder (diffusers' DreamBooth-LoRA --train_text_encoder);
+    returns their weights."""
     from peft import LoraConfig
 
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
-                     target_modules=list(LORA_TARGETS))
+    alpha = alpha if alpha is not None else rank
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
     model.unet.add_adapter(cfg, adapter_name=ADAPTER_NAME)
     params = [p for n, p in model.unet.named_parameters() if "lora_" in n]
+    if text_encoder:
+        if model.is_sdxl:
+            raise InputError("a text-encoder LoRA of an SDXL model is not supported",
+                             "leave out --train-text-encoder for an SDXL LoRA")
+        add_text_encoder_lora(model.text_encoder, rank, alpha)
+        params += [p for n, p in model.text_encoder.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
         p.data = p.data.float()
@@ -90,9 +100,9 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         prior_mean, prior_std = latent_posterior(model, prior)
         prior_caps = [opts.class_prompt] * len(prior)
 
-    train_te = opts.method == "dreambooth" and opts.train_text_encoder
+    train_te = opts.method in ("dreambooth", "lora") and opts.train_text_encoder
     if opts.method == "lora":
-        params = add_lora(model, opts.rank, opts.lora_alpha, opts.seed)
+        params = add_lora(model, opts.rank, opts.lora_alpha, opts.seed, text_encoder=train_te)
     else:
         model.unet.requires_grad_(True)
         params = list(model.unet.parameters())

@@ -42,8 +42,8 @@ def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tenso
     `progress(i, samples)` after draw i."""
     shared = pretrained is finetuned and pretrained.has_adapter
     z0 = pretrained.encode_images(images).float()
-    ctx = pretrained.encode_prompts(prompts)
-    ctx_ft = ctx if shared else finetuned.encode_prompts(prompts)
+    ctx = pretrained.encode_prompts_as(prompts, False if shared else None)
+    ctx_ft = finetuned.encode_prompts_as(prompts, True if shared else None)
     T = pretrained.scheduler.config.num_train_timesteps
     g = torch.Generator().manual_seed(seed)
     l_pre = torch.zeros(len(z0))
@@ -79,7 +79,7 @@ def pia_scores(model: T2IModel, images: torch.Tensor, prompts: list[str], t: int
     out = []
     for i in range(0, len(images), batch):
         z0 = model.encode_images(images[i:i + batch]).float()
-        ctx = model.encode_prompts(prompts[i:i + batch])
+        ctx = model.encode_prompts_as(prompts[i:i + batch], suspect)
         zero = torch.zeros(len(z0), dtype=torch.long, device=z0.device)
         eps0 = _eps(model, z0, zero, ctx, suspect)
         tt = torch.full_like(zero, _steps(model, t))
@@ -109,8 +109,8 @@ def clid_terms(model: T2IModel, images: torch.Tensor, prompts: list[str], timest
     for i in range(0, len(images), batch):
         z0 = model.encode_images(images[i:i + batch]).float()
         ps = prompts[i:i + batch]
-        ctx = model.encode_prompts(ps)
-        reduced = [model.encode_prompts([reduced_prompts(q)[k] for q in ps]) for k in range(4)]
+        ctx = model.encode_prompts_as(ps, True)
+        reduced = [model.encode_prompts_as([reduced_prompts(q)[k] for q in ps], True) for k in range(4)]
         d = torch.zeros(len(z0))
         cond = torch.zeros(len(z0))
         for t in timesteps:

@@ -156,8 +156,10 @@ def invert(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tensor, prom
         keep = _masks(opts, n, hw, offset).to(dev)
         partial = model.decode_latents(z0 * keep)
         z_p = model.encode_images(partial).float() if model.vae is not None else z0 * keep
-        ctx_pre = pretrained.encode_prompts(prompts)
-        ctx_ft = ctx_pre if finetuned is pretrained else finetuned.encode_prompts(prompts)
+        shared = finetuned is pretrained and pretrained.has_adapter  # a LoRA: its text encoder's too
+        ctx_pre = pretrained.encode_prompts_as(prompts, False if shared else None)
+        ctx_ft = ctx_pre if finetuned is pretrained and not shared else \
+            finetuned.encode_prompts_as(prompts, True if shared else None)
     contrast = Contrast(pretrained, finetuned, opts.objective, opts.noise)
     eps_r, step = (v.to(dev).view(-1, 1, 1, 1) for v in radius(opts, z0, keep))
     hole = 1 - keep

@@ -26,8 +26,9 @@ on a CPU); the SDXL time ids follow it.
 A LoRA fine-tune is a folder with `pytorch_lora_weights.safetensors` (the file diffusers'
 LoRA scripts write; kohya-style keys are converted by diffusers) and, when modelseal wrote
 it, `lora_base.json` naming its base model. It loads as the base model with the adapter
-attached; `model.adapter(False)` switches it off, so one set of base weights serves as
-both the pretrained and the fine-tuned model.
+attached (on the text encoder too where the file has 'text_encoder.' keys, as diffusers'
+DreamBooth-LoRA script writes with --train_text_encoder); `model.adapter(False)` switches it
+off, so one set of base weights serves as both the pretrained and the fine-tuned model.
 """
 from __future__ import annotations
 
@@ -141,37 +142,49 @@ class T2IModel:
     def has_adapter(self) -> bool:
         return bool(getattr(self.unet, "peft_config", None))
 
+    def adapted(self) -> list[torch.nn.Module]:
+        """The modules that carry a LoRA adapter: the UNet and, for a text-encoder LoRA, the
+        text encoder."""
+        return [m for m in (self.unet, *self.text_encoders()) if getattr(m, "peft_config", None)]
+
     @contextmanager
     def adapter(self, on: bool):
-        """Run the UNet with its LoRA adapter on or off inside the block."""
+        """Run the model with its LoRA adapter on or off inside the block (the UNet's and, for
+        a text-encoder LoRA, the text encoder's: contexts encoded inside follow it)."""
         if not self.has_adapter:
             if on:
                 raise RuntimeError("this model has no LoRA adapter")
             yield self
             return
-        if on:
-            self.unet.enable_adapters()
-        else:
-            self.unet.disable_adapters()
+        for m in self.adapted():
+            _switch_adapters(m, on)
         try:
             yield self
         finally:
-            self.unet.enable_adapters()
+            for m in self.adapted():
+                _switch_adapters(m, True)
 
     def save_lora(self, folder: str | Path, base: str) -> None:
-        """Write the adapter as a diffusers LoRA file ('unet.'-prefixed keys) + lora_base.json."""
+        """Write the adapter as a diffusers LoRA file ('unet.'- and, for a text-encoder LoRA,
+        'text_encoder.'-prefixed keys) + lora_base.json."""
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = get_peft_model_state_dict(self.unet, adapter_name=ADAPTER_NAME)
-        state = {f"unet.{k}": v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
+        state = {}
+        for prefix, m in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+            if ADAPTER_NAME in (getattr(m, "peft_config", None) or {}):
+                part = get_peft_model_state_dict(m, adapter_name=ADAPTER_NAME)
+                state.update({f"{prefix}.{k}": v.detach().to(torch.float32).contiguous().cpu()
+                              for k, v in part.items()})
         save_file(state, str(folder / LORA_FILE))
         cfg = self.unet.peft_config[ADAPTER_NAME]
+        te = (getattr(self.text_encoder, "peft_config", None) or {}).get(ADAPTER_NAME)
         (folder / LORA_BASE_FILE).write_text(json.dumps(
             {"base": base, "rank": cfg.r, "lora_alpha": cfg.lora_alpha,
-             "target_modules": sorted(cfg.target_modules)}, indent=2))
+             "target_modules": sorted(cfg.target_modules),
+             "text_encoder_target_modules": sorted(te.target_modules) if te else None}, indent=2))
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -231,6 +244,16 @@ class T2IModel:
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """The UNet's context for prompts (see text_context), without gradients."""
         return self.text_context(prompts)
+
+    @torch.no_grad()
+    def encode_prompts_as(self, prompts: list[str], suspect: bool | None) -> torch.Tensor:
+        """encode_prompts with the LoRA adapter on (True: the suspect) or off (False: the
+        pretrained model); None, or a model without an adapter: as loaded. Only a text-encoder
+        LoRA makes the two differ."""
+        if suspect is None or not self.has_adapter:
+            return self.encode_prompts(prompts)
+        with self.adapter(suspect):
+            return self.encode_prompts(prompts)
 
     # ---- the UNet and what it predicts ------------------------------------------------------
     def time_ids(self, n: int) -> torch.Tensor:
@@ -449,15 +472,56 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     return model
 
 
+def _switch_adapters(module: torch.nn.Module, on: bool) -> None:
+    """Every LoRA layer of a module on or off (the UNet through diffusers; a text encoder's
+    adapter is injected by peft directly, see add_text_encoder_lora)."""
+    if not isinstance(module, _TEXT_ENCODERS):
+        (module.enable_adapters if on else module.disable_adapters)()
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(on)
+
+
+_TEXT_ENCODERS = (CLIPTextModel, CLIPTextModelWithProjection)
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # diffusers' text-encoder LoRA
+
+
+def add_text_encoder_lora(text_encoder: torch.nn.Module, rank: int, alpha: float, name: str = ADAPTER_NAME,
+                          state: dict | None = None) -> None:
+    """A LoRA adapter on the text encoder's attention projections, injected with peft's own
+    API (transformers' integration asks for a newer peft than this one); `state`: its
+    weights (peft keys without the adapter name), else a fresh Gaussian init."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import set_peft_model_state_dict
+
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(TEXT_LORA_TARGETS))
+    inject_adapter_in_model(cfg, text_encoder, adapter_name=name)
+    if state is not None:
+        result = set_peft_model_state_dict(text_encoder, state, adapter_name=name)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"text-encoder LoRA keys that fit no layer: {result.unexpected_keys[:2]}")
+
+
 def _add_lora(model: T2IModel, weights: dict, name: str, source) -> None:
-    """A diffusers LoRA state dict as the UNet's adapter `name` (the library's errors pass
-    through); a LoRA without UNet weights is an InputError."""
+    """A diffusers LoRA state dict as the UNet's adapter `name`, and the text encoder's where
+    the file has 'text_encoder.' keys (the library's errors pass through); a LoRA without UNet
+    weights is an InputError."""
     from diffusers import StableDiffusionPipeline
 
     state, alphas = StableDiffusionPipeline.lora_state_dict(weights)
     model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=name)
     if name not in (getattr(model.unet, "peft_config", None) or {}):
         raise InputError(f"the LoRA in '{source}' has no UNet weights", "give a LoRA trained on the UNet")
+    te_state = {k[len("text_encoder."):]: v for k, v in weights.items() if k.startswith("text_encoder.")}
+    if model.text_encoder is not None and te_state:
+        unet_cfg = model.unet.peft_config[name]
+        rank = next(v.shape[0] for k, v in te_state.items() if "lora_A" in k)
+        add_text_encoder_lora(model.text_encoder, rank, unet_cfg.lora_alpha * rank / unet_cfg.r, name,
+                              {k: v.to(model.dtype) for k, v in te_state.items()})
+        model.text_encoder.to(model.device).requires_grad_(False)
 
 
 def stack_lora(model: T2IModel, source: str | Path, scale: float = 1.0) -> str:
