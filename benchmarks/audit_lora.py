@@ -8,8 +8,9 @@ Subjects and split as benchmarks/audit_suspects.py (TUNE subjects are the only o
 is made on; HELD subjects are reported beside them). Every suspect fine-tunes tiny:t2i on the
 members of all nine subjects at once, each under its own prompt, batch 4:
 
-  lora-r{4,16,64}-lr{1e-4,1e-3}-{250,1000,3000}   UNet LoRA (the diffusers LoRA and
-                                                  DreamBooth-LoRA scripts' kind), total steps
+  lora-r{4,16,64}-lr{1e-4,1e-3}-{250,1000,3000}[-te]  UNet LoRA (the diffusers LoRA and
+                                                  DreamBooth-LoRA scripts' kind), total steps;
+                                                  -te: the text encoder's LoRA too
   dreambooth-200 / dreambooth-50 / full-flip-crop #18's full fine-tunes (steps per member image)
   null                                            DreamBooth on other subjects' photos under the
                                                   same prompts (nothing audited is a member)
@@ -52,19 +53,22 @@ FULL = {  # name: (method, steps per member image, lr, extra)
     "full-flip-crop": ("full", 100, 1e-4, {"flip": True, "crop": 0.8}),
     "null": ("dreambooth", 200, None, {}),
 }
-GRIDS = {
-    "small": [(16, 1e-4, 1000), (16, 1e-3, 250), (16, 1e-3, 1000), (16, 1e-3, 3000)],
-    "full": [(r, lr, n) for r in (4, 16, 64) for lr in (1e-4, 1e-3) for n in (250, 1000, 3000)],
+GRIDS = {  # (rank, lr, total steps, text-encoder LoRA)
+    "small": [(16, 1e-4, 1000, False), (16, 1e-3, 250, False), (16, 1e-3, 1000, False), (16, 1e-3, 3000, False),
+              (16, 1e-3, 1000, True)],
+    "full": [(r, lr, n, te) for r in (4, 16, 64) for lr in (1e-4, 1e-3) for n in (250, 1000, 3000)
+             for te in (False, True)],
 }
 SHOWN = ["combined", "cgi-dm", "calibrated", "pia", "pia-calibrated", "loss", "clid"]
 
 
-def lora_name(rank: int, lr: float, steps: int) -> str:
-    return f"lora-r{rank}-lr{lr:.0e}-{steps}".replace("e-0", "e-")
+def lora_name(rank: int, lr: float, steps: int, te: bool = False) -> str:
+    return f"lora-r{rank}-lr{lr:.0e}-{steps}".replace("e-0", "e-") + ("-te" if te else "")
 
 
 def suspect_specs(grid: str) -> dict:
-    specs = {lora_name(r, lr, n): {"method": "lora", "rank": r, "lr": lr, "steps": n} for r, lr, n in GRIDS[grid]}
+    specs = {lora_name(r, lr, n, te): {"method": "lora", "rank": r, "lr": lr, "steps": n, "train_text_encoder": te}
+             for r, lr, n, te in GRIDS[grid]}
     for name, (method, per_image, lr, extra) in FULL.items():
         specs[name] = {"method": method, "per_image": per_image, "lr": lr, **extra}
     return specs
