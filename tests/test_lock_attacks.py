@@ -184,12 +184,12 @@ def test_hardening_makes_the_disguise_fail_where_it_unlocks_the_papers_lock(tmp_
     the licensed accuracy stays."""
     common = ["--authorized", "builtin:digits/syn", "--unauthorized", "builtin:digits/uci", "--steps", "150",
               "--sl-steps", "10", "--train-limit", "600", "--eval-limit", "300"]
-    hard = ["--harden", "disguise", "--harden-rounds", "2", "--harden-steps", "60", "--harden-disguise-steps", "60"]
+    hard = ["--harden", "disguise", "--harden-rounds", "2"]  # rounds of 60 steps were too short to harden
     acc = {}
     for name, extra in (("paper", []), ("hardened", hard)):
         res = cli(["lock", "train", "--out", str(tmp_path / name), *common, *extra], capsys)
         att = cli(["lock", "attack", "--out", str(tmp_path / f"{name}-disguise"), "--checkpoint",
-                   str(tmp_path / name / "checkpoint"), "--attack", "disguise", "--fractions", "1", "--steps", "80",
+                   str(tmp_path / name / "checkpoint"), "--attack", "disguise", "--fractions", "1", "--steps", "100",
                    "--no-backbone", *common[:4], "--eval-limit", "300"], capsys)
         acc[name] = (res["accuracy"]["syn"], res["accuracy"]["uci"], att["points"][0]["checkpoint"]["unauthorized"])
         if name == "hardened":
