@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.diffusion import T2IModel
+from ..models.diffusion import T2IModel, paired_contexts
 
 
 def _eps(model: T2IModel, zt: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
@@ -42,8 +42,7 @@ def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tenso
     `progress(i, samples)` after draw i."""
     shared = pretrained is finetuned and pretrained.has_adapter
     z0 = pretrained.encode_images(images).float()
-    ctx = pretrained.encode_prompts_as(prompts, False if shared else None)
-    ctx_ft = finetuned.encode_prompts_as(prompts, True if shared else None)
+    ctx, ctx_ft = paired_contexts(pretrained, finetuned, prompts)
     T = pretrained.scheduler.config.num_train_timesteps
     g = torch.Generator().manual_seed(seed)
     l_pre = torch.zeros(len(z0))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import InversionOptions
-from ..models.diffusion import T2IModel
+from ..models.diffusion import T2IModel, paired_contexts
 
 # Reference setting on SD latents (4 x 64 x 64 = 16,384 values): eps 70, step 2, 1000 steps.
 REF_DIM = 4 * 64 * 64
@@ -156,10 +156,7 @@ def invert(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tensor, prom
         keep = _masks(opts, n, hw, offset).to(dev)
         partial = model.decode_latents(z0 * keep)
         z_p = model.encode_images(partial).float() if model.vae is not None else z0 * keep
-        shared = finetuned is pretrained and pretrained.has_adapter  # a LoRA: its text encoder's too
-        ctx_pre = pretrained.encode_prompts_as(prompts, False if shared else None)
-        ctx_ft = ctx_pre if finetuned is pretrained and not shared else \
-            finetuned.encode_prompts_as(prompts, True if shared else None)
+        ctx_pre, ctx_ft = paired_contexts(pretrained, finetuned, prompts)
     contrast = Contrast(pretrained, finetuned, opts.objective, opts.noise)
     eps_r, step = (v.to(dev).view(-1, 1, 1, 1) for v in radius(opts, z0, keep))
     hole = 1 - keep

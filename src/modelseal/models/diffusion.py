@@ -472,6 +472,17 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     return model
 
 
+def paired_contexts(pretrained: T2IModel, finetuned: T2IModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pretrained model's and the suspect's contexts for prompts. One LoRA model serving as
+    both encodes them with its adapter off, then on (they differ for a text-encoder LoRA)."""
+    if pretrained is not finetuned:
+        return pretrained.encode_prompts(prompts), finetuned.encode_prompts(prompts)
+    if not pretrained.has_adapter:
+        ctx = pretrained.encode_prompts(prompts)
+        return ctx, ctx
+    return pretrained.encode_prompts_as(prompts, False), pretrained.encode_prompts_as(prompts, True)
+
+
 def _switch_adapters(module: torch.nn.Module, on: bool) -> None:
     """Every LoRA layer of a module on or off (the UNet through diffusers; a text encoder's
     adapter is injected by peft directly, see add_text_encoder_lora)."""
