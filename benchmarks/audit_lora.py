@@ -17,9 +17,13 @@ members of all nine subjects at once, each under its own prompt, batch 4:
 
 Per suspect and subject: K samples under the subject's prompt from the suspect and from
 tiny:t2i (same seeds). The learned fidelity (audit/generated.py) is the mean nearest-member
-SSIM of the suspect's samples minus the pretrained model's: how far the suspect moved toward
-the members. LEARNED, fixed before any suspect was measured: a suspect has learned its
-subjects when its gain on them is at least half of dreambooth-200's.
+similarity of the suspect's samples minus the pretrained model's: how far the suspect moved
+toward the members, in each of the fixed spaces FIDELITY (none trained on these images). The
+YARDSTICK, a rule fixed before these spaces were measured: the space that best separates
+dreambooth-200 from the null suspect on the TUNE subjects (their mean gains' difference over
+the pooled SD of the per-subject gains); HELD subjects take no part in the choice. LEARNED,
+fixed before any suspect was measured: a suspect has learned its subjects when its gain in
+the yardstick is at least half of dreambooth-200's on the TUNE subjects.
 
 Beside it, pooled over the TUNE (HELD) subjects' members and hold-out images: AUROC / TPR at
 1 % FPR of every gray-box statistic (`modelseal audit`: combined, cgi-dm, calibrated, pia,
@@ -59,6 +63,7 @@ GRIDS = {  # (rank, lr, total steps, text-encoder LoRA)
     "full": [(r, lr, n, te) for r in (4, 16, 64) for lr in (1e-4, 1e-3) for n in (250, 1000, 3000)
              for te in (False, True)],
 }
+FIDELITY = ["ssim", "colour", "pixels"]
 SHOWN = ["combined", "cgi-dm", "calibrated", "pia", "pia-calibrated", "loss", "clid"]
 
 
@@ -121,7 +126,7 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
     from modelseal.audit.generated import Similarity, blackbox_scores, learned_fidelity
     from modelseal.audit.inputs import read_set
 
-    sim = Similarity("ssim")
+    sims = {k: Similarity(k) for k in FIDELITY}
     rows = {"tune": [], "held": []}
     gain = {}
     for s in TUNE + HELD:
@@ -130,13 +135,13 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
         pre = samples("tiny:t2i", prompt, args.k, args.out / "samples" / "pretrained" / s)
         mem = read_set(folders[s]["members"], 32, "members")[0]
         hold = read_set(folders[s]["holdout"], 32, "holdout")[0]
-        gain[s] = learned_fidelity(mem, gen, pre, sim)
-        bb = blackbox_scores(torch.cat([mem, hold]), gen, pre, sim)
+        gain[s] = {k: learned_fidelity(mem, gen, pre, sim)["gain"] for k, sim in sims.items()}
+        bb = blackbox_scores(torch.cat([mem, hold]), gen, pre, sims["ssim"])
         gray = audit(model, folders[s], prompt, args.out / "audits" / name / s, args)
         for i, r in enumerate(gray):
             r.update(subject=s, bb_near=float(bb["near"][i]), bb_calibrated=float(bb["calibrated"][i]))
         rows["tune" if s in TUNE else "held"] += gray
-    out = {"fidelity": {s: g["gain"] for s, g in gain.items()}}
+    out = {"fidelity": gain}
     for part in ("tune", "held"):
         names = TUNE if part == "tune" else HELD
         d = detection(rows[part])
@@ -145,9 +150,27 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
             v = np.array([r[k] for r in rows[part]])
             d[k] = {"auroc": stats.auroc(v, labels), "tpr_1": stats.tpr_at_fpr(v, labels, 0.01),
                     "tpr_5": stats.tpr_at_fpr(v, labels, 0.05)}
-        d["fidelity_gain"] = float(np.mean([gain[s]["gain"] for s in names]))
+        d["fidelity_gains"] = {k: float(np.mean([gain[s][k] for s in names])) for k in FIDELITY}
         out[part] = d
     return out
+
+
+def yardstick(table: dict) -> tuple[str, dict]:
+    """The fidelity space that best separates dreambooth-200 from the null suspect on the TUNE
+    subjects, and each space's separation (difference of the mean per-subject gains over
+    their pooled SD)."""
+    sep = {}
+    for k in FIDELITY:
+        a = np.array([table["dreambooth-200"]["fidelity"][s][k] for s in TUNE])
+        b = np.array([table["null"]["fidelity"][s][k] for s in TUNE])
+        sep[k] = float((a.mean() - b.mean()) / max(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2), 1e-9))
+    return max(sep, key=sep.get), sep
+
+
+def with_gain(table: dict, kind: str) -> dict:
+    """The table with each part's `fidelity_gain` read in the yardstick `kind`."""
+    return {n: {**t, **{p: {**t[p], "fidelity_gain": t[p]["fidelity_gains"][kind]} for p in ("tune", "held")}}
+            for n, t in table.items()}
 
 
 def unet_evals(pgd_steps: int, mc: int = 1, loss_samples: int = 32) -> int:
@@ -210,7 +233,7 @@ def markdown(table: dict, learned: float) -> str:
             f"{learned:.3f} (half of dreambooth-200's on the tune subjects); bb_*: the black-box audit\n")
 
 
-def plot(table: dict, learned: float, path: Path) -> None:
+def plot(table: dict, learned: float, kind: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,7 +248,7 @@ def plot(table: dict, learned: float, path: Path) -> None:
         ax.axvline(learned, color="0.5", ls=":", lw=1)
         ax.axhline(0.9, color="0.5", ls="--", lw=0.8)
         ax.set_title(f"{part} subjects")
-        ax.set_xlabel("learned fidelity gain (nearest-member SSIM, suspect - pretrained)")
+        ax.set_xlabel(f"learned fidelity gain (nearest-member {kind}, suspect - pretrained)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AUROC (members vs hold-out)")
     axes[0].legend(fontsize=7)
@@ -274,14 +297,21 @@ def main() -> None:
                       args.out / "suspects" / name, args.seed, args.ft_scale)
         table[name] = measure(name, model, subj, folders, args)
         t = table[name]
-        print(f"[lora] {name}: fidelity gain tune {t['tune']['fidelity_gain']:+.3f} held {t['held']['fidelity_gain']:+.3f}"
-              "; held AUROC " + ", ".join(f"{k} {t['held'][k]['auroc']:.3f}" for k in SHOWN + ["bb_calibrated"]),
+        print(f"[lora] {name}: fidelity gain (tune / held) " + ", ".join(
+              f"{k} {t['tune']['fidelity_gains'][k]:+.3f} / {t['held']['fidelity_gains'][k]:+.3f}" for k in FIDELITY)
+              + "; held AUROC " + ", ".join(f"{k} {t['held'][k]['auroc']:.3f}" for k in SHOWN + ["bb_calibrated"]),
               flush=True)
         write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "table": table})
+    kind, separation = yardstick(table) if "null" in table else ("ssim", {})
+    table = with_gain(table, kind)
     learned = 0.5 * table["dreambooth-200"]["tune"]["fidelity_gain"]
-    md = markdown(table, learned)
+    write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "yardstick": kind,
+                                         "separation": separation, "learned": learned, "table": table})
+    md = markdown(table, learned) + (f"fidelity gain in the yardstick '{kind}'; separation of dreambooth-200 from "
+                                     "the null on the tune subjects: " + ", ".join(
+                                         f"{k} {v:.2f}" for k, v in separation.items()) + "\n")
     atomic_write_text(args.out / "table.md", md)
-    plot(table, learned, args.out / "fidelity.png")
+    plot(table, learned, kind, args.out / "fidelity.png")
     print(md)
     if args.cost_suspect:
         c = cost(args.cost_suspect, str(args.out / "suspects" / args.cost_suspect / "model"), subj, folders, args)

@@ -32,8 +32,8 @@ def threes():
 
 def test_similarity_matrix_and_nearest(threes):
     x = threes[:6]
-    for kind, kw in (("ssim", {}),):
-        m = Similarity(kind, **kw).matrix(x, x)
+    for kind in ("ssim", "colour", "pixels"):
+        m = Similarity(kind).matrix(x, x)
         assert m.shape == (6, 6) and torch.allclose(m.diagonal(), torch.ones(6), atol=1e-4)
         v, i = nearest(m)
         assert i.tolist() == list(range(6))
@@ -55,13 +55,27 @@ def test_reproduced_members_score_above_holdout_and_calibration_subtracts(threes
     assert torch.allclose(both["calibrated"], torch.zeros(20))
 
 
-def test_learned_fidelity_gain(threes):
+@pytest.mark.parametrize("kind", ["ssim", "colour", "pixels"])
+def test_learned_fidelity_gain(threes, kind):
     members, other = threes[:10], _subject("mnist-m/8")[:10]
-    sim = Similarity("ssim")
+    sim = Similarity(kind)
     learned = learned_fidelity(members, _reproduced(members), other, sim)
-    assert learned["gain"] > 0.2 and learned["suspect"] > learned["pretrained"]
+    assert learned["gain"] > 0.1 and learned["suspect"] > learned["pretrained"]
     nothing = learned_fidelity(members, other, other, sim)
     assert nothing["gain"] == pytest.approx(0.0)
+
+
+def test_colour_and_pixel_spaces_see_what_they_promise(threes):
+    """colour: the palette where it sits (a pixel's shift keeps it, inverted colours do not);
+    pixels: the picture up to brightness and contrast."""
+    x = threes[:8]
+    colour, pixels = Similarity("colour"), Similarity("pixels")
+    shifted = torch.roll(x, 1, dims=-1)
+    kept = colour.matrix(x, shifted).diagonal()
+    assert (kept > 0.95).all() and (kept > colour.matrix(x, 1 - x).diagonal() + 0.1).all()
+    dimmed = 0.5 * x + 0.2
+    assert torch.allclose(pixels.matrix(x, dimmed).diagonal(), torch.ones(8), atol=1e-4)
+    assert (colour.matrix(x, dimmed).diagonal() < kept).all()
 
 
 def test_blackbox_set_test_keeps_its_level_under_the_null():

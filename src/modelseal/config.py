@@ -371,8 +371,9 @@ class AuditConfig(InversionOptions):
                                    "service returned for the fine-tuning prompt")
     neutral: Path | None = Field(None, description="black-box: images the same service returned for a neutral prompt "
                                  "(e.g. 'a dog'); each image's nearness to them is subtracted")
-    similarity: Literal["ssim", "features"] = Field("ssim", description="black-box: how near two images are: SSIM "
-                                                    "(at most 64 px) or cosine of --features embeddings")
+    similarity: Literal["ssim", "colour", "pixels", "features"] = Field(
+        "ssim", description="black-box: how near two images are: SSIM (at most 64 px), colour histograms of a 2 x 2 "
+        "layout, correlation of the 16 px images, or cosine of --features embeddings")
     metric: Literal["ssim", "ssim_removed", "psnr_removed", "features"] = Field(
         "ssim_removed", description="CGI-DM's similarity of recovered and original image")
     score: Literal["cgi-dm", "calibrated", "combined", "pia", "pia-calibrated"] = Field(

@@ -1,8 +1,15 @@
 """What a suspect's images say without its weights (black-box audit, learned fidelity).
 
 Two questions share one tool, the nearest-neighbour similarity between two image sets in a
-fixed space (`Similarity`: SSIM of the images, or cosine of a feature model's embeddings,
-the model never trained on either set):
+fixed space that was never trained on either set (`Similarity`):
+
+  ssim      SSIM of the images (at most SSIM_SIDE px): nearness of layout and structure
+  colour    Hellinger affinity of colour histograms, one per cell of a GRID x GRID layout
+            (BINS levels per channel): the subject's palette where it sits, blind to texture
+  pixels    correlation of the images at PIXELS_SIDE px, each standardised (Torralba's tiny
+            images): the coarse picture, blind to brightness and contrast
+  features  cosine of a feature model's embeddings (DINO or CLIP: --features)
+
 
   black-box audit   per audited image x: near(x) = max over the suspect's generated images g
                     of sim(x, g). Does the service reproduce this image? With images the same
@@ -25,8 +32,34 @@ import torch.nn.functional as F
 
 from .scoring import FeatureExtractor, ssim_map
 
-SIMILARITIES = ("ssim", "features")
+SIMILARITIES = ("ssim", "colour", "pixels", "features")
 SSIM_SIDE = 64  # SSIM is taken at most at this side: nearness of composition, not of texture
+GRID, BINS = 2, 4  # colour: a 2 x 2 layout of joint RGB histograms with 4 levels per channel (64 bins a cell)
+PIXELS_SIDE = 16  # pixels: the tiny image compared
+
+
+def colour_histograms(x: torch.Tensor) -> torch.Tensor:
+    """(n, GRID * GRID * BINS**3) square roots of the per-cell joint colour histograms, each
+    cell's histogram summing to 1 / GRID**2, so that a dot product is the Hellinger affinity
+    (1 for equal histograms, 0 for disjoint ones)."""
+    n, _, h, w = x.shape
+    q = (x.float().clamp(0, 1) * BINS).long().clamp_max(BINS - 1)
+    code = (q[:, 0] * BINS + q[:, 1]) * BINS + q[:, 2]  # (n, h, w) joint bin
+    rows = torch.arange(h).mul(GRID).div(h, rounding_mode="floor")
+    cols = torch.arange(w).mul(GRID).div(w, rounding_mode="floor")
+    cell = (rows[:, None] * GRID + cols[None, :]).expand(n, h, w)
+    index = (cell * BINS ** 3 + code).flatten(1)
+    hist = torch.zeros(n, GRID * GRID * BINS ** 3).scatter_add_(1, index, torch.ones(index.shape))
+    cells = torch.bincount((rows[:, None] * GRID + cols[None, :]).flatten(), minlength=GRID * GRID).float()
+    hist = hist.view(n, GRID * GRID, -1) / cells.view(1, -1, 1) / GRID ** 2
+    return hist.flatten(1).sqrt()
+
+
+def tiny_images(x: torch.Tensor) -> torch.Tensor:
+    """(n, 3 * PIXELS_SIDE**2) images at PIXELS_SIDE px, each centred and scaled to unit norm,
+    so that a dot product is their correlation."""
+    t = F.interpolate(x.float(), size=(PIXELS_SIDE, PIXELS_SIDE), mode="area").flatten(1)
+    return F.normalize(t - t.mean(1, keepdim=True), dim=1)
 
 
 class Similarity:
@@ -42,6 +75,10 @@ class Similarity:
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "features":
             return F.normalize(self.features(x.float()).float(), dim=-1)
+        if self.kind == "colour":
+            return colour_histograms(x)
+        if self.kind == "pixels":
+            return tiny_images(x)
         side = min(SSIM_SIDE, x.shape[-1])
         if x.shape[-1] != side or x.shape[-2] != side:
             x = F.interpolate(x.float(), size=(side, side), mode="area")
@@ -51,7 +88,7 @@ class Similarity:
     def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(len(a), len(b)) similarities, higher = nearer."""
         fa, fb = self._prepare(a), self._prepare(b)
-        if self.kind == "features":
+        if self.kind != "ssim":
             return (fa @ fb.T).cpu()
         out = torch.empty(len(fa), len(fb))
         pairs = [(i, j) for i in range(len(fa)) for j in range(len(fb))]
