@@ -64,6 +64,7 @@ GRIDS = {  # (rank, lr, total steps, text-encoder LoRA)
              for te in (False, True)],
 }
 FIDELITY = ["ssim", "colour", "pixels"]
+SET_SIZES = [5, 10]  # collection sizes drawn from a part's members (held: 19, tune: 12; 'all' tests them all)
 SHOWN = ["combined", "cgi-dm", "calibrated", "pia", "pia-calibrated", "loss", "clid"]
 
 
@@ -151,7 +152,28 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
             d[k] = {"auroc": stats.auroc(v, labels), "tpr_1": stats.tpr_at_fpr(v, labels, 0.01),
                     "tpr_5": stats.tpr_at_fpr(v, labels, 0.05)}
         d["fidelity_gains"] = {k: float(np.mean([gain[s][k] for s in names])) for k in FIDELITY}
+        d["set_power"] = set_power(rows[part], args.seed)
         out[part] = d
+    return out
+
+
+def set_power(rows: list[dict], seed: int, draws: int = 200) -> dict:
+    """The collection test (rank-sum of the collection's scores against every hold-out image of
+    the part as calibration, alpha 0.05) on random collections of SET_SIZES members, share
+    found used per statistic; 'all' tests every member at once (one test, 0 or 1). On the null
+    suspect (nothing audited is a member) the share is a false-positive rate of this one split."""
+    from audit_suspects import statistics
+
+    vals = statistics(rows)
+    vals.update({k: np.array([r[k] for r in rows]) for k in ("bb_near", "bb_calibrated")})
+    member = np.array([r["member"] for r in rows], dtype=bool)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in SHOWN + ["bb_calibrated"]:
+        mem, cal = vals[k][member], vals[k][~member]
+        out[k] = {str(n): float(np.mean([stats.rank_set_test(rng.choice(mem, n, replace=False), cal, seed=d)[0]
+                                         <= 0.05 for d in range(draws)])) for n in SET_SIZES if n < len(mem)}
+        out[k]["all"] = float(stats.rank_set_test(mem, cal)[0] <= 0.05)
     return out
 
 
@@ -233,6 +255,18 @@ def markdown(table: dict, learned: float) -> str:
             f"{learned:.3f} (half of dreambooth-200's on the tune subjects); bb_*: the black-box audit\n")
 
 
+def power_markdown(table: dict) -> str:
+    cols = SHOWN + ["bb_calibrated"]
+    lines = ["| suspect | subjects | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for name, t in table.items():
+        for part in ("tune", "held"):
+            p = t[part]["set_power"]
+            lines.append(f"| {name} | {part} | " + " | ".join(
+                " / ".join(f"{p[k][n]:.2f}" if n != "all" else f"{p[k][n]:.0f}" for n in p[k]) for k in cols) + " |")
+    return "\n".join(lines) + ("\n\ncells: the collection test's share of random member collections found used at "
+                               f"alpha 0.05, n = {' / '.join(map(str, SET_SIZES))} / all members (one test)\n")
+
+
 def plot(table: dict, learned: float, kind: str, path: Path) -> None:
     import matplotlib
 
@@ -310,6 +344,7 @@ def main() -> None:
     md = markdown(table, learned) + (f"fidelity gain in the yardstick '{kind}'; separation of dreambooth-200 from "
                                      "the null on the tune subjects: " + ", ".join(
                                          f"{k} {v:.2f}" for k, v in separation.items()) + "\n")
+    md += "\n" + power_markdown(table)
     atomic_write_text(args.out / "table.md", md)
     plot(table, learned, kind, args.out / "fidelity.png")
     print(md)
