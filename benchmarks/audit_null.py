@@ -37,7 +37,14 @@ control, and the AUROC of those scores. It needs --holdout never-seen images of 
 suspect's subject (a test split has about 100 per digit), so it is not run at 199
 calibration images (--no-power).
 
+Black-box (--generated K): no suspect weights are read by the audit. Each suspect returns K
+samples under --prompt (its service's answers to the fine-tuning prompt) and K under
+--class-prompt (the neutral prompt); the pool is audited by `modelseal audit --generated
+--neutral` with --similarity, and split as above. Its score is fixed per image (no scaler), so
+a split's decisions again depend only on ranks.
+
     python benchmarks/audit_null.py --out runs/audit-null --steps 100 [--score combined]
+    python benchmarks/audit_null.py --out runs/audit-null-bb --generated 32 [--similarity colour]
     python benchmarks/audit_null.py --out runs/audit-null-199 --pool-source builtin:digits/mnist-m \
         --pool-class 3 --pool-size 220 --calibration 199 --no-power
 """
@@ -86,9 +93,28 @@ def load_pool(args, ap: argparse.ArgumentParser) -> tuple[np.ndarray, str]:
     return ds.images[np.random.default_rng(args.seed).permutation(idx)], f"{what} ({args.pool_split} split)"
 
 
+def service(ft: str, out: Path, args) -> tuple[Path, Path]:
+    """The black-box suspect's answers: --generated samples under --prompt and under the neutral
+    --class-prompt, written once as folders."""
+    from modelseal.data.folders import write_image_folder
+    from modelseal.models.diffusion import load_t2i
+
+    folders = out / "generated", out / "neutral"
+    if not all(f.is_dir() for f in folders):
+        model = load_t2i(ft)
+        for folder, prompt in zip(folders, (args.prompt, args.class_prompt or "a digit")):
+            write_image_folder(folder, model.sample([prompt] * args.generated, seeds=range(args.generated)))
+    return folders
+
+
 def _audit(out: Path, ft: str, images: Path, calibration: Path, args) -> dict:
-    cfg = AuditConfig(finetuned=ft, prompt=args.prompt, images=images, calibration=calibration, steps=args.steps,
-                      alpha=args.alpha, evidence=False, seed=args.seed, score=args.score)
+    if args.generated:
+        gen, neutral = service(ft, out.parent / "service", args)
+        cfg = AuditConfig(generated=gen, neutral=neutral, similarity=args.similarity, prompt=args.prompt,
+                          images=images, calibration=calibration, alpha=args.alpha, evidence=False, seed=args.seed)
+    else:
+        cfg = AuditConfig(finetuned=ft, prompt=args.prompt, images=images, calibration=calibration, steps=args.steps,
+                          alpha=args.alpha, evidence=False, seed=args.seed, score=args.score)
     res = audit_command(cfg, out, "cpu", log=print)
     write_json(out / "results.json", res)
     return res
@@ -101,7 +127,8 @@ def null_splits(rows: list[dict], args, seed: int, metric: str) -> dict:
     for _ in range(args.splits):
         idx = rng.permutation(len(rows))[: args.suspected + args.calibration]
         # scored together as one audit call scores them: `combined`'s scaler sees exactly these images
-        scores = row_scores([rows[i] for i in idx], metric)[args.score]
+        picked = [rows[i] for i in idx]
+        scores = np.array([r["score"] for r in picked]) if args.generated else row_scores(picked, metric)[args.score]
         test, calib = scores[: args.suspected], scores[args.suspected:]
         d = audit_decisions(test, calib, args.alpha, "bh", seed)
         k["set"] += bool(d["set_used"])
@@ -141,6 +168,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="PGD steps")
     ap.add_argument("--score", default="cgi-dm", choices=get_args(AuditConfig.model_fields["score"].annotation),
                     help="the decision statistic (modelseal audit --score)")
+    ap.add_argument("--generated", type=int, default=0, help="black-box: the service's samples per prompt (0: "
+                    "the gray-box audit)")
+    ap.add_argument("--similarity", default="ssim", choices=["ssim", "colour", "pixels"], help="black-box")
     ap.add_argument("--no-power", dest="power", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -159,7 +189,7 @@ def main() -> None:
                               {"members": args.members, "holdout": args.holdout})
         ft = _finetune(base / "suspect", folders["members"], args.prompt, args, seed)
         res = _audit(base / "pool-audit", ft, pool["a"], pool["b"], args)
-        k = null_splits(res["scores"], args, seed, res["metric"])
+        k = null_splits(res["scores"], args, seed, res.get("metric", ""))
         for name in totals:
             totals[name] += k[name]
         per.append({"suspect": subject, **rates(k, args.splits, args.suspected)})
