@@ -18,8 +18,11 @@ members of all nine subjects at once, each under its own prompt, batch 4:
 Per suspect and subject: K samples under the subject's prompt from the suspect and from
 tiny:t2i (same seeds). The learned fidelity (audit/generated.py) is the mean nearest-member
 similarity of the suspect's samples minus the pretrained model's: how far the suspect moved
-toward the members, in each of the fixed spaces FIDELITY (none trained on these images). The
-YARDSTICK, a rule fixed before these spaces were measured: the space that best separates
+toward the members, in each of the fixed spaces FIDELITY (none trained on these images), and
+'<space>-specific': each sample's nearness to its own subject's members minus its mean
+nearness to the other subjects' (added after a first look at the held gains, where samples
+that only became photo-like gained). The YARDSTICK, a rule fixed before the three spaces were
+measured: the measure that best separates
 dreambooth-200 from the null suspect on the TUNE subjects (their mean gains' difference over
 the pooled SD of the per-subject gains); HELD subjects take no part in the choice. LEARNED,
 fixed before any suspect was measured: a suspect has learned its subjects when its gain in
@@ -130,13 +133,17 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
     sims = {k: Similarity(k) for k in FIDELITY}
     rows = {"tune": [], "held": []}
     gain = {}
+    members = {s: read_set(folders[s]["members"], 32, "members")[0] for s in TUNE + HELD}
     for s in TUNE + HELD:
         prompt = subj[s][1]
         gen = samples(model, prompt, args.k, args.out / "samples" / name / s)
         pre = samples("tiny:t2i", prompt, args.k, args.out / "samples" / "pretrained" / s)
-        mem = read_set(folders[s]["members"], 32, "members")[0]
+        mem = members[s]
         hold = read_set(folders[s]["holdout"], 32, "holdout")[0]
+        others = [members[o] for o in TUNE + HELD if o != s]
         gain[s] = {k: learned_fidelity(mem, gen, pre, sim)["gain"] for k, sim in sims.items()}
+        gain[s].update({f"{k}-specific": learned_fidelity(mem, gen, pre, sim, others)["gain"]
+                        for k, sim in sims.items()})
         bb = blackbox_scores(torch.cat([mem, hold]), gen, pre, sims["ssim"])
         gray = audit(model, folders[s], prompt, args.out / "audits" / name / s, args)
         for i, r in enumerate(gray):
@@ -151,7 +158,7 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
             v = np.array([r[k] for r in rows[part]])
             d[k] = {"auroc": stats.auroc(v, labels), "tpr_1": stats.tpr_at_fpr(v, labels, 0.01),
                     "tpr_5": stats.tpr_at_fpr(v, labels, 0.05)}
-        d["fidelity_gains"] = {k: float(np.mean([gain[s][k] for s in names])) for k in FIDELITY}
+        d["fidelity_gains"] = {k: float(np.mean([gain[s][k] for s in names])) for k in gain[names[0]]}
         d["set_power"] = set_power(rows[part], args.seed)
         out[part] = d
     return out
@@ -182,7 +189,7 @@ def yardstick(table: dict) -> tuple[str, dict]:
     subjects, and each space's separation (difference of the mean per-subject gains over
     their pooled SD)."""
     sep = {}
-    for k in FIDELITY:
+    for k in table["dreambooth-200"]["fidelity"][TUNE[0]]:
         a = np.array([table["dreambooth-200"]["fidelity"][s][k] for s in TUNE])
         b = np.array([table["null"]["fidelity"][s][k] for s in TUNE])
         sep[k] = float((a.mean() - b.mean()) / max(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2), 1e-9))
@@ -331,8 +338,9 @@ def main() -> None:
                       args.out / "suspects" / name, args.seed, args.ft_scale)
         table[name] = measure(name, model, subj, folders, args)
         t = table[name]
+        gains = t["tune"]["fidelity_gains"]
         print(f"[lora] {name}: fidelity gain (tune / held) " + ", ".join(
-              f"{k} {t['tune']['fidelity_gains'][k]:+.3f} / {t['held']['fidelity_gains'][k]:+.3f}" for k in FIDELITY)
+              f"{k} {gains[k]:+.3f} / {t['held']['fidelity_gains'][k]:+.3f}" for k in gains)
               + "; held AUROC " + ", ".join(f"{k} {t['held'][k]['auroc']:.3f}" for k in SHOWN + ["bb_calibrated"]),
               flush=True)
         write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "table": table})

@@ -65,6 +65,19 @@ def test_learned_fidelity_gain(threes, kind):
     assert nothing["gain"] == pytest.approx(0.0)
 
 
+def test_specific_fidelity_ignores_a_move_toward_every_subject(threes):
+    """A suspect whose samples became like every subject at once (here: the members of this and
+    of another subject) gains in plain fidelity, not in the subject-specific one; reproducing
+    this subject's members gains in both."""
+    members, eights, sevens = threes[:10], _subject("mnist-m/8")[:10], _subject("mnist/7")[:10]
+    sim = Similarity("pixels")
+    blend = (0.5 * members + 0.5 * eights).clamp(0, 1)  # near this subject and the other alike
+    plain = learned_fidelity(members, blend, sevens, sim)
+    specific = learned_fidelity(members, blend, sevens, sim, others=[eights])
+    assert plain["gain"] > 0.1 and abs(specific["gain"]) < 0.5 * plain["gain"]
+    assert learned_fidelity(members, _reproduced(members), sevens, sim, others=[eights])["gain"] > 0.2
+
+
 def test_colour_and_pixel_spaces_see_what_they_promise(threes):
     """colour: the palette where it sits (a pixel's shift keeps it, inverted colours do not);
     pixels: the picture up to brightness and contrast."""

@@ -118,9 +118,19 @@ def blackbox_scores(images: torch.Tensor, generated: torch.Tensor, neutral: torc
 
 
 def learned_fidelity(members: torch.Tensor, suspect_samples: torch.Tensor, pretrained_samples: torch.Tensor,
-                     sim: Similarity) -> dict[str, float]:
+                     sim: Similarity, others: list[torch.Tensor] | None = None) -> dict[str, float]:
     """The suspect's fidelity to its members: mean nearest-member similarity of its samples
-    (`suspect`), of the pretrained model's (`pretrained`), and the `gain` between them."""
-    s = nearest(sim.matrix(suspect_samples, members))[0].mean().item()
-    p = nearest(sim.matrix(pretrained_samples, members))[0].mean().item()
+    (`suspect`), of the pretrained model's (`pretrained`), and the `gain` between them.
+
+    With `others` (the member images of other subjects, one tensor each) a sample's nearness is
+    specific to its subject: its nearest member's similarity minus the mean over the other
+    subjects of their nearest image's. A suspect whose samples only became more photo-like (or
+    more like its training set as a whole) then gains nothing; one that learned this subject does."""
+    def near(samples: torch.Tensor) -> float:
+        own = nearest(sim.matrix(samples, members))[0]
+        if others:
+            own = own - torch.stack([nearest(sim.matrix(samples, o))[0] for o in others]).mean(0)
+        return own.mean().item()
+
+    s, p = near(suspect_samples), near(pretrained_samples)
     return {"suspect": s, "pretrained": p, "gain": s - p}
