@@ -68,6 +68,7 @@ GRIDS = {  # (rank, lr, total steps, text-encoder LoRA)
 }
 FIDELITY = ["ssim", "colour", "pixels"]
 SET_SIZES = [5, 10]  # collection sizes drawn from a part's members (held: 19, tune: 12; 'all' tests them all)
+COMBINED = ["cgi-dm", "calibrated", "pia", "pia-calibrated", "loss", "clid"]  # what a fitted combination weighs
 SHOWN = ["combined", "cgi-dm", "calibrated", "pia", "pia-calibrated", "loss", "clid"]
 
 
@@ -149,7 +150,7 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
         for i, r in enumerate(gray):
             r.update(subject=s, bb_near=float(bb["near"][i]), bb_calibrated=float(bb["calibrated"][i]))
         rows["tune" if s in TUNE else "held"] += gray
-    out = {"fidelity": gain}
+    out = {"fidelity": gain, "rows": rows}
     for part in ("tune", "held"):
         names = TUNE if part == "tune" else HELD
         d = detection(rows[part])
@@ -164,7 +165,41 @@ def measure(name: str, model: str, subj: dict, folders: dict, args) -> dict:
     return out
 
 
-def set_power(rows: list[dict], seed: int, draws: int = 200) -> dict:
+def combination_features(rows: list[dict]) -> np.ndarray:
+    """(n, len(COMBINED)) robust z-scores of the statistics, over the images one audit scores
+    together (no labels): what a fitted combination weighs."""
+    from audit_suspects import statistics
+
+    from modelseal.audit.decision import robust_z
+
+    vals = statistics(rows)
+    return np.stack([robust_z(vals[k]) for k in COMBINED], axis=1)
+
+
+def fit_combination(table: dict) -> dict:
+    """Logistic-regression weights of COMBINED's robust z-scores, fitted on the TUNE subjects'
+    images of every suspect but the null (members against hold-out images); HELD images take
+    no part. Adds each suspect's `fitted` AUROC / TPR and set power per part to the table."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([combination_features(t["rows"]["tune"]) for n, t in table.items() if n != "null"])
+    y = np.concatenate([[r["member"] for r in t["rows"]["tune"]] for n, t in table.items() if n != "null"])
+    lr = LogisticRegression(C=1.0).fit(x, y.astype(int))
+    w = lr.coef_[0] / np.abs(lr.coef_[0]).sum()
+    for t in table.values():
+        for part in ("tune", "held"):
+            rows = t["rows"][part]
+            v = combination_features(rows) @ w
+            labels = np.array([r["member"] for r in rows], dtype=int)
+            t[part]["fitted"] = {"auroc": stats.auroc(v, labels), "tpr_1": stats.tpr_at_fpr(v, labels, 0.01),
+                                 "tpr_5": stats.tpr_at_fpr(v, labels, 0.05)}
+            for r, s in zip(rows, v):
+                r["fitted"] = float(s)
+            t[part]["set_power"]["fitted"] = set_power(rows, 0, keys=["fitted"])["fitted"]
+    return {k: float(c) for k, c in zip(COMBINED, w)}
+
+
+def set_power(rows: list[dict], seed: int, draws: int = 200, keys: list[str] | None = None) -> dict:
     """The collection test (rank-sum of the collection's scores against every hold-out image of
     the part as calibration, alpha 0.05) on random collections of SET_SIZES members, share
     found used per statistic; 'all' tests every member at once (one test, 0 or 1). On the null
@@ -172,16 +207,24 @@ def set_power(rows: list[dict], seed: int, draws: int = 200) -> dict:
     from audit_suspects import statistics
 
     vals = statistics(rows)
-    vals.update({k: np.array([r[k] for r in rows]) for k in ("bb_near", "bb_calibrated")})
+    vals.update({k: np.array([r[k] for r in rows]) for k in ("bb_near", "bb_calibrated", "fitted") if k in rows[0]})
     member = np.array([r["member"] for r in rows], dtype=bool)
     rng = np.random.default_rng(seed)
     out = {}
-    for k in SHOWN + ["bb_calibrated"]:
+    for k in keys or SHOWN + ["bb_calibrated"]:
         mem, cal = vals[k][member], vals[k][~member]
         out[k] = {str(n): float(np.mean([stats.rank_set_test(rng.choice(mem, n, replace=False), cal, seed=d)[0]
                                          <= 0.05 for d in range(draws)])) for n in SET_SIZES if n < len(mem)}
         out[k]["all"] = float(stats.rank_set_test(mem, cal)[0] <= 0.05)
     return out
+
+
+def fitted_col(table: dict) -> list[str]:
+    return ["fitted"] if "fitted" in next(iter(table.values()))["tune"] else []
+
+
+def without_rows(table: dict) -> dict:
+    return {n: {k: v for k, v in t.items() if k != "rows"} for n, t in table.items()}
 
 
 def yardstick(table: dict) -> tuple[str, dict]:
@@ -248,7 +291,7 @@ def cost_markdown(c: dict) -> str:
 
 
 def markdown(table: dict, learned: float) -> str:
-    cols = SHOWN + ["bb_near", "bb_calibrated"]
+    cols = SHOWN + fitted_col(table) + ["bb_near", "bb_calibrated"]
     head = ("| suspect | subjects | fidelity gain | learned | " + " | ".join(cols) + " |\n|---|---|---|---|"
             + "---|" * len(cols) + "\n")
     lines = []
@@ -263,7 +306,7 @@ def markdown(table: dict, learned: float) -> str:
 
 
 def power_markdown(table: dict) -> str:
-    cols = SHOWN + ["bb_calibrated"]
+    cols = SHOWN + fitted_col(table) + ["bb_calibrated"]
     lines = ["| suspect | subjects | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, t in table.items():
         for part in ("tune", "held"):
@@ -343,12 +386,14 @@ def main() -> None:
               f"{k} {gains[k]:+.3f} / {t['held']['fidelity_gains'][k]:+.3f}" for k in gains)
               + "; held AUROC " + ", ".join(f"{k} {t['held'][k]['auroc']:.3f}" for k in SHOWN + ["bb_calibrated"]),
               flush=True)
-        write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "table": table})
+        write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "table": without_rows(table)})
+    weights = fit_combination(table) if "null" in table and len(table) > 2 else {}
     kind, separation = yardstick(table) if "null" in table else ("ssim", {})
     table = with_gain(table, kind)
     learned = 0.5 * table["dreambooth-200"]["tune"]["fidelity_gain"]
     write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "yardstick": kind,
-                                         "separation": separation, "learned": learned, "table": table})
+                                         "separation": separation, "learned": learned, "fitted_weights": weights,
+                                         "table": without_rows(table)})
     md = markdown(table, learned) + (f"fidelity gain in the yardstick '{kind}'; separation of dreambooth-200 from "
                                      "the null on the tune subjects: " + ", ".join(
                                          f"{k} {v:.2f}" for k, v in separation.items()) + "\n")
