@@ -219,6 +219,24 @@ def set_power(rows: list[dict], seed: int, draws: int = 200, keys: list[str] | N
     return out
 
 
+def gain_over_null(table: dict, folders: dict, args) -> None:
+    """Each suspect's fidelity gain over the null suspect (nearest-member SSIM of its samples
+    minus the null's, same prompts and seeds) per subject and part, as `gain_over_null`: the
+    reference is an innocent fine-tune on other photos, which became as photo-like as the
+    suspect without its subjects (tiny:t2i itself draws digits)."""
+    from modelseal.audit.generated import Similarity, learned_fidelity
+    from modelseal.audit.inputs import read_set
+
+    sim = Similarity("ssim")
+    read = lambda f: read_set(f, 32, f.name)[0]  # noqa: E731
+    for name, t in table.items():
+        g = {s: learned_fidelity(read(folders[s]["members"]), read(args.out / "samples" / name / s),
+                                 read(args.out / "samples" / "null" / s), sim)["gain"] for s in TUNE + HELD}
+        t["fidelity_over_null"] = g
+        for part, names in (("tune", TUNE), ("held", HELD)):
+            t[part]["gain_over_null"] = float(np.mean([g[s] for s in names]))
+
+
 def fitted_col(table: dict) -> list[str]:
     return ["fitted"] if "fitted" in next(iter(table.values()))["tune"] else []
 
@@ -292,7 +310,10 @@ def cost_markdown(c: dict) -> str:
 
 def markdown(table: dict, learned: float) -> str:
     cols = SHOWN + fitted_col(table) + ["bb_near", "bb_calibrated"]
-    head = ("| suspect | subjects | fidelity gain | learned | " + " | ".join(cols) + " |\n|---|---|---|---|"
+    over = "gain_over_null" in next(iter(table.values()))["tune"]
+    learned_null = 0.5 * table["dreambooth-200"]["tune"]["gain_over_null"] if over else 0.0
+    head = ("| suspect | subjects | fidelity gain | learned | " + ("over the null | learned (over the null) | "
+            if over else "") + " | ".join(cols) + " |\n|---|---|---|---|" + ("---|---|" if over else "")
             + "---|" * len(cols) + "\n")
     lines = []
     for name, t in table.items():
@@ -300,6 +321,8 @@ def markdown(table: dict, learned: float) -> str:
             d = t[part]
             lines.append(f"| {name} | {part} ({d['members']} / {d['images'] - d['members']}) | "
                          f"{d['fidelity_gain']:+.3f} | {'yes' if d['fidelity_gain'] >= learned else 'no'} | "
+                         + (f"{d['gain_over_null']:+.3f} | {'yes' if d['gain_over_null'] >= learned_null else 'no'} | "
+                            if over else "")
                          + " | ".join(f"{d[k]['auroc']:.3f} / {d[k]['tpr_1']:.2f}" for k in cols) + " |")
     return (head + "\n".join(lines) + f"\n\ncells: pooled AUROC / TPR at 1 % FPR; learned: fidelity gain >= "
             f"{learned:.3f} (half of dreambooth-200's on the tune subjects); bb_*: the black-box audit\n")
@@ -323,16 +346,21 @@ def plot(table: dict, learned: float, kind: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    over = "gain_over_null" in next(iter(table.values()))["tune"]
+    key = "gain_over_null" if over else "fidelity_gain"
+    if over:
+        learned = 0.5 * table["dreambooth-200"]["tune"]["gain_over_null"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, part in zip(axes, ("tune", "held")):
-        for j, k in enumerate(["combined", "pia", "pia-calibrated", "calibrated", "bb_calibrated"]):
-            xs = [t[part]["fidelity_gain"] for t in table.values()]
+        for j, k in enumerate(["combined", "calibrated", "pia", "fitted", "bb_calibrated"]):
+            xs = [t[part][key] for t in table.values()]
             ys = [t[part][k]["auroc"] for t in table.values()]
             ax.scatter(xs, ys, s=18, color=f"C{j}", label=k)
         ax.axvline(learned, color="0.5", ls=":", lw=1)
         ax.axhline(0.9, color="0.5", ls="--", lw=0.8)
         ax.set_title(f"{part} subjects")
-        ax.set_xlabel(f"learned fidelity gain (nearest-member {kind}, suspect - pretrained)")
+        ax.set_xlabel("learned fidelity gain over the null suspect (nearest-member SSIM)" if over else
+                      f"learned fidelity gain (nearest-member {kind}, suspect - pretrained)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AUROC (members vs hold-out)")
     axes[0].legend(fontsize=7)
@@ -388,6 +416,8 @@ def main() -> None:
               flush=True)
         write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "table": without_rows(table)})
     weights = fit_combination(table) if "null" in table and len(table) > 2 else {}
+    if "null" in table:
+        gain_over_null(table, folders, args)
     kind, separation = yardstick(table) if "null" in table else ("ssim", {})
     table = with_gain(table, kind)
     learned = 0.5 * table["dreambooth-200"]["tune"]["fidelity_gain"]
