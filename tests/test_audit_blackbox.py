@@ -144,6 +144,20 @@ def test_blackbox_cli_evaluation_and_audit(folders, capsys):
     assert res["score"] == "near" and res["set_verdict"] == "used" and res["set_p_value"] < 0.01
 
 
+@pytest.mark.parametrize("kind", ["colour", "pixels"])
+def test_blackbox_cli_with_the_untrained_spaces(folders, capsys, kind):
+    """The same service, judged in the colour and pixel spaces: the reproduced members still
+    stand out."""
+    root, f = folders
+    code, out, err = run_cli(["audit", "--generated", str(f["generated"]), "--neutral", str(f["neutral"]),
+                              "--members", str(f["members"]), "--holdout", str(f["holdout"]), "--similarity", kind,
+                              "--no-evidence",
+                              "--out", str(root / f"ev-{kind}"), "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["similarity"] == kind and res["auroc"] >= 0.75, res["decision_scores"]
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--finetuned", "x"], "both --finetuned and --generated"),
     (["--generated-is-members"], "--generated is one of the audited folders"),
