@@ -176,7 +176,7 @@ def combination_features(rows: list[dict]) -> np.ndarray:
     return np.stack([robust_z(vals[k]) for k in COMBINED], axis=1)
 
 
-def fit_combination(table: dict) -> dict:
+def fit_combination(table: dict, seed: int) -> dict:
     """Logistic-regression weights of COMBINED's robust z-scores, fitted on the TUNE subjects'
     images of every suspect but the null (members against hold-out images); HELD images take
     no part. Adds each suspect's `fitted` AUROC / TPR and set power per part to the table."""
@@ -195,7 +195,7 @@ def fit_combination(table: dict) -> dict:
                                  "tpr_5": stats.tpr_at_fpr(v, labels, 0.05)}
             for r, s in zip(rows, v):
                 r["fitted"] = float(s)
-            t[part]["set_power"]["fitted"] = set_power(rows, 0, keys=["fitted"])["fitted"]
+            t[part]["set_power"]["fitted"] = set_power(rows, seed, keys=["fitted"])["fitted"]
     return {k: float(c) for k, c in zip(COMBINED, w)}
 
 
@@ -235,6 +235,13 @@ def gain_over_null(table: dict, folders: dict, args) -> None:
         t["fidelity_over_null"] = g
         for part, names in (("tune", TUNE), ("held", HELD)):
             t[part]["gain_over_null"] = float(np.mean([g[s] for s in names]))
+
+
+def null_threshold(table: dict) -> float | None:
+    """LEARNED over the null suspect: half of dreambooth-200's gain over it on the TUNE subjects
+    (None before `gain_over_null` has run)."""
+    t = table["dreambooth-200"]["tune"]
+    return 0.5 * t["gain_over_null"] if "gain_over_null" in t else None
 
 
 def fitted_col(table: dict) -> list[str]:
@@ -310,8 +317,8 @@ def cost_markdown(c: dict) -> str:
 
 def markdown(table: dict, learned: float) -> str:
     cols = SHOWN + fitted_col(table) + ["bb_near", "bb_calibrated"]
-    over = "gain_over_null" in next(iter(table.values()))["tune"]
-    learned_null = 0.5 * table["dreambooth-200"]["tune"]["gain_over_null"] if over else 0.0
+    learned_null = null_threshold(table)
+    over = learned_null is not None
     head = ("| suspect | subjects | fidelity gain | learned | " + ("over the null | learned (over the null) | "
             if over else "") + " | ".join(cols) + " |\n|---|---|---|---|" + ("---|---|" if over else "")
             + "---|" * len(cols) + "\n")
@@ -346,10 +353,9 @@ def plot(table: dict, learned: float, kind: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    over = "gain_over_null" in next(iter(table.values()))["tune"]
+    over = null_threshold(table) is not None
     key = "gain_over_null" if over else "fidelity_gain"
-    if over:
-        learned = 0.5 * table["dreambooth-200"]["tune"]["gain_over_null"]
+    learned = null_threshold(table) if over else learned
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, part in zip(axes, ("tune", "held")):
         for j, k in enumerate(["combined", "calibrated", "pia", "fitted", "bb_calibrated"]):
@@ -415,7 +421,7 @@ def main() -> None:
               + "; held AUROC " + ", ".join(f"{k} {t['held'][k]['auroc']:.3f}" for k in SHOWN + ["bb_calibrated"]),
               flush=True)
         write_json(args.out / "table.json", {"commit": (git_sha() or "unknown")[:7], "table": without_rows(table)})
-    weights = fit_combination(table) if "null" in table and len(table) > 2 else {}
+    weights = fit_combination(table, args.seed) if "null" in table and len(table) > 2 else {}
     if "null" in table:
         gain_over_null(table, folders, args)
     kind, separation = yardstick(table) if "null" in table else ("ssim", {})

@@ -170,7 +170,8 @@ def main() -> None:
                     help="the decision statistic (modelseal audit --score)")
     ap.add_argument("--generated", type=int, default=0, help="black-box: the service's samples per prompt (0: "
                     "the gray-box audit)")
-    ap.add_argument("--similarity", default="ssim", choices=["ssim", "colour", "pixels"], help="black-box")
+    ap.add_argument("--similarity", default="ssim", choices=get_args(AuditConfig.model_fields["similarity"].annotation),
+                    help="black-box (modelseal audit --similarity)")
     ap.add_argument("--no-power", dest="power", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -47,11 +47,11 @@ def colour_histograms(x: torch.Tensor) -> torch.Tensor:
     code = (q[:, 0] * BINS + q[:, 1]) * BINS + q[:, 2]  # (n, h, w) joint bin
     rows = torch.arange(h).mul(GRID).div(h, rounding_mode="floor")
     cols = torch.arange(w).mul(GRID).div(w, rounding_mode="floor")
-    cell = (rows[:, None] * GRID + cols[None, :]).expand(n, h, w)
-    index = (cell * BINS ** 3 + code).flatten(1)
+    cell = rows[:, None] * GRID + cols[None, :]  # (h, w) the layout cell of each pixel
+    index = (cell.expand(n, h, w) * BINS ** 3 + code).flatten(1)
     hist = torch.zeros(n, GRID * GRID * BINS ** 3).scatter_add_(1, index, torch.ones(index.shape))
-    cells = torch.bincount((rows[:, None] * GRID + cols[None, :]).flatten(), minlength=GRID * GRID).float()
-    hist = hist.view(n, GRID * GRID, -1) / cells.view(1, -1, 1) / GRID ** 2
+    pixels_per_cell = torch.bincount(cell.flatten(), minlength=GRID * GRID).float()
+    hist = hist.view(n, GRID * GRID, -1) / pixels_per_cell.view(1, -1, 1) / GRID ** 2
     return hist.flatten(1).sqrt()
 
 
