@@ -300,18 +300,24 @@ def cost(name: str, model: str, subj: dict, folders: dict, args) -> dict:
             rows["tune" if s in TUNE else "held"] += saved["scores"]
         out[key] = {"pgd_steps": steps, "mc_samples": mc, "unet_evals": unet_evals(steps, mc),
                     **{part: {k: detection(r)[k] for k in ("cgi-dm", "combined")} for part, r in rows.items()}}
+        for part, r in rows.items():
+            for k, p in set_power(r, args.seed, keys=["cgi-dm", "combined"]).items():
+                out[key][part][k]["set_power"] = p
         print(f"[lora] cost {name} {key}: held cgi-dm {out[key]['held']['cgi-dm']['auroc']:.3f}, combined "
               f"{out[key]['held']['combined']['auroc']:.3f}", flush=True)
     return out
 
 
 def cost_markdown(c: dict) -> str:
+    """AUROC / TPR at 1 % FPR per part and statistic, then the held subjects' set power at n = 10."""
     lines = ["| PGD steps x MC samples | UNet evaluations per image | tune: cgi-dm | tune: combined | held: cgi-dm "
-             "| held: combined |", "|---|---|---|---|---|---|"]
+             "| held: combined | held, n = 10: cgi-dm | combined |", "|---|---|---|---|---|---|---|---|"]
     for key, r in c.items():
+        sets = [f"{r['held'][k]['set_power']['10']:.2f}" if "set_power" in r["held"][k] else "" for k in
+                ("cgi-dm", "combined")]
         lines.append(f"| {r['pgd_steps']} x {r['mc_samples']} | {r['unet_evals']} | " + " | ".join(
             f"{r[p][k]['auroc']:.3f} / {r[p][k]['tpr_1']:.2f}" for p in ("tune", "held") for k in ("cgi-dm", "combined"))
-            + " |")
+            + " | " + " | ".join(sets) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -386,7 +392,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16, help="samples per subject and model")
     ap.add_argument("--ft-scale", type=float, default=1.0, help="multiply every suspect's steps (smoke runs)")
     ap.add_argument("--cost-suspect", help="also audit this suspect at each of --cost-steps (the cost table)")
-    ap.add_argument("--cost-steps", nargs="+", type=int, default=[25, 50, 100, 250])
+    ap.add_argument("--cost-steps", nargs="+", type=int, default=[25, 50, 100, 250, 1000])
+    ap.add_argument("--cost-only", action="store_true", help="only the cost table (the suspect trained before)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -405,6 +412,10 @@ def main() -> None:
             items += [(p, subj[names[j % len(names)]][1]) for p in sorted(f["members"].iterdir())]
         captioned_folder(items, args.out / "data" / "null-train")
     n_null = len(list((args.out / "data" / "null-train").glob("*.png")))
+    if args.cost_only:
+        if not args.cost_suspect:
+            raise SystemExit("--cost-only needs --cost-suspect")
+        return cost_table(args, subj, folders, t0)
     specs = suspect_specs(args.grid)
     order = ["dreambooth-200"] + [n for n in specs if n != "dreambooth-200"]
     order = [n for n in order if not args.suspects or n in args.suspects or n == "dreambooth-200"]
@@ -438,10 +449,16 @@ def main() -> None:
     plot(table, learned, kind, args.out / "fidelity.png")
     print(md)
     if args.cost_suspect:
-        c = cost(args.cost_suspect, str(args.out / "suspects" / args.cost_suspect / "model"), subj, folders, args)
-        write_json(args.out / "cost.json", c)
-        atomic_write_text(args.out / "cost.md", cost_markdown(c))
-        print(cost_markdown(c))
+        cost_table(args, subj, folders, t0)
+    else:
+        print(f"[lora] {time.time() - t0:.0f} s")
+
+
+def cost_table(args, subj: dict, folders: dict, t0: float) -> None:
+    c = cost(args.cost_suspect, str(args.out / "suspects" / args.cost_suspect / "model"), subj, folders, args)
+    write_json(args.out / "cost.json", {"commit": (git_sha() or "unknown")[:7], "cost": c})
+    atomic_write_text(args.out / "cost.md", cost_markdown(c))
+    print(cost_markdown(c))
     print(f"[lora] {time.time() - t0:.0f} s")
 
 

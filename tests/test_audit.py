@@ -265,3 +265,19 @@ def test_pia_and_clid_are_reproducible_and_follow_their_definitions(pair):
     s = robust_scale(torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert s[2] == 0 and s[3] == 0.5
     assert clid_th(d, l_cond, alpha=1.0).allclose(robust_scale(d).float())
+
+
+def test_loss_grid_is_paired_seeded_and_per_timestep(pair):
+    """loss_grid's draws are shared by the two models (equal weights give equal losses, to the
+    bit), fresh per draw and seeded; each timestep keeps its own column (the low and high
+    timesteps' losses differ, where paired_losses mixes them in one average)."""
+    from modelseal.audit.baselines import loss_grid
+
+    pre, same = pair
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    l_pre, l_ft = loss_grid(pre, same, x, ["a sks digit"] * 3, [20, 500, 980], draws=2)
+    assert l_pre.shape == (3, 3, 2) and torch.equal(l_pre, l_ft)
+    assert not torch.equal(l_pre[:, :, 0], l_pre[:, :, 1])  # a fresh noise per draw
+    again, _ = loss_grid(pre, pre, x, ["a sks digit"] * 3, [20, 500, 980], draws=2)
+    assert torch.equal(again, l_pre)  # seeded
+    assert (l_pre[:, 0].mean() - l_pre[:, 2].mean()).abs() > 0.01

@@ -58,6 +58,27 @@ def paired_losses(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tenso
     return l_pre / samples, l_ft / samples
 
 
+@torch.no_grad()
+def loss_grid(pretrained: T2IModel, finetuned: T2IModel, images: torch.Tensor, prompts: list[str],
+              timesteps: list[int], draws: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_pre, L_ft), each (n, len(timesteps), draws): both models' eps-prediction MSE at every
+    given timestep with `draws` fresh noises per timestep, each noise shared by the two models
+    (paired): a stratified version of paired_losses' draws."""
+    shared = pretrained is finetuned and pretrained.has_adapter
+    z0 = pretrained.encode_images(images).float()
+    ctx, ctx_ft = paired_contexts(pretrained, finetuned, prompts)
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(2, len(z0), len(timesteps), draws)
+    for d in range(draws):
+        for j, step in enumerate(timesteps):
+            eps = torch.randn(z0.shape, generator=g).to(z0.device)
+            t = torch.full((len(z0),), int(step), dtype=torch.long, device=z0.device)
+            zt = pretrained.noisy(z0, eps, t)
+            for k, (model, c, on) in enumerate(((pretrained, ctx, False), (finetuned, ctx_ft, True))):
+                out[k, :, j, d] = ((_eps(model, zt, t, c, on if shared else None) - eps) ** 2).flatten(1).mean(1).cpu()
+    return out[0], out[1]
+
+
 def loss_scores(l_pre: torch.Tensor, l_ft: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"loss": -l_ft, "calibrated": l_pre - l_ft}
 
