@@ -135,7 +135,8 @@ def main() -> None:
         items = []
         for j, o in enumerate(NULL_SUBJECTS):
             f = write_subject(photo_subject(args.photos / o, 32), args.out / "data" / "null" / o)
-            items += [(p, prompt[FRESH[(2 * j + i) % len(FRESH)]]) for i, p in enumerate(sorted(f["members"].iterdir()))]
+            mine = sorted(f["members"].iterdir())
+            items += [(p, prompt[FRESH[(2 * j + i) % len(FRESH)]]) for i, p in enumerate(mine)]
         captioned_folder(items, null_dir)
     n_null = len(list(null_dir.glob("*.png")))
     names = ["null"] + [n for n in SUSPECTS if n != "null" and (not args.suspects or n in args.suspects)]

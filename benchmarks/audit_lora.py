@@ -315,9 +315,9 @@ def cost_markdown(c: dict) -> str:
     for key, r in c.items():
         sets = [f"{r['held'][k]['set_power']['10']:.2f}" if "set_power" in r["held"][k] else "" for k in
                 ("cgi-dm", "combined")]
-        lines.append(f"| {r['pgd_steps']} x {r['mc_samples']} | {r['unet_evals']} | " + " | ".join(
-            f"{r[p][k]['auroc']:.3f} / {r[p][k]['tpr_1']:.2f}" for p in ("tune", "held") for k in ("cgi-dm", "combined"))
-            + " | " + " | ".join(sets) + " |")
+        cells = [f"{r[p][k]['auroc']:.3f} / {r[p][k]['tpr_1']:.2f}" for p in ("tune", "held")
+                 for k in ("cgi-dm", "combined")]
+        lines.append(f"| {r['pgd_steps']} x {r['mc_samples']} | {r['unet_evals']} | " + " | ".join(cells + sets) + " |")
     return "\n".join(lines) + "\n"
 
 
