@@ -36,8 +36,9 @@ nearest-image SSIM, minus the nearest pretrained sample's with the pretrained sa
 sample set and audit is kept under OUT and skipped when rerun.
 
 --cost-suspect NAME adds the cost table: that suspect audited at each of --cost-steps PGD steps
-(one MC sample) and at a quarter of --pgd-steps with 4 MC samples (equal cost), AUROC of cgi-dm
-and combined against the UNet evaluations per image (OUT/cost.json, OUT/cost.md).
+(one MC sample) and at a quarter of --pgd-steps with 4 MC samples (equal cost), AUROC and set
+power at n = 10 of cgi-dm and combined against the UNet evaluations per image (OUT/cost.json,
+OUT/cost.md); --cost-only skips the table (the suspect trained before).
 """
 from __future__ import annotations
 

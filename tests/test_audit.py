@@ -101,9 +101,9 @@ def test_cgi_dm_separates_members_and_the_null_suspect_does_not(subject, capsys)
     assert set(res["tpr_at_fpr"]) == {"0.01", "0.05"} and len(res["auroc_ci"]) == 2
     assert len(res["scores"]) == 16 and (out / res["scores"][0]["evidence"]).is_file()
     assert (out / "report.html").read_text().count("<img") >= 17 and (out / "roc.png").is_file()
-    # every decision statistic beside the one that decides (combined by default)
+    # every decision statistic beside the one that decides (calibrated by default)
     dec = res["decision_scores"]
-    assert res["score"] == "combined" and res["auroc"] == pytest.approx(dec["combined"]["auroc"])
+    assert res["score"] == "calibrated" and res["auroc"] == pytest.approx(dec["calibrated"]["auroc"])
     assert dec["cgi-dm"]["auroc"] >= 0.85, dec
     assert dec["calibrated"]["auroc"] == pytest.approx(res["baselines"]["calibrated"])
     assert set(dec["combined"]["tpr_at_fpr"]) == {"0.01", "0.05"}
@@ -207,13 +207,18 @@ def test_audit_resumes_from_its_cache(subject, capsys, tmp_path):
     cached[0].unlink()  # as if interrupted during the first batch
     code, second, _ = run_cli(args, capsys)
     a, b = json.loads(first), json.loads(second)
-    assert code == 0 and [s["score"] for s in a["scores"]] == pytest.approx([s["score"] for s in b["scores"]])
+    # the recoveries (CGI-DM's metric) and the deciding scores (the calibrated loss) both reproduced
+    assert code == 0 and [s["ssim_removed"] for s in a["scores"]] == pytest.approx([s["ssim_removed"] for s in
+                                                                                     b["scores"]])
+    assert [s["score"] for s in a["scores"]] == pytest.approx([s["score"] for s in b["scores"]])
+    assert [s["score"] for s in a["scores"]] == pytest.approx([s["L_pre"] - s["L_ft"] for s in a["scores"]])
+    assert a["auroc"] == pytest.approx(a["baselines"]["calibrated"])
     # --score picks the statistic that decides; the inversion is reused from the cache
-    code, third, _ = run_cli(args + ["--score", "calibrated", "--overwrite"], capsys)
+    code, third, _ = run_cli(args + ["--score", "cgi-dm", "--overwrite"], capsys)
     c = json.loads(third)
-    assert code == 0 and c["score"] == "calibrated"
-    assert [s["score"] for s in c["scores"]] == pytest.approx([s["L_pre"] - s["L_ft"] for s in c["scores"]])
-    assert c["auroc"] == pytest.approx(c["baselines"]["calibrated"])
+    assert code == 0 and c["score"] == "cgi-dm"
+    assert [s["score"] for s in c["scores"]] == pytest.approx([s["ssim_removed"] for s in c["scores"]])
+    assert c["auroc"] == pytest.approx(c["metrics"]["ssim_removed"])
 
 
 @pytest.mark.parametrize("case", ["no-holdout", "both-modes", "mismatch", "corrupt", "no-prompt"])

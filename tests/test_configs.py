@@ -32,3 +32,12 @@ def test_the_tiny_embed_preset_is_the_shipped_sleepers_recipe():
     differ = {k: (recipe[k], v) for k, v in shipped.items() if k in recipe and k not in owner and recipe[k] != v}
     assert not differ, differ
     assert shipped["delta_scale"] == 3.0 and recipe["steps"] == shipped["steps"]
+
+
+def test_the_fast_audit_preset_is_the_reference_with_fewer_steps():
+    """audit.fast differs from audit only in its PGD steps (the default verdict does not use them)."""
+    from modelseal.config import AuditConfig
+
+    ref, fast = load_config("audit", AuditConfig), load_config("audit.fast", AuditConfig)
+    differ = {k for k, v in ref.model_dump().items() if fast.model_dump()[k] != v}
+    assert differ == {"steps"} and fast.steps < ref.steps and fast.score == ref.score == AuditConfig().score

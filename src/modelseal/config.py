@@ -377,10 +377,11 @@ class AuditConfig(InversionOptions):
     metric: Literal["ssim", "ssim_removed", "psnr_removed", "features"] = Field(
         "ssim_removed", description="CGI-DM's similarity of recovered and original image")
     score: Literal["cgi-dm", "calibrated", "combined", "pia", "pia-calibrated"] = Field(
-        "combined", description="the statistic that decides (audit/decision.py): combined (CGI-DM + calibrated "
-                                "loss, robust-scaled), cgi-dm (the paper's), calibrated (L_pre - L_ft), pia (the "
-                                "suspect's PIA) or pia-calibrated (PIA_ft - PIA_pre); CGI-DM's picture is the "
-                                "evidence whichever decides")
+        "calibrated", description="the statistic that decides (audit/decision.py): calibrated (L_pre - L_ft, the "
+                                  "suspect's loss calibrated by the pretrained model), combined (CGI-DM + calibrated "
+                                  "loss, robust-scaled), cgi-dm (the paper's), pia (the suspect's PIA) or "
+                                  "pia-calibrated (PIA_ft - PIA_pre); CGI-DM's picture is the evidence whichever "
+                                  "decides")
     features: str | None = Field("tiny:clip", description="DINO or CLIP checkpoint for the features metric")
     loss_samples: int = Field(32, ge=1, description="(t, noise) draws per image for the loss scores")
     ablations: bool = Field(False, description="also run the one-model ablations")

@@ -3,12 +3,11 @@
 CGI-DM's recovered picture is always the evidence shown; the number that ranks the images
 and feeds the verdicts can be:
 
-  combined    (default) S(cgi-dm) + S(calibrated), below
+  calibrated  (default) L_pre(z0) - L_ft(z0): the denoising loss of the suspect calibrated
+              by the pretrained model, on the whole image with shared (t, noise) draws; the
+              same access to the two models as CGI-DM, no inversion needed for the number
   cgi-dm      the CGI-DM similarity of the recovered image to the original (--metric), the
               paper's score
-  calibrated  L_pre(z0) - L_ft(z0): the denoising loss of the suspect calibrated by the
-              pretrained model, on the whole image with shared (t, noise) draws; the same
-              access to the two models as CGI-DM, no inversion needed for the number
   pia         PIA (Kong et al., ICLR 2024) on the suspect alone: -|| eps(z_t, t, c) - eps(z0, 0, c) ||_4
               at t = 200 (audit/baselines.py), a one-model statistic
   pia-calibrated  PIA of the suspect minus PIA of the pretrained model on the same image: the part
@@ -19,9 +18,11 @@ and feeds the verdicts can be:
               the images symmetrically, test and calibration images stay exchangeable under
               the null (conformal p-values keep their level)
 
-The default was chosen by benchmarks/audit_suspects.py (the mean TPR at 1 % FPR over
-realistic suspects on real-photo subjects, then checked on subjects never looked at while
-choosing); its figures are in the docs' audit benchmark page.
+The default was chosen by benchmarks/audit_lora.py (the collection test's power over the
+suspects that learned subjects no setting was tuned on: LoRA, light and heavy fine-tunes)
+and checked on subjects no session had used (benchmarks/audit_fresh.py); `combined` keeps
+more single images at a low false-positive rate on heavy suspects. The figures are in the
+docs' audit benchmark page.
 """
 from __future__ import annotations
 
