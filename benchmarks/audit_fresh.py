@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audit_lora import BATCH, audit, lora_name, samples, train
-from audit_suspects import HELD, NULL_SUBJECTS, ROOT, TUNE, captioned_folder, statistics, write_subject
+from audit_lora import BATCH, audit, lora_name, train
+from audit_suspects import HELD, NULL_SUBJECTS, ROOT, TUNE, captioned_folder, samples, statistics, write_subject
 from modelseal import stats
 from modelseal.runs import atomic_write_text, git_sha, write_json
 

@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audit_suspects import HELD, NULL_SUBJECTS, ROOT, TUNE, captioned_folder, detection, subjects, write_subject
+from audit_suspects import (HELD, NULL_SUBJECTS, ROOT, TUNE, captioned_folder, detection, samples, subjects,
+                            write_subject)
 from modelseal import stats
 from modelseal.runs import atomic_path, atomic_write_text, git_sha, write_json
 
@@ -101,18 +102,6 @@ def train(spec: dict, data: Path, n_images: int, out: Path, seed: int, scale: fl
     print(f"[lora] {out.name}: {cfg.method} {cfg.steps} steps on {n_images} images ({time.time() - t0:.0f} s)",
           flush=True)
     return str(target)
-
-
-def samples(model_path: str, prompt: str, k: int, folder: Path):
-    """K samples of the prompt (seeds 0..K-1), written once as a folder and read back."""
-    from modelseal.audit.inputs import read_set
-    from modelseal.data.folders import write_image_folder
-    from modelseal.models.diffusion import is_lora_folder, load_t2i
-
-    if not folder.is_dir():
-        m = load_t2i(model_path, base="tiny:t2i") if is_lora_folder(model_path) else load_t2i(model_path)
-        write_image_folder(folder, m.sample([prompt] * k, seeds=list(range(k)), steps=30))
-    return read_set(folder, 32, folder.name)[0]
 
 
 def audit(model: str, folders: dict, prompt: str, out: Path, args) -> list[dict]:

@@ -301,6 +301,53 @@ def collection(args) -> dict:
     return out
 
 
+def samples(model_path: str, prompt: str, k: int, folder: Path):
+    """K samples of the prompt (seeds 0..K-1), written once as a folder and read back."""
+    from modelseal.audit.inputs import read_set
+    from modelseal.data.folders import write_image_folder
+    from modelseal.models.diffusion import is_lora_folder, load_t2i
+
+    if not folder.is_dir():
+        m = load_t2i(model_path, base="tiny:t2i") if is_lora_folder(model_path) else load_t2i(model_path)
+        write_image_folder(folder, m.sample([prompt] * k, seeds=list(range(k)), steps=30))
+    return read_set(folder, 32, folder.name)[0]
+
+
+def collection_fidelity(args, k: int = 16) -> dict:
+    """What the collection test's suspects learned of the 60 member faces: the nearest-member SSIM
+    of K samples of 'a photo of a face' (seeds 0..K-1) minus a null suspect's (DreamBooth, 200
+    steps per image at the collection's scale, on 60 faces of the 'null' part, which no suspect
+    saw), as benchmarks/audit_lora.py measures its subjects; beside it, a DreamBooth-200 suspect
+    on the members as the reference for "learned" (audit_lora.py's threshold is half of it)."""
+    from modelseal.audit.generated import Similarity, learned_fidelity
+    from modelseal.audit.inputs import read_set
+
+    data = args.out / "collection" / "data"
+    if not (data / "members").is_dir():
+        raise SystemExit("--collection-fidelity needs the collection test's data: run the collection test first")
+    null_train = data / "null-train"
+    if not null_train.is_dir():
+        null_train.mkdir()
+        for p in sorted((data / "null").iterdir())[:60]:
+            (null_train / p.name).write_bytes(p.read_bytes())
+    prompt = "a photo of a face"
+    scale = 0.5 * args.ft_scale
+    models = {"null": train_suspect("dreambooth-200", null_train, 60, args.out / "collection-null" / "suspect",
+                                    args.seed, scale, prompt),
+              "dreambooth-200": train_suspect("dreambooth-200", data / "members", 60,
+                                              args.out / "collection-dreambooth-200" / "suspect", args.seed, scale,
+                                              prompt)}
+    for where in sorted(args.out.glob("collection-lora-*")):
+        models[where.name.removeprefix("collection-")] = str(where / "suspect" / "model")
+    members = read_set(data / "members", args.size, "members")[0]
+    gen = {n: samples(m, prompt, k, args.out / "collection-samples" / n) for n, m in models.items()}
+    sim = Similarity("ssim")
+    out = {n: learned_fidelity(members, g, gen["null"], sim)["gain"] for n, g in gen.items()}
+    print("[suspects] collection fidelity, gain over the null: " + ", ".join(f"{n} {v:+.3f}" for n, v in out.items()),
+          flush=True)
+    return {"gain_over_null": out, "learned": 0.5 * out["dreambooth-200"], "k": k}
+
+
 def choose_score(table: dict) -> dict:
     """The `--score` default by measured power: mean TPR at 1 % FPR over the non-null suspects on the
     TUNE subjects (ties: mean AUROC); the HELD subjects' means are reported, never used."""
@@ -376,6 +423,9 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=500, help="random sets per size in the collection test")
     ap.add_argument("--ft-scale", type=float, default=1.0, help="multiply every suspect's steps (smoke runs)")
     ap.add_argument("--no-collection", dest="collection", action="store_false")
+    ap.add_argument("--collection-fidelity", action="store_true",
+                    help="what the collection suspects learned of the faces (a null and a DreamBooth-200 suspect "
+                    "trained for it; OUT/collection-fidelity.json)")
     ap.add_argument("--no-variants", dest="variants", action="store_false", help="skip CGI-DM's settings study")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 PGD steps, 2 suspects, 1/20 of the steps")
     ap.add_argument("--seed", type=int, default=0)
@@ -396,6 +446,8 @@ def main() -> None:
         atomic_write_text(args.out / "variants.md", variants_markdown(v))
         print(variants_markdown(v))
     power = collection(args) if args.collection else None
+    if args.collection_fidelity:
+        write_json(args.out / "collection-fidelity.json", collection_fidelity(args))
     md, pmd = markdown(table, power)
     write_json(args.out / "table.json", table)
     atomic_write_text(args.out / "table.md", md)
