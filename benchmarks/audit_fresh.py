@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit_lora import BATCH, audit, lora_name, train
+from audit_lora import BATCH, audit, lora_name, set_power, train
 from audit_suspects import HELD, NULL_SUBJECTS, ROOT, TUNE, captioned_folder, samples, statistics, write_subject
 from modelseal import stats
 from modelseal.runs import atomic_write_text, git_sha, write_json
@@ -62,18 +62,6 @@ def prompts(photos: Path) -> dict[str, str]:
     return out
 
 
-def set_power(rows: list[dict], seed: int, draws: int = 500) -> dict:
-    vals = statistics(rows)
-    member = np.array([r["member"] for r in rows], dtype=bool)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for k in SHOWN:
-        mem, cal = vals[k][member], vals[k][~member]
-        out[k] = {str(n): float(np.mean([stats.rank_set_test(rng.choice(mem, n, replace=False), cal, seed=d)[0]
-                                         <= 0.05 for d in range(draws)])) for n in SIZES}
-    return out
-
-
 def measure(name: str, model: str, folders: dict, prompt: dict, args) -> dict:
     from modelseal.audit.generated import Similarity, learned_fidelity
     from modelseal.audit.inputs import read_set
@@ -93,7 +81,7 @@ def measure(name: str, model: str, folders: dict, prompt: dict, args) -> dict:
             "images": len(rows), "members": int(labels.sum()),
             **{k: {"auroc": stats.auroc(vals[k], labels), "tpr_1": stats.tpr_at_fpr(vals[k], labels, 0.01)}
                for k in SHOWN},
-            "set_power": set_power(rows, args.seed)}
+            "set_power": set_power(rows, args.seed, draws=500, keys=SHOWN, sizes=SIZES)}
 
 
 def markdown(table: dict, learned: float) -> str:

@@ -189,9 +189,17 @@ def fit_combination(table: dict, seed: int) -> dict:
     return {k: float(c) for k, c in zip(COMBINED, w)}
 
 
-def set_power(rows: list[dict], seed: int, draws: int = 200, keys: list[str] | None = None) -> dict:
+def share_used(mem: np.ndarray, cal: np.ndarray, n: int, draws: int, rng: np.random.Generator) -> float:
+    """Share of `draws` random collections of n member scores that the collection test (rank-sum
+    against the calibration scores `cal`) finds used at alpha 0.05."""
+    return float(np.mean([stats.rank_set_test(rng.choice(mem, n, replace=False), cal, seed=d)[0] <= 0.05
+                          for d in range(draws)]))
+
+
+def set_power(rows: list[dict], seed: int, draws: int = 200, keys: list[str] | None = None,
+              sizes: list[int] = SET_SIZES) -> dict:
     """The collection test (rank-sum of the collection's scores against every hold-out image of
-    the part as calibration, alpha 0.05) on random collections of SET_SIZES members, share
+    the part as calibration, alpha 0.05) on random collections of `sizes` members, share
     found used per statistic; 'all' tests every member at once (one test, 0 or 1). On the null
     suspect (nothing audited is a member) the share is a false-positive rate of this one split."""
     from audit_suspects import statistics
@@ -203,8 +211,7 @@ def set_power(rows: list[dict], seed: int, draws: int = 200, keys: list[str] | N
     out = {}
     for k in keys or SHOWN + ["bb_calibrated"]:
         mem, cal = vals[k][member], vals[k][~member]
-        out[k] = {str(n): float(np.mean([stats.rank_set_test(rng.choice(mem, n, replace=False), cal, seed=d)[0]
-                                         <= 0.05 for d in range(draws)])) for n in SET_SIZES if n < len(mem)}
+        out[k] = {str(n): share_used(mem, cal, n, draws, rng) for n in sizes if n < len(mem)}
         out[k]["all"] = float(stats.rank_set_test(mem, cal)[0] <= 0.05)
     return out
 
@@ -394,6 +401,10 @@ def main() -> None:
     n_mem = captioned_folder([(p, subj[n][1]) for n in names for p in sorted(folders[n]["members"].iterdir())],
                              args.out / "data" / "train") if not (args.out / "data" / "train").is_dir() else \
         len(list((args.out / "data" / "train").glob("*.png")))
+    if args.cost_only:
+        if not args.cost_suspect:
+            raise SystemExit("--cost-only needs --cost-suspect")
+        return cost_table(args, subj, folders, t0)
     if not (args.out / "data" / "null-train").is_dir():
         others = subjects(args.photos, 32, NULL_SUBJECTS)
         items = []
@@ -402,10 +413,6 @@ def main() -> None:
             items += [(p, subj[names[j % len(names)]][1]) for p in sorted(f["members"].iterdir())]
         captioned_folder(items, args.out / "data" / "null-train")
     n_null = len(list((args.out / "data" / "null-train").glob("*.png")))
-    if args.cost_only:
-        if not args.cost_suspect:
-            raise SystemExit("--cost-only needs --cost-suspect")
-        return cost_table(args, subj, folders, t0)
     specs = suspect_specs(args.grid)
     order = ["dreambooth-200"] + [n for n in specs if n != "dreambooth-200"]
     order = [n for n in order if not args.suspects or n in args.suspects or n == "dreambooth-200"]

@@ -88,6 +88,8 @@ VARIANTS = {  # name: (audit options, similarity metric)
 DECIDERS = list(get_args(AuditConfig.model_fields["score"].annotation))  # what `modelseal audit --score` takes
 SCORES = ["cgi-dm", "calibrated", "combined", "loss", "pia", "pia-calibrated", "clid"]
 SET_SIZES = [5, 10, 20, 40]
+FACE_PROMPT = "a photo of a face"  # the collection test's fine-tuning prompt
+N_MEMBERS, N_CALIBRATION = 60, 70  # the collection test's faces: members, calibration (the rest: innocent)
 BATCH = 4
 
 
@@ -258,10 +260,10 @@ def collection(args) -> dict:
     faces = load_faces(args.size).images
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(faces))
-    n_mem, n_cal = 60, 70
+    n_mem, n_cal = N_MEMBERS, N_CALIBRATION
     f = write_split(faces[order], args.out / "collection" / "data",
                     {"members": n_mem, "calibration": n_cal, "null": len(faces) - n_mem - n_cal})
-    prompt = "a photo of a face"
+    prompt = FACE_PROMPT
     where = args.out / ("collection" if args.collection_suspect == "full-flip-crop" else
                         f"collection-{args.collection_suspect}")
     model = train_suspect(args.collection_suspect, f["members"], n_mem, where / "suspect", args.seed,
@@ -287,18 +289,29 @@ def collection(args) -> dict:
         mem, non = v[role == "members"], v[role != "members"]
         out["power"][k], out["fpr"][k] = {}, {}
         for size in SET_SIZES:
-            pm, pn = [], []
-            for d in range(args.draws):  # a fresh split of the non-members into calibration / innocent sets
-                split = rng.permutation(len(non))
-                cal, null = non[split[:n_cal]], non[split[n_cal:]]
-                pm.append(stats.rank_set_test(rng.choice(mem, size, replace=False), cal, seed=d)[0])
-                pn.append(stats.rank_set_test(rng.choice(null, size, replace=False), cal, seed=d)[0])
+            pm, pn = split_draws(mem, non, size, n_cal, args.draws, rng)
             out["power"][k][str(size)] = {a: float(np.mean(np.array(pm) <= float(a))) for a in ("0.05", "0.01")}
             out["fpr"][k][str(size)] = {a: float(np.mean(np.array(pn) <= float(a))) for a in ("0.05", "0.01")}
         print(f"[suspects] collection {k}: power at 0.05 " + " ".join(
             f"{s}:{out['power'][k][str(s)]['0.05']:.2f}" for s in SET_SIZES) + "; false positives " + " ".join(
             f"{s}:{out['fpr'][k][str(s)]['0.05']:.2f}" for s in SET_SIZES), flush=True)
     return out
+
+
+def split_draws(mem: np.ndarray, non: np.ndarray, size: int, n_cal: int, draws: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The collection test's p-values over `draws` draws, each a fresh split of the non-members'
+    scores into n_cal calibration and the rest innocent: a random set of `size` members (power)
+    and one of `size` innocent images (false positives), each tested against that calibration."""
+    from modelseal import stats
+
+    pm, pn = [], []
+    for d in range(draws):
+        split = rng.permutation(len(non))
+        cal, null = non[split[:n_cal]], non[split[n_cal:]]
+        pm.append(stats.rank_set_test(rng.choice(mem, size, replace=False), cal, seed=d)[0])
+        pn.append(stats.rank_set_test(rng.choice(null, size, replace=False), cal, seed=d)[0])
+    return np.array(pm), np.array(pn)
 
 
 def samples(model_path: str, prompt: str, k: int, folder: Path):
@@ -328,13 +341,13 @@ def collection_fidelity(args, k: int = 16) -> dict:
     null_train = data / "null-train"
     if not null_train.is_dir():
         null_train.mkdir()
-        for p in sorted((data / "null").iterdir())[:60]:
+        for p in sorted((data / "null").iterdir())[:N_MEMBERS]:
             (null_train / p.name).write_bytes(p.read_bytes())
-    prompt = "a photo of a face"
+    prompt = FACE_PROMPT
     scale = 0.5 * args.ft_scale
-    models = {"null": train_suspect("dreambooth-200", null_train, 60, args.out / "collection-null" / "suspect",
+    models = {"null": train_suspect("dreambooth-200", null_train, N_MEMBERS, args.out / "collection-null" / "suspect",
                                     args.seed, scale, prompt),
-              "dreambooth-200": train_suspect("dreambooth-200", data / "members", 60,
+              "dreambooth-200": train_suspect("dreambooth-200", data / "members", N_MEMBERS,
                                               args.out / "collection-dreambooth-200" / "suspect", args.seed, scale,
                                               prompt)}
     for where in sorted(args.out.glob("collection-lora-*")):

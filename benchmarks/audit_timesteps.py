@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audit_suspects import HELD, ROOT, TUNE, subjects
+from audit_lora import share_used
+from audit_suspects import FACE_PROMPT, HELD, N_CALIBRATION, ROOT, TUNE, split_draws, subjects
 from modelseal import stats
 from modelseal.audit.decision import robust_z
 from modelseal.runs import atomic_write_text, git_sha, write_json
@@ -82,22 +83,16 @@ def scored(rows: list[dict], v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def evaluate(vals: dict[str, np.ndarray], member: np.ndarray, seed: int) -> dict:
+    """AUROC, TPR at 1 % FPR and the set power at n = SET_N (200 collections against every
+    non-member as calibration; nan when there are too few members) of each statistic."""
+    labels = member.astype(int)
     out = {}
     for k, x in vals.items():
-        rows = [{"member": bool(m), "s": float(s)} for m, s in zip(member, x)]
-        out[k] = {"auroc": stats.auroc(x, member.astype(int)), "tpr_1": stats.tpr_at_fpr(x, member.astype(int), 0.01),
-                  "set": power(rows, seed)}
+        mem, cal = x[member], x[~member]
+        out[k] = {"auroc": stats.auroc(x, labels), "tpr_1": stats.tpr_at_fpr(x, labels, 0.01),
+                  "set": share_used(mem, cal, SET_N, 200, np.random.default_rng(seed)) if len(mem) > SET_N
+                  else float("nan")}
     return out
-
-
-def power(rows: list[dict], seed: int, n: int = SET_N, draws: int = 200) -> float:
-    mem = np.array([r["s"] for r in rows if r["member"]])
-    cal = np.array([r["s"] for r in rows if not r["member"]])
-    if len(mem) <= n:
-        return float("nan")
-    rng = np.random.default_rng(seed)
-    return float(np.mean([stats.rank_set_test(rng.choice(mem, n, replace=False), cal, seed=d)[0] <= 0.05
-                          for d in range(draws)]))
 
 
 def subject_suspects(args) -> dict:
@@ -143,22 +138,16 @@ def faces(args) -> dict:
         data = args.faces / "collection" / "data"
         x = torch.cat([read_set(data / "members", 32, "members")[0], read_set(data / "rest", 32, "rest")[0]])
         assert len(x) == len(res)
-        l_pre, l_ft = grid(str(where / "suspect" / "model"), x, ["a photo of a face"] * len(x),
+        l_pre, l_ft = grid(str(where / "suspect" / "model"), x, [FACE_PROMPT] * len(x),
                            args.out / "grids" / f"faces-{where.name}.npz", args.draws, args.seed)
         vals = scored(res, variants(l_pre, l_ft))
         member = np.array([r["member"] for r in res])
         rng = np.random.default_rng(args.seed)
         out[where.name] = {}
         for k, v in vals.items():
-            mem, non = v[member], v[~member]
-            pm, pn = [], []
-            for d in range(500):
-                split = rng.permutation(len(non))
-                cal, null = non[split[:70]], non[split[70:]]
-                pm.append(stats.rank_set_test(rng.choice(mem, 20, replace=False), cal, seed=d)[0] <= 0.05)
-                pn.append(stats.rank_set_test(rng.choice(null, 20, replace=False), cal, seed=d)[0] <= 0.05)
-            out[where.name][k] = {"auroc": stats.auroc(v, member.astype(int)), "power_20": float(np.mean(pm)),
-                                  "fpr_20": float(np.mean(pn))}
+            pm, pn = split_draws(v[member], v[~member], 20, N_CALIBRATION, 500, rng)
+            out[where.name][k] = {"auroc": stats.auroc(v, member.astype(int)), "power_20": float(np.mean(pm <= 0.05)),
+                                  "fpr_20": float(np.mean(pn <= 0.05))}
         print(f"[timesteps] faces {where.name}: n = 20 power " + ", ".join(
             f"{k} {out[where.name][k]['power_20']:.2f}" for k in ("calibrated (audit)", "uniform", "t<=300")),
             flush=True)
