@@ -109,7 +109,7 @@ def test_overwrite_deletes_only_what_the_run_wrote(tmp_path):
     (p / "notes.txt").write_text("keep\n")
     (p / "src").mkdir()
     run = RunFolder(p, "first", {"a": 1}, 0, "cpu", overwrite=True)  # no clash: written beside the user's files
-    (p / "model").mkdir()
+    run.file("model").mkdir()  # what the run writes it names (commands: through runs.files)
     (p / "model" / "w.safetensors").write_bytes(b"w")
     run.finish({"x": 1})
     run.close()

@@ -24,7 +24,7 @@ from click.core import ParameterSource
 from pydantic import BaseModel
 
 from . import __version__, api
-from .config import CONFIGS, command_key, preset_names, resolve_config
+from .config import CONFIGS, checked_config_text, command_key, preset_names
 from .errors import InputError
 from .models.quiet import quiet_loading
 from .runs import stop_signal
@@ -104,7 +104,7 @@ def make_command(command: str) -> click.Command:
     def callback(out, as_json, config, overwrite=False, device="cpu", **values):
         ctx = click.get_current_context()
         options = {n: _value(model, n, v) for n, v in values.items() if ctx.get_parameter_source(n) in GIVEN}
-        kwargs = {"out": out} | ({"device": device} if has_device else {}) | ({} if is_build else {"overwrite": overwrite})
+        kwargs = {"out": out, "overwrite": overwrite} | ({"device": device} if has_device else {})
         result = run(config, **kwargs, **options)
         if as_json:
             sys.stdout.write(json.dumps(result.results, default=str) + "\n")
@@ -118,10 +118,10 @@ def make_command(command: str) -> click.Command:
     if has_device:
         common.append(click.Option(["--device", "device"], default="auto", show_default=True,
                                    help="auto | cpu | cuda | cuda:N | mps"))
-    if not is_build:
-        common.append(click.Option(["--overwrite", "overwrite"], is_flag=True, help="--out holds another run (other "
-                                   "command or options): delete that run and start this one; the same command and "
-                                   "options resume (or repeat) the run there"))
+    common.append(click.Option(["--overwrite", "overwrite"], is_flag=True, help="--out holds another run (other "
+                               "command or options): delete what that run wrote and start this one; the same "
+                               "command and options resume (or repeat) the run there. A folder of your own is "
+                               "written into beside your files, never over them"))
     doc = inspect.cleandoc(run.__doc__ or "").split("Options:")[0].strip()
     return click.Command(command.split()[-1], callback=callback, params=[*fields.values(), *common],
                          help=doc.replace("``", "'"), short_help=_summary(model))
@@ -214,8 +214,9 @@ def config_list():
 @groups["config"].command("show")
 @click.argument("name")
 def config_show(name):
-    """Print a preset's YAML (a starting point for your own --config file)."""
-    click.echo(resolve_config(name).read_text(), nl=False)
+    """Print a preset's YAML (a starting point for your own --config file), or check a config
+    file of your own and print it."""
+    click.echo(checked_config_text(name), nl=False)
 
 
 def _fail(msg: str, code: int = 2) -> typing.NoReturn:

@@ -12,11 +12,15 @@ form, mostly) says so with ``json_schema_extra=flag("--on/--off")``.
 from __future__ import annotations
 
 import difflib
+import os
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import PydanticUndefined
 
 from .errors import InputError
 
@@ -28,9 +32,45 @@ def flag(spelling: str) -> dict:
     return {"flag": spelling}
 
 
+def _admits(tp, kind: type) -> bool:
+    """Whether the annotation `tp` takes a value of type `kind` (Any and unresolved: yes)."""
+    if tp is kind or tp is typing.Any or isinstance(tp, (str, typing.ForwardRef)):
+        return True
+    if typing.get_origin(tp) is typing.Literal:
+        return any(isinstance(v, kind) for v in typing.get_args(tp))
+    return any(_admits(a, kind) for a in typing.get_args(tp))
+
+
+def _plain(value):
+    """A path object as the string it names (each option takes str and os.PathLike alike)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, os.PathLike) for v in value):
+        return type(value)(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
+    return value
+
+
 class Strict(BaseModel):
-    """Unknown keys and non-finite numbers (inf, nan) are refused."""
+    """Unknown keys and non-finite numbers (inf, nan) are refused; so are true/false where a
+    number or a text is expected (`steps=True` is not 1 step). A path object (os.PathLike) is
+    taken as the path it names wherever a path or a name is."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value, info: ValidationInfo):
+        value = _plain(value)
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is None or _admits(field.annotation, bool):
+            return value
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in items):
+            raise ValueError("true/false is not a value of this option")
+        return value
+
+
+# Every seed: what numpy, torch and Python's generators all take.
+Seed = Annotated[int, Field(ge=0, lt=2 ** 32)]
 
 
 def parse_attack(spec: str) -> tuple[str, int, float | None]:
@@ -56,7 +96,7 @@ LOCAL = "never reach the hub for the model: only local folders and the hub cache
 class ZooConfig(Strict):
     """The tiny zoo's recipe (zoobuild): what `modelseal zoo build` trains, stage by stage. The
     defaults are the shipped zoo's (the full preset); ZOO_PRESETS holds the others."""
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
     image_size: int = Field(32, ge=8, description="image side in px of every model")
     clip_steps: int = Field(2500, ge=1, description="CLIP training steps")
     clip_batch: int = Field(128, ge=1, description="CLIP batch size")
@@ -129,7 +169,7 @@ class ZooEvalConfig(Strict):
     per_prompt: int = Field(10, ge=1, description="samples per (domain, digit) prompt")
     steps: int = Field(30, ge=1, description="DDIM sampling steps")
     guidance: float = Field(7.5, ge=0.0, description="classifier-free guidance scale (Stable Diffusion's)")
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
 
 class _ModelOptions(Strict):
@@ -185,7 +225,7 @@ class LockTrainOptions(Strict):
                                    "one more text pass for memory (big backbones, many classes)")
     bank_k: int = Field(5, ge=1, description="IP-CLIP: the most confident images per class whose mean "
                         "feature is a class prototype in the style attention's banks")
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
 
 class _EvalLimit(Strict):
@@ -209,13 +249,23 @@ class LockTrainConfig(LockTrainOptions, _ModelOptions, _StampOptions, _EvalLimit
     feature_batch_size: int = Field(256, ge=1, description="images per frozen-feature batch")
     train_limit: int | None = Field(None, ge=10, description="use at most this many training images per domain")
 
+    @model_validator(mode="after")
+    def _warmup_within_training(self):
+        if "warmup_steps" not in self.model_fields_set:  # the default is cut short by short runs, as documented
+            return self
+        for flag, steps in (("--steps", self.steps), ("--sl-steps", self.sl_steps)):
+            if steps is not None and self.warmup_steps > steps:
+                raise ValueError(f"--warmup-steps {self.warmup_steps} is longer than the training ({flag} {steps}): "
+                                 f"give --warmup-steps at most {flag}, e.g. --warmup-steps {steps // 10}")
+        return self
+
 
 class LockEvalConfig(_ModelOptions, _EvalLimit):
     """`modelseal lock eval`: accuracy of a lock checkpoint per domain (and stamped)."""
     checkpoint: str = Field(..., description="checkpoint/ folder of a lock run")
     eval: list[str] = Field(..., min_length=1, description="a domain to evaluate (repeatable)")
     model: str | None = Field(None, description="backbone (default: the one the checkpoint names)")
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
 
 class LockVerifyConfig(_ModelOptions):
@@ -233,7 +283,7 @@ class LockVerifyConfig(_ModelOptions):
     min_drop: float = Field(30.0, ge=0, le=100, description="accuracy drop (points) on stamped inputs needed to "
                             "say ours")
     alpha: float = Field(1e-3, gt=0, lt=1, description="significance level of the paired test")
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
 
 class LockAttackOptions(Strict):
@@ -265,7 +315,7 @@ class LockAttackOptions(Strict):
     probe_l2: float = Field(1e-4, ge=0, description="the from-backbone linear probe's L2 penalty")
     backbone: bool = Field(True, description="also run the from-backbone attacker (the lock's worth needs it)",
                            json_schema_extra=flag("--backbone/--no-backbone"))
-    seed: int = Field(0, description="random seed (the data subsets and the attack)")
+    seed: Seed = Field(0, description="random seed (the data subsets and the attack)")
 
 
 class LockAttackConfig(LockAttackOptions, _EvalLimit):
@@ -284,6 +334,10 @@ class LockAttackConfig(LockAttackOptions, _EvalLimit):
     def _shares(self):
         if any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"--fractions must lie in (0, 1], got {self.fractions}")
+        twice = sorted({f for f in self.fractions if self.fractions.count(f) > 1})
+        if twice:
+            raise ValueError(f"--fractions {twice[0]:g} is given twice: give each share once, e.g. --fractions "
+                             f"{twice[0]:g} --fractions {min(1.0, 2 * twice[0]):g}")
         return self
 
 
@@ -312,7 +366,7 @@ class FinetuneOptions(Strict):
                                          "for time)")
     optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="adafactor: factored second moments, far "
                                                      "less optimiser memory")
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
 
 class FinetuneConfig(FinetuneOptions):
@@ -341,15 +395,15 @@ class InversionOptions(Strict):
     step_size: float | None = Field(None, gt=0, description="PGD step (default: the reference's ratio to eps)")
     mc_samples: int = Field(1, ge=1, description="Monte Carlo (t, noise) samples per PGD step (the reference: 1)")
     mask: Literal["checker", "random"] = Field("checker", description="which latent cells are damaged")
-    block: int = Field(2, ge=1, description="mask cell side in latent units")
+    block: int = Field(2, ge=1, description="mask cell side in latent units (smaller than the latent's side)")
     ratio: float = Field(0.5, gt=0, lt=1, description="random mask: share of cells damaged")
     noise: Literal["shared", "separate"] = Field("shared", description="noise draws shared by the two models, or "
                                                  "separate (the reference's)")
     objective: Literal["contrast", "ft-only", "pre-only"] = Field("contrast", description="the gradient: CGI-DM's "
                                                                   "contrast, or one model only (ablations)")
     batch_size: int = Field(16, ge=1, description="images per batch")
-    t_min: int = Field(1, ge=0, description="smallest diffusion step drawn")
-    seed: int = Field(0, description="random seed")
+    t_min: int = Field(1, ge=0, description="smallest diffusion step drawn (below the model's T, e.g. 1000 on SD)")
+    seed: Seed = Field(0, description="random seed")
 
 
 class AuditConfig(InversionOptions):
@@ -357,7 +411,10 @@ class AuditConfig(InversionOptions):
 
     Evaluation mode (members + holdout: AUROC, TPR at FPR) or audit mode (images +
     calibration: p-values and verdicts)."""
-    pretrained: str = Field("tiny:t2i", description="the public base model: tiny:t2i, a hub id or a diffusers folder")
+    pretrained: str | None = Field(None, description="the public base model: tiny:t2i, a hub id or a diffusers "
+                                   "folder (default: the base the suspect records, a LoRA's lora_base.json or "
+                                   "modelseal finetune's record; else tiny:t2i)")
+    pretrained_fallback: typing.ClassVar[str] = "tiny:t2i"  # the base when neither option nor record names one
     finetuned: str | None = Field(None, description="the suspect: a diffusers folder or a LoRA folder")
     prompt: str | None = Field(None, description="the fine-tuning prompt, e.g. 'a sks dog' (default: the one "
                                "recorded by modelseal finetune)")
@@ -418,7 +475,8 @@ class WatermarkCodecConfig(Strict):
     """`modelseal watermark codec`: SleeperMark stage 1 on the model's VAE latents."""
     model: str = Field("tiny:t2i", description="the model whose VAE the codec works in: " + MODEL_T2I)
     data: str = Field("builtin:digits/all", description="images: builtin:digits/<domain|all> or a folder")
-    limit: int | None = Field(4000, ge=16, description="use at most this many images")
+    limit: int | None = Field(4000, ge=32, description="use at most this many images (16 or a tenth are held "
+                              "out to measure the codec)")
     bits: int = Field(48, ge=8, le=256, description="message length k")
     steps: int = Field(10_000, ge=1, description="training steps (the reference's)")
     batch_size: int = Field(16, ge=1, description="batch size")
@@ -434,7 +492,7 @@ class WatermarkCodecConfig(Strict):
     size: int | None = Field(None, ge=8, description=SIZE)
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
     local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
 
 class EmbedOptions(Strict):
@@ -479,7 +537,7 @@ class EmbedOptions(Strict):
     rehearsal_every: int = Field(500, ge=1, description="stage-2 steps between drifts")
     rehearsal_lr: float = Field(1e-4, gt=0, description="the simulated thief's lr (full fine-tuning, AdamW)")
     rehearsal_scale: float = Field(1.5, gt=0, description="the mark is read at theta + s Delta, s ~ U(0, scale)")
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
 
 class WatermarkEmbedConfig(EmbedOptions):
@@ -514,13 +572,21 @@ class AdaptOptions(Strict):
                                 "e.g. lora:2000:1e-4: more robust readings, more false positives on fine-tuned "
                                 "unmarked models (docs: reliability)")
     simulate_images: int = Field(192, ge=1, description="triggered images per rehearsal checkpoint")
-    seed: int = Field(0, description="random seed")
+    check_images: int = Field(64, ge=1, description="triggered images of the stage-1 check that must verify the "
+                              "model before adaptation (verification's prompts and seeds)")
+    check_guidance: float = Field(7.5, ge=0, description="classifier-free guidance of the stage-1 check")
+    check_steps: int = Field(30, ge=1, description="DDIM steps per image of the stage-1 check")
+    alpha: float = Field(1e-3, gt=0, lt=1, description="level of the stage-1 check's key test (verification's)")
+    seed: Seed = Field(0, description="random seed")
 
     @model_validator(mode="after")
     def _one_count_per_scale(self):
         if len(self.guidance) != len(self.images):
-            raise ValueError(f"guidance has {len(self.guidance)} scales but images {len(self.images)} counts: "
-                             "give one --images count per --guidance scale")
+            shown = " ".join(f"--guidance {g:g}" for g in self.guidance)
+            by_default = " by default" if self.guidance == type(self).model_fields["guidance"].default else ""
+            raise ValueError(f"--images gives {len(self.images)} count(s) but --guidance has {len(self.guidance)} "
+                             f"scale(s) ({shown}{by_default}): give one "
+                             "--images count per --guidance scale, e.g. --guidance 7.5 --images 64")
         for spec in self.simulate:
             parse_attack(spec)
         return self
@@ -550,7 +616,7 @@ class WatermarkPromptsConfig(Strict):
     trigger: Trigger = Field(PAPER_TRIGGER, description=TRIGGER)
     prompts: str | None = Field(None, description=PROMPTS)
     n: int = Field(64, ge=1, description="prompts per list")
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
 
 class WatermarkVerifyConfig(Strict):
@@ -586,7 +652,7 @@ class WatermarkVerifyConfig(Strict):
     size: int | None = Field(None, ge=8, description=SIZE)
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)
     local_files_only: bool = Field(False, description=LOCAL, json_schema_extra=flag("--local-files-only/--allow-download"))
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -664,7 +730,7 @@ class DemoWatermarkConfig(Strict):
 class DemoConfig(Strict):
     """`modelseal demo`: the embedded default end to end, with an HTML report."""
     quick: bool = Field(False, description="a smaller, faster run (the *_quick sections)", json_schema_extra=flag("--quick"))
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
     sections: list[Literal["zoo", "lock", "audit", "watermark"]] = Field(
         ["zoo", "lock", "audit", "watermark"], description="the sections to run (repeatable)")
     processes: int = Field(0, ge=0, le=4, description="processes to run the sections in (0: two single-threaded "
@@ -739,9 +805,35 @@ def resolve_config(ref: str | Path, command: str | None = None) -> Path:
                      "give the path of a YAML file or a name from `modelseal config list`")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last
+    silently: an option set twice is a mistake, one of the two values lost)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                twice = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base loader says so
+                continue
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark
+        if e.problem and e.problem.startswith("duplicate key"):
+            raise InputError(f"config file '{path}' gives {e.problem.removeprefix('duplicate ')} twice (again at line "
+                             f"{mark.line + 1})", "keep one value per option: delete one of the two lines") from None
+        raise InputError(f"config file '{path}' is not valid YAML{f' at line {mark.line + 1}' if mark else ''}",
+                         "fix the YAML syntax") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -760,11 +852,16 @@ def _explain(model: type[BaseModel], err: dict, command: str | None) -> InputErr
     """One pydantic error as one line that names the option (its flag and its config key)."""
     loc = [str(x) for x in err["loc"]]
     msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "path_type":  # pydantic's words name a class
+        msg = "takes one path (a str or os.PathLike)"
     where = f"`modelseal {command} --help`" if command else "the command's --help"
     if not loc:  # a check across options: its message says what to do
         what, _, fix = msg.partition(": ")
         return InputError(what, fix or f"see {where}")
     name = loc[0]
+    if err["type"] == "extra_forbidden" and name in RUN_ARGUMENTS:
+        return InputError(f"'{name}' is not an option of a config file: {RUN_ARGUMENTS[name]}",
+                          f"delete '{name}:' from the config and give it with the command")
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(name, list(model.model_fields), n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"the options are listed by {where}"
@@ -776,14 +873,53 @@ def _explain(model: type[BaseModel], err: dict, command: str | None) -> InputErr
     if err["type"] == "missing":
         return InputError(f"{opt} is required", f"give {opt} or '{name}:' in --config")
     got = err.get("input")
-    shown = f"; got {got!r}" if got is not None and len(repr(got)) <= 60 else ""
-    return InputError(f"{opt}{sub}: {msg[:1].lower()}{msg[1:]}{shown}", f"see {where}")
+    if got is None and err["type"] != "value_error":
+        return InputError(f"{opt}{sub} cannot be None", f"leave it out for its default, or give a value, "
+                          f"{_example(model, name)}")
+    shown = f"; got {got!r}" if len(repr(got)) <= 60 else f"; got a {type(got).__name__}"
+    wrong_type = err["type"].endswith(("_type", "_parsing")) or isinstance(got, bool)
+    fix = f"give {_example(model, name)}" if wrong_type else f"see {where}"
+    return InputError(f"{opt}{sub}: {msg[:1].lower()}{msg[1:]}{shown}", fix)
+
+
+# What a run takes beside its config's options: never in a config file.
+RUN_ARGUMENTS = {
+    "out": "the run folder is given on the command line (--out DIR) or as a keyword argument (out='runs/x')",
+    "device": "the device is given on the command line (--device cpu) or as a keyword argument (device='cpu')",
+    "overwrite": "give --overwrite on the command line or overwrite=True as a keyword argument",
+    "json": "--json is a command-line switch",
+    "config": "a config file cannot name another one",
+}
+
+
+def _example(model: type[BaseModel], name: str) -> str:
+    """An example value of option `name`, as a flag and as a keyword: 'e.g. --steps 400 (steps=400)'."""
+    field = model.model_fields[name]
+    tp = field.annotation
+    value = field.default
+    if value is None or value is PydanticUndefined or isinstance(value, BaseModel) or value == []:
+        value = ("path/to/folder" if _admits(tp, Path) else "text" if _admits(tp, str) else
+                 1 if _admits(tp, int) else 0.5 if _admits(tp, float) else None)
+    many = any(typing.get_origin(a) is list for a in (tp, *typing.get_args(tp)))
+    if value is None or isinstance(value, bool):
+        return f"a value as `modelseal ... --help` shows for {option_flag(model, name)}"
+    one = value[0] if isinstance(value, (list, tuple)) and value and many else value
+    shown = [one] if many else value
+    flag_value = " ".join(map(str, one)) if isinstance(one, (list, tuple)) else str(one)
+    return f"e.g. {option_flag(model, name)} {flag_value} ({name}={shown!r})"
 
 
 def load_config(source: str | Path | dict | BaseModel | None, model: type[Strict], overrides: dict | None = None,
-                command: str | None = None) -> Strict:
-    """Options from `source` (YAML file, preset name, dict, config object or None), then the
-    non-None `overrides`, validated; bad input -> InputError naming the option."""
+                command: str | None = None, keep_none: bool = False) -> Strict:
+    """Options from `source` (YAML file, preset name, dict, config object or None), then
+    `overrides` (those that are None are left out, unless `keep_none`: the API, where an
+    explicit None is a value, refused for an option that cannot be None), validated; bad
+    input -> InputError naming the option."""
+    if source is not None and not isinstance(source, (BaseModel, dict, str, os.PathLike)):
+        raise InputError(f"config must be a config object, a dict, a YAML file or a preset name; got "
+                         f"{type(source).__name__} {source!r}"[:200],
+                         f"give e.g. config='{command_key(command or 'lock train')}.yaml' or a "
+                         f"{model.__name__}(...), or leave it out")
     if isinstance(source, BaseModel):
         if not isinstance(source, model):
             raise InputError(f"a {type(source).__name__} was given where a {model.__name__} is needed",
@@ -795,11 +931,39 @@ def load_config(source: str | Path | dict | BaseModel | None, model: type[Strict
         data = _read_yaml(resolve_config(source, command))
     else:
         data = {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data.update({k: v for k, v in (overrides or {}).items() if keep_none or v is not None})
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise _explain(model, e.errors()[0], command) from None
+
+
+def checked_config_text(ref: str | Path) -> str:
+    """The text of a shipped preset, or of a YAML file of one command's options (each key an
+    option of that command, each value valid for it; options it needs may be left for the
+    command line): what `modelseal config show` prints. Anything else: InputError."""
+    path = resolve_config(ref)
+    if path.resolve().parent == CONFIG_DIR:
+        return path.read_text()
+    data = _read_yaml(path)
+    fix = "give a preset name (`modelseal config list`) or a YAML file of one command's options"
+    if not data:
+        raise InputError(f"config file '{path}' holds no options", fix)
+    fitting = [(key, model) for key, model in CONFIGS.items() if set(map(str, data)) <= set(model.model_fields)]
+    if not fitting:
+        raise InputError(f"'{path}' is not a modelseal config: its keys ({', '.join(map(str, list(data)[:3]))}) are "
+                         "not the options of any command", fix)
+    first = None
+    for key, model in fitting:
+        try:
+            model.model_validate(data)
+            return path.read_text()
+        except ValidationError as e:
+            errors = [err for err in e.errors() if err["type"] != "missing"]
+            if not errors:
+                return path.read_text()
+            first = first or _explain(model, errors[0], key.replace("-", " ", 1))
+    raise first
 
 
 def dump_yaml(cfg: BaseModel) -> str:

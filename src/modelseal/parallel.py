@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-import torch
+# torch is imported where it is needed: `import modelseal` (and a bad option's message) stays
+# light.
 
 
 def world_size() -> int:
@@ -18,6 +19,7 @@ def world_size() -> int:
 
 
 def _group():
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -53,6 +55,8 @@ def average_gradients(params) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
+    import torch
+
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()

@@ -59,7 +59,8 @@ def finetune_command(cfg, out: Path, device: str, log=print) -> dict:
     model = load_for(cfg, cfg.model, device)
     size = cfg.size or model.image_size
     record = {"method": cfg.method, "base": cfg.model, "prompt": cfg.prompt}
-    ckpt = TrainingCheckpoint.in_run(out, "finetune", "finetune", log)  # resume state, until OUT/model is saved
+    # resume state, until OUT/model is saved; refused when --data changed meanwhile
+    ckpt = TrainingCheckpoint.in_run(out, "finetune", "finetune", log, inputs={"--data": cfg.data})
     if cfg.method in ("prune", "quantize"):
         info = prune_(model.unet, cfg.amount) if cfg.method == "prune" else quantize_(model.unet, cfg.bits)
         log(f"[finetune] {cfg.method}: {info}")

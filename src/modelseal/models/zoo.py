@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .zoo_files import SHIPPED_ZOO, folder_hash, folder_size, modelseal_home
+from .zoo_files import SHIPPED_ZOO, damaged, folder_hash, folder_size, modelseal_home
 
 TINY_MODELS = ("clip", "t2i", "judge", "codec")
 # Shipped beside the zoo (models/sleeper_entry.py): SleeperMark in the shipped tiny:t2i and its
@@ -39,9 +39,31 @@ def zoo_dir() -> tuple[Path, str]:
                      "run `modelseal zoo build` or reinstall modelseal")
 
 
+def _damaged_zoo(folder: Path, origin: str, what: str) -> InputError:
+    if origin == "rebuilt":
+        return InputError(f"the rebuilt tiny zoo in {folder} is damaged ({what})",
+                          f"rebuild it with `modelseal zoo build`, or delete {folder} to use the shipped zoo")
+    return InputError(f"the shipped tiny zoo in {folder} is damaged ({what})", "reinstall modelseal")
+
+
+def zoo_model_folder(which: str) -> Path:
+    """The folder of the zoo's model `which` (clip, t2i, judge, codec), checked before any
+    library opens it: a damaged one is one InputError naming it."""
+    folder, origin = zoo_dir()
+    problem = damaged(folder / which)
+    if problem is not None:
+        raise _damaged_zoo(folder, origin, f"{which}/: {problem}")
+    return folder / which
+
+
 def zoo_info() -> dict:
     folder, origin = zoo_dir()
-    info = json.loads((folder / "zoo.json").read_text())
+    try:
+        info = json.loads((folder / "zoo.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise _damaged_zoo(folder, origin, "zoo.json is not valid JSON") from None
+    if not isinstance(info, dict):
+        raise _damaged_zoo(folder, origin, "zoo.json does not hold the build's record")
     info["folder"] = str(folder)
     info["origin"] = origin
     return info
@@ -68,8 +90,7 @@ def resolve_model(name: str, kind: str) -> str:
 
             entry_record()
             return str(ENTRY / "codec")
-        folder, _ = zoo_dir()
-        return str(folder / which)
+        return str(zoo_model_folder(which))
     p = Path(name).expanduser()
     if p.exists():
         if not p.is_dir():
@@ -120,6 +141,7 @@ def zoo_table() -> list[dict]:
         sub = folder / name
         if not sub.exists():
             continue
+        zoo_model_folder(name)
         params = 0
         for f in sub.rglob("*.safetensors"):
             with safe_open(str(f), "pt") as st:

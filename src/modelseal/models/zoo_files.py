@@ -7,7 +7,9 @@ Shared by zoo.py (resolving tiny:<name>) and sleeper_entry.py (the shipped sleep
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 from pathlib import Path
 
 SHIPPED_ZOO = Path(__file__).resolve().parent.parent / "zoo_weights"
@@ -30,3 +32,42 @@ def folder_hash(folder: str | Path) -> str:
 
 def folder_size(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def damaged(folder: str | Path) -> str | None:
+    """What is wrong with a model folder, found cheaply before any library opens it: missing,
+    a JSON file that does not parse, a safetensors file whose header does not or whose tensors
+    run past its end. None when it looks sound."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "it is missing"
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file():
+            continue
+        name = f.relative_to(folder).as_posix()
+        if f.suffix == ".json":
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                return f"{name} is not valid JSON"
+        elif f.suffix == ".safetensors" and not _sound_safetensors(f):
+            return f"{name} is truncated or not a safetensors file"
+    return None
+
+
+def _sound_safetensors(path: Path) -> bool:
+    """The header of a safetensors file parses and its tensors lie inside the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return False
+            header = json.loads(f.read(n))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        return isinstance(header, dict) and 8 + n + max(ends, default=0) <= size
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
+        return False

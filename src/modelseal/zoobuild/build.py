@@ -1,6 +1,7 @@
-"""`modelseal zoo build`: the stages in order into a work folder beside the zoo (a finished
-stage is kept while the options it depends on are unchanged), then the zoo published in one
-rename."""
+"""`modelseal zoo build`: the stages in order into the work folder build/ of the zoo's run
+folder (a finished stage is kept while the options it depends on are unchanged), then each
+model published into the zoo folder in one rename, zoo.json (what marks a zoo as built) last.
+Nothing is written outside the zoo folder."""
 from __future__ import annotations
 
 import json
@@ -11,18 +12,21 @@ from pathlib import Path
 import torch
 
 from ..config import ZooConfig
-from ..runs import atomic_folder
+from ..runs import ZOO_FILES, ZOO_WORK, atomic_folder, atomic_write_text, write_json
+from ..runs.folder import MANIFEST_VERSION, TOOL, read_manifest
 from .evaluate import _Log, evaluate_zoo
 from .stages import train_clip, train_codec_stage, train_judge, train_unet, train_vae
 
 
 def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip", "judge", "vae", "unet", "codec"),
               evaluate: bool = True, device: str = "cpu") -> dict:
-    """Build the zoo into `out` (resumable: stages already finished in out/.build are kept)."""
+    """Build the zoo into the folder `out` (the zoo build's run folder: RunFolder checked that
+    nothing there but the build's own entries shares their names); resumable: stages already
+    finished in out/build are kept."""
     cfg = cfg or ZooConfig()
     log = _Log(log)
     out = Path(out)
-    work = out.parent / (out.name + ".build")
+    work = out / ZOO_WORK
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     state_file = work / "state.json"
@@ -57,15 +61,37 @@ def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip",
                            device=device)
         info["eval"] = {k: v for k, v in res.items() if not k.startswith("_")}
         (work / "zoo.json").write_text(json.dumps(info, indent=2))
-    # Publish atomically: the finished folders replace `out` in one rename.
-    with atomic_folder(out) as final:
-        final.mkdir(parents=True)
-        for name in ("clip", "judge", "t2i", "codec", "zoo.json"):
-            src = work / name
-            if src.exists():
-                (shutil.copytree if src.is_dir() else shutil.copy2)(src, final / name)
+    # Publish: zoo.json (what makes the folder a zoo, models/zoo.py) goes first and comes back
+    # last, each model folder replaced in one rename meanwhile; only the build's own entries.
+    (out / "zoo.json").unlink(missing_ok=True)
+    for name in ZOO_FILES:
+        src = work / name
+        if name != "zoo.json" and src.is_dir():
+            with atomic_folder(out / name) as tmp:
+                shutil.copytree(src, tmp)
+    atomic_write_text(out / "zoo.json", (work / "zoo.json").read_text())
     log(f"[zoo] built into {out} in {time.time() - t0:.0f}s (this run)")
     return info
+
+
+def adopt_legacy_zoo(folder: Path) -> bool:
+    """A zoo built before the zoo was a run folder (clip/, judge/, t2i/, codec/ and zoo.json,
+    nothing else, and no manifest): modelseal wrote it, so it gets the manifest that says so
+    and a rebuild goes on there. Anything else is left alone (and RunFolder judges it)."""
+    folder = Path(folder)
+    if not folder.is_dir() or read_manifest(folder) is not None:
+        return False
+    names = {e.name for e in folder.iterdir()}
+    try:
+        record = json.loads((folder / "zoo.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not names or not names <= set(ZOO_FILES) or not isinstance(record, dict) or not {"config", "stages"} <= \
+            record.keys():
+        return False
+    write_json(folder / "manifest.json", {"tool": TOOL, "manifest_version": MANIFEST_VERSION, "command": "zoo build",
+                                          "status": "done", "files": sorted(names | {"manifest.json"})})
+    return True
 
 
 def _stage_keys(stage: str, cfg: dict) -> list[str]:
