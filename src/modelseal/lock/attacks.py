@@ -44,6 +44,10 @@ On a stamped lock (ownership, authorization scenarios) the stamp is what is atta
                    stamped ones with confident, diverse predictions: the licensed accuracy
                    without the licence
 
+Every trainer here stops at its first non-finite loss or weight (runs.Divergence: an InputError
+naming the option to lower), so no attacker's accuracy is ever read off a NaN model, and
+takes an optional TrainingCheckpoint, so an interrupted `lock attack` point resumes.
+
 The from-backbone attacker, with the same images and steps: zero-shot CLIP; for labelled
 data a linear probe on the frozen image features and a prompt learner trained from its
 initial state; for unlabeled data SHOT on a linear head initialised with the zero-shot
@@ -59,6 +63,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LockAttackOptions
+from ..runs import TrainingCheckpoint
+from ..runs.diverge import Diverged, Divergence
 from .ipclip import ProjectorConfig, block_statistics, frozen_features
 from .train import LockModel, zero_shot_probs
 
@@ -102,6 +108,13 @@ def _lr(opts: LockAttackOptions, step: int) -> float:
     return opts.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, opts.steps - warm)))
 
 
+def _guard(opts: LockAttackOptions, tag: str, ckpt: TrainingCheckpoint, option: str = "--lr") -> Divergence:
+    """The divergence refusal of one attack training (`option`: --lr or --disguise-lr)."""
+    field = option.removeprefix("--").replace("-", "_")
+    return Divergence(f"lock attack{tag}", option, getattr(opts, field),
+                      default=LockAttackOptions.model_fields[field].default, on_diverge=ckpt.remove)
+
+
 def _params(lm: LockModel) -> list[torch.nn.Parameter]:
     """What a checkpoint attacker can train: the projector and the style branch (direct-all)."""
     return [*lm.ipclip.projector.parameters(), *lm.att_s.parameters(), *lm.att_t.parameters()]
@@ -111,7 +124,8 @@ def _batch(data: Features, idx: torch.Tensor, device) -> dict:
     return {k: v[idx].to(device) for k, v in data.frozen.items()}
 
 
-def finetune_prompts(lm: LockModel, data: Features, opts: LockAttackOptions, log=print, tag: str = "") -> LockModel:
+def finetune_prompts(lm: LockModel, data: Features, opts: LockAttackOptions, log=print, tag: str = "",
+                     checkpoint: TrainingCheckpoint | None = None) -> LockModel:
     """Cross-entropy on labelled `data`, all of the lock's trainable parts, in place."""
     params = _params(lm)
     for p in params:
@@ -121,7 +135,10 @@ def finetune_prompts(lm: LockModel, data: Features, opts: LockAttackOptions, log
     dev = lm.ipclip.clip.device
     lm.train()
     t0 = time.time()
-    for step in range(opts.steps):
+    ckpt = checkpoint or TrainingCheckpoint(None)
+    ckpt.resume(opts.steps, params, opt, gen=g, meta={"loop": "finetune_prompts", "lr": opts.lr})
+    guard = _guard(opts, tag, ckpt)
+    for step in ckpt.steps():
         for grp in opt.param_groups:
             grp["lr"] = _lr(opts, step)
         idx = torch.randint(0, len(data), (min(opts.batch_size, len(data)),), generator=g)
@@ -129,7 +146,8 @@ def finetune_prompts(lm: LockModel, data: Features, opts: LockAttackOptions, log
         loss = F.cross_entropy(logits, data.labels[idx].to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        guard.step(opt, step + 1)
+        guard.check(step + 1, loss, params)
         if step % max(1, opts.steps // 4) == 0 or step == opts.steps - 1:
             log(f"[lock attack]{tag} step {step + 1}/{opts.steps} CE {loss.item():.3f} ({time.time() - t0:.0f}s)")
     lm.eval()
@@ -163,17 +181,24 @@ def information_maximisation(logits: torch.Tensor) -> torch.Tensor:
     return ent + (mean * torch.log(mean + 1e-6)).sum()
 
 
-def _shot_loop(predict_all, forward, params, data: Features, opts: LockAttackOptions, log, tag: str) -> None:
+def _shot_loop(predict_all, forward, params, data: Features, opts: LockAttackOptions, log, tag: str,
+               checkpoint: TrainingCheckpoint | None = None) -> None:
     """SHOT's training loop on any classifier: `forward(idx)` gives logits of data[idx],
-    `predict_all()` the probabilities on all of it (for the pseudo-labels)."""
+    `predict_all()` the probabilities on all of it (for the pseudo-labels, which a resumed
+    loop takes from its checkpoint)."""
     opt = torch.optim.Adam(params, lr=opts.lr)
     g = torch.Generator().manual_seed(opts.seed)
     feat = data.frozen["feat"]
     t0 = time.time()
-    labels = None
-    for step in range(opts.steps):
-        if step % opts.shot_interval == 0:
-            labels = shot_pseudo_labels(feat, predict_all())
+    ckpt = checkpoint or TrainingCheckpoint(None)
+    kept = {"labels": None}
+    kept.update(ckpt.resume(opts.steps, params, opt, gen=g, state=lambda: dict(kept),
+                            meta={"loop": "shot", "lr": opts.lr, "interval": opts.shot_interval}))
+    guard = _guard(opts, tag, ckpt)
+    for step in ckpt.steps():
+        if step % opts.shot_interval == 0 or kept["labels"] is None:
+            kept["labels"] = shot_pseudo_labels(feat, predict_all())
+        labels = kept["labels"]
         for grp in opt.param_groups:
             grp["lr"] = _lr(opts, step)
         idx = torch.randint(0, len(data), (min(opts.batch_size, len(data)),), generator=g)
@@ -183,13 +208,15 @@ def _shot_loop(predict_all, forward, params, data: Features, opts: LockAttackOpt
         loss = l_im + opts.shot_beta * l_pl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        guard.step(opt, step + 1)
+        guard.check(step + 1, loss, params)
         if step % max(1, opts.steps // 4) == 0 or step == opts.steps - 1:
             log(f"[lock attack]{tag} step {step + 1}/{opts.steps} IM {l_im.item():.3f} pseudo-CE {l_pl.item():.3f} "
                 f"({time.time() - t0:.0f}s)")
 
 
-def shot_prompts(lm: LockModel, data: Features, opts: LockAttackOptions, log=print, tag: str = "") -> LockModel:
+def shot_prompts(lm: LockModel, data: Features, opts: LockAttackOptions, log=print, tag: str = "",
+                 checkpoint: TrainingCheckpoint | None = None) -> LockModel:
     """SHOT on the lock's trainable parts, unlabeled `data`, in place."""
     params = _params(lm)
     for p in params:
@@ -203,7 +230,8 @@ def shot_prompts(lm: LockModel, data: Features, opts: LockAttackOptions, log=pri
         return p
 
     lm.train()
-    _shot_loop(predict_all, lambda idx: lm.ipclip(_batch(data, idx, dev))[0], params, data, opts, log, tag)
+    _shot_loop(predict_all, lambda idx: lm.ipclip(_batch(data, idx, dev))[0], params, data, opts, log, tag,
+               checkpoint)
     lm.eval()
     return lm
 
@@ -242,10 +270,14 @@ def linear_probe(data: Features, n_classes: int, opts: LockAttackOptions, init: 
         return loss
 
     opt.step(closure)
+    if not all(bool(p.detach().isfinite().all()) for p in head.parameters()):
+        raise Diverged("lock attack's from-backbone linear probe diverged (weights not finite)",
+                         f"raise --probe-l2, e.g. --probe-l2 {max(10 * opts.probe_l2, 1e-2):g}")
     return head
 
 
-def shot_head(head: LinearHead, data: Features, opts: LockAttackOptions, log=print, tag: str = "") -> LinearHead:
+def shot_head(head: LinearHead, data: Features, opts: LockAttackOptions, log=print, tag: str = "",
+              checkpoint: TrainingCheckpoint | None = None) -> LinearHead:
     """SHOT on a linear head over the frozen image features (the backbone attacker's)."""
     feat = data.frozen["feat"].float().cpu()
 
@@ -253,7 +285,7 @@ def shot_head(head: LinearHead, data: Features, opts: LockAttackOptions, log=pri
     def predict_all():
         return head(feat).softmax(-1)
 
-    _shot_loop(predict_all, lambda idx: head(feat[idx]), list(head.parameters()), data, opts, log, tag)
+    _shot_loop(predict_all, lambda idx: head(feat[idx]), list(head.parameters()), data, opts, log, tag, checkpoint)
     return head
 
 
@@ -326,9 +358,11 @@ class DomainStatistics:
 
 
 def train_disguise(lm: LockModel, unauthorized: torch.Tensor, authorized: torch.Tensor, opts: LockAttackOptions,
-                   log=print, tag: str = "") -> Disguise:
+                   log=print, tag: str = "", checkpoint: TrainingCheckpoint | None = None,
+                   what: str | None = None, fix: str | None = None) -> Disguise:
     """Fit a Disguise on unlabeled images (in [0, 1]) with the locked model frozen; the lock's
-    weights are not touched."""
+    weights are not touched. `what` / `fix`: how a divergence names it and says to fix it
+    (default: lock attack<tag>, lower --disguise-lr)."""
     clip = lm.ipclip.clip
     dev = clip.device
     torch.manual_seed(opts.seed)
@@ -338,7 +372,12 @@ def train_disguise(lm: LockModel, unauthorized: torch.Tensor, authorized: torch.
     opt = torch.optim.Adam(disguise.parameters(), lr=opts.disguise_lr)
     g = torch.Generator().manual_seed(opts.seed)
     t0 = time.time()
-    for step in range(opts.steps):
+    params = list(disguise.parameters())
+    ckpt = checkpoint or TrainingCheckpoint(None)
+    ckpt.resume(opts.steps, params, opt, gen=g, meta={"loop": "disguise", "lr": opts.disguise_lr})
+    guard = _guard(opts, tag, ckpt, "--disguise-lr")
+    guard.what, guard.fix = what or guard.what, fix
+    for step in ckpt.steps():
         for grp in opt.param_groups:
             grp["lr"] = opts.disguise_lr * _lr(opts, step) / opts.lr
         idx = torch.randint(0, len(unauthorized), (min(opts.batch_size, len(unauthorized)),), generator=g)
@@ -351,7 +390,8 @@ def train_disguise(lm: LockModel, unauthorized: torch.Tensor, authorized: torch.
         loss = l_style + l_im + opts.disguise_content * l_content
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        guard.step(opt, step + 1)
+        guard.check(step + 1, loss, params)
         if step % max(1, opts.steps // 4) == 0 or step == opts.steps - 1:
             log(f"[lock attack]{tag} step {step + 1}/{opts.steps} style {l_style.item():.3f} IM {l_im.item():.3f} "
                 f"L1 {l_content.item():.3f} ({time.time() - t0:.0f}s)")
@@ -376,7 +416,7 @@ class Forgery(torch.nn.Module):
 
 
 def train_forgery(lm: LockModel, clean: torch.Tensor, stamped: torch.Tensor, opts: LockAttackOptions,
-                  log=print, tag: str = "") -> Forgery:
+                  log=print, tag: str = "", checkpoint: TrainingCheckpoint | None = None) -> Forgery:
     """Fit one additive pattern so that `clean` + pattern looks like `stamped` to the frozen
     locked model (block statistics, information maximisation); no labels, no weight changes."""
     clip = lm.ipclip.clip
@@ -390,7 +430,11 @@ def train_forgery(lm: LockModel, clean: torch.Tensor, stamped: torch.Tensor, opt
     opt = torch.optim.Adam(forgery.parameters(), lr=opts.disguise_lr * 10)
     g = torch.Generator().manual_seed(opts.seed)
     t0 = time.time()
-    for step in range(opts.steps):
+    params = list(forgery.parameters())
+    ckpt = checkpoint or TrainingCheckpoint(None)
+    ckpt.resume(opts.steps, params, opt, gen=g, meta={"loop": "forgery", "lr": opts.disguise_lr})
+    guard = _guard(opts, tag, ckpt, "--disguise-lr")
+    for step in ckpt.steps():
         idx = torch.randint(0, len(clean), (min(opts.batch_size, len(clean)),), generator=g)
         fr = _live_features(clip, forgery(clean[idx].to(clip.device)))
         l_style = target.style_loss(fr)
@@ -398,7 +442,8 @@ def train_forgery(lm: LockModel, clean: torch.Tensor, stamped: torch.Tensor, opt
         loss = l_style + l_im
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        guard.step(opt, step + 1)
+        guard.check(step + 1, loss, params)
         if step % max(1, opts.steps // 4) == 0 or step == opts.steps - 1:
             log(f"[lock attack]{tag} step {step + 1}/{opts.steps} style {l_style.item():.3f} IM {l_im.item():.3f} "
                 f"({time.time() - t0:.0f}s)")

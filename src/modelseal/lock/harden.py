@@ -56,7 +56,9 @@ def harden_lock(model: LockModel, clip, class_names: list[str], auth: dict, y_a:
         opts = disguise_options(cfg, r)
         pick = torch.randperm(len(x_auth), generator=torch.Generator().manual_seed(opts.seed))
         reference = x_auth[pick[:opts.disguise_authorized]]
-        disguise = train_disguise(clone_lock(model), x_unauth, reference, opts, log=log, tag=f" harden {r}")
+        disguise = train_disguise(clone_lock(model), x_unauth, reference, opts, log=log, tag=f" harden {r}",
+                                  what=f"hardening round {r}'s disguise",
+                                  fix="lower --lr (the lock it is fitted against comes from it), or use --harden none")
         views = features(disguise.apply(x_unauth))
         views = {k: v.to(pool[k].device) for k, v in views.items()}
         unlocked = accuracy(model.ipclip, views, y_u)
@@ -64,7 +66,8 @@ def harden_lock(model: LockModel, clip, class_names: list[str], auth: dict, y_a:
         pool_y = torch.cat([pool_y, y_u])
         groups = torch.cat([groups, torch.full((len(y_u),), int(groups.max()) + 1)])
         model, _ = train_lock(clip, class_names, auth, y_a, pool, pool_y, round_options(cfg, r), templates, log=log,
-                              u_groups=groups, checkpoint=checkpoint(r), init=model.trainable_state())
+                              u_groups=groups, checkpoint=checkpoint(r), init=model.trainable_state(),
+                              label=f"hardening round {r}'s lock training (at half --lr)")
         row = {"round": r, "disguised_accuracy_before": round(unlocked, 2),
                "disguised_accuracy_after": round(accuracy(model.ipclip, views, y_u), 2)}
         history.append(row)

@@ -43,6 +43,19 @@ class Stamp:
                              "use a strength in (0, 1], a period >= 1 and a colour in [0, 1]; for a checkpoint, "
                              "restore its lock.json")
 
+    def largest_period(self, size: int) -> int:
+        """The largest period that still draws a pattern on size x size images: two cells,
+        lines or grid lines per side, a patch of at most half the side."""
+        return max(1, size // 4 if self.pattern == "lines" else size // 2)
+
+    def check_fits(self, size: int, option: str = "--stamp-period") -> None:
+        """Refuse a period too large for the images (a checker of one cell is a tint)."""
+        most = self.largest_period(size)
+        if int(self.period) > most:
+            raise InputError(f"{option} {self.period} does not fit the {size} px images of this model: a "
+                             f"{self.pattern} stamp needs a period of at most {most} px to draw a pattern",
+                             f"use --stamp-period {most} or less, e.g. --stamp-period {min(4, most)}")
+
     def mask(self, h: int, w: int) -> torch.Tensor:
         r = torch.arange(h).view(h, 1)
         c = torch.arange(w).view(1, w)

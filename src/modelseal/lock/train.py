@@ -14,6 +14,7 @@ import torch
 from .. import parallel
 from ..config import LockTrainOptions
 from ..runs import TrainingCheckpoint
+from ..runs.diverge import Divergence
 from .ipclip import IPCLIP, ProjectorConfig
 from .losses import (FeatureBank, IPLossWeights, StyleAttention, cuti_loss, ipclip_loss, ntl_loss,
                      supervised_loss)
@@ -62,7 +63,7 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
                y_u: torch.Tensor | None, cfg: LockTrainOptions, templates=("a photo of a {}.",), log=print,
                progress_every: int = 50, u_groups: torch.Tensor | None = None,
                checkpoint: TrainingCheckpoint | None = None,
-               init: dict[str, torch.Tensor] | None = None) -> tuple[LockModel, list[dict]]:
+               init: dict[str, torch.Tensor] | None = None, label: str | None = None) -> tuple[LockModel, list[dict]]:
     """auth / unauth: cached frozen features (mu, sigma, feat) with labels.
 
     u_groups (optional): the source of each unauthorized image. Batches then draw every
@@ -75,6 +76,9 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
     `checkpoint`: where the loop saves and resumes its state (runs.TrainingCheckpoint).
     `init`: a trainable state (LockModel.trainable_state) to start from instead of the
     initial prompts (a hardening round continues the lock it hardens).
+    `label`: how a divergence names this training (default: lock training (<method>)).
+    Divergence (a non-finite loss or weight) raises InputError at once, naming --lr; the
+    loop's checkpoint is dropped with it, so nothing of the diverged training is kept.
     """
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
@@ -108,6 +112,9 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
     ckpt = checkpoint or TrainingCheckpoint(None)
     history = ckpt.resume(cfg.steps, params, opt, gen=g, state=lambda: {"history": history},
                           meta={"method": cfg.method}).get("history", history)
+    # diverged: the loop's resume state leads to the same NaN, so none of it is kept
+    guard = Divergence(label or f"lock training ({cfg.method})", "--lr", cfg.lr,
+                       default=LockTrainOptions.model_fields["lr"].default, on_diverge=ckpt.remove)
     for step in ckpt.steps():
         lr_f = (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else \
             0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
@@ -142,7 +149,8 @@ def train_lock(clip, class_names: list[str], auth: dict, y_a: torch.Tensor, unau
         opt.zero_grad(set_to_none=True)
         loss.backward()
         parallel.average_gradients(params)
-        opt.step()
+        guard.step(opt, step + 1)
+        guard.check(step + 1, loss, params)
         if step % progress_every == 0 or step == cfg.steps - 1:
             parts["loss"] = float(loss.detach())
             parts["step"] = step + 1

@@ -117,6 +117,7 @@ def load_clip(source: str | Path, device: str | torch.device = "cpu", dtype: tor
     quiet_loading()
     path = resolve_model(str(source), kind="clip")
     local_files_only = hub_access(path, "config.json", local_files_only)
+    _check_safetensors(path)
     try:
         model = CLIPModel.from_pretrained(path, dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=local_files_only)
@@ -134,6 +135,26 @@ def load_clip(source: str | Path, device: str | torch.device = "cpu", dtype: tor
     mean, std = _normalisation(path, local_files_only)
     model.requires_grad_(False).eval().to(device)
     return CLIPBundle(model, tokenizer, size, mean, std, source=str(source))
+
+
+def _check_safetensors(path: str) -> None:
+    """Every *.safetensors file of a local folder must open as one (its header only is read;
+    nothing is unpickled): a pickle or other file renamed model.safetensors is one line."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InputError(f"'{f}' is not a safetensors file (corrupt, truncated, or another format under that "
+                             f"name: {why[:100]})",
+                             "restore the checkpoint's model.safetensors, or re-save the model with "
+                             "save_pretrained(safe_serialization=True)") from None
 
 
 def _shape_mismatch(path: str) -> str:
