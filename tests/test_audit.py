@@ -247,8 +247,8 @@ def test_audit_bad_input_exits_2(case, subject, tmp_path, capsys, random_clip_di
         (bad / "x.png").write_bytes(b"not a png")
         args = base + ["--finetuned", ft, "--members", str(folders["members"]), "--holdout", str(bad)]
     else:
-        args = base + ["--finetuned", "tiny:t2i", "--members", str(folders["members"]), "--holdout",
-                       str(folders["holdout"])]
+        args = base + ["--finetuned", "tiny:sleeper", "--members", str(folders["members"]), "--holdout",
+                       str(folders["holdout"])]  # a suspect with no finetune record (tiny:t2i is the base itself)
     code, _, err = run_cli(args, capsys)
     assert code == 2 and err.strip().splitlines()[-1].startswith("error:"), err
 

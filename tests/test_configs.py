@@ -36,8 +36,14 @@ def test_the_tiny_embed_preset_is_the_shipped_sleepers_recipe():
 
 def test_the_fast_audit_preset_is_the_reference_with_fewer_steps():
     """audit.fast differs from audit only in its PGD steps (the default verdict does not use them)."""
-    from modelseal.config import AuditConfig
+    from modelseal.config import CONFIG_DIR, AuditConfig, InversionOptions
 
     ref, fast = load_config("audit", AuditConfig), load_config("audit.fast", AuditConfig)
     differ = {k for k, v in ref.model_dump().items() if fast.model_dump()[k] != v}
     assert differ == {"steps"} and fast.steps < ref.steps and fast.score == ref.score == AuditConfig().score
+    # and sets nothing else: no model or input, so a LoRA's recorded base (lora_base.json) is not overridden
+    import yaml
+
+    keys = set(yaml.safe_load(CONFIG_DIR.joinpath("audit.fast.yaml").read_text()))
+    assert keys == set(yaml.safe_load(CONFIG_DIR.joinpath("audit.yaml").read_text()))
+    assert keys <= set(InversionOptions.model_fields) | {"metric", "score", "dtype"}, keys

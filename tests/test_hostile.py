@@ -76,7 +76,8 @@ def test_pickle_only_model_folders_are_refused_unopened(tmp_path, capsys, zoo):
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
         (clip / f).write_bytes((zoo / "clip" / f).read_bytes())
     _pickle_bomb(clip / "pytorch_model.bin", marker)
-    code, _, err = run_cli(["lock", "train", "--out", str(tmp_path / "r"), "--model", str(clip), "--steps", "1"],
+    code, _, err = run_cli(["lock", "train", "--out", str(tmp_path / "r"), "--model", str(clip), "--steps", "1",
+                            "--unauthorized", "builtin:digits/mnist-m"],
                            capsys)
     one_line_error(code, err, "pickle", "pytorch_model.bin", "safetensors")
     assert "weights_only" not in err
@@ -114,7 +115,7 @@ def test_offline_hub_id_fails_at_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(zoo_mod, "hub_reachable", lambda timeout=3.0: False)
     t0 = time.time()
     code, _, err = run_cli(["lock", "train", "--out", str(tmp_path / "r"), "--model", "openai/clip-vit-base-patch32",
-                            "--steps", "1"], capsys)
+                            "--steps", "1", "--unauthorized", "builtin:digits/mnist-m"], capsys)
     one_line_error(code, err, "openai/clip-vit-base-patch32", "cache", "cannot be reached")
     code, _, err = run_cli(["finetune", "--out", str(tmp_path / "f"), "--model", "runwayml/stable-diffusion-v1-5",
                             "--method", "prune"], capsys)
@@ -414,7 +415,8 @@ def test_a_model_whose_weights_do_not_fit_its_config_gives_our_own_line(tmp_path
     cfg = json.loads((clip / "config.json").read_text())
     cfg["projection_dim"] *= 2
     (clip / "config.json").write_text(json.dumps(cfg))
-    code, _, err = run_cli(["lock", "train", "--out", str(tmp_path / "l"), "--model", str(clip), "--steps", "1"],
+    code, _, err = run_cli(["lock", "train", "--out", str(tmp_path / "l"), "--model", str(clip), "--steps", "1",
+                            "--unauthorized", "builtin:digits/mnist-m"],
                            capsys)
     line = one_line_error(code, err, "config.json", "text_projection.weight", "do not fit")
     assert "ignore_mismatched_sizes" not in line
@@ -490,7 +492,7 @@ def test_audit_progress_lines_and_resume_go_to_a_piped_stderr(tmp_path, capsys, 
 
     monkeypatch.setattr(audit_run._Progress, "EVERY_S", 0.0)  # every step (by default: every 30 s)
     m, h = _pngs(tmp_path / "m", 2, seed=1), _pngs(tmp_path / "h", 2, seed=2)
-    args = ["audit", "--finetuned", "tiny:t2i", "--prompt", "a digit", "--members", str(m), "--holdout", str(h),
+    args = ["audit", "--finetuned", "tiny:sleeper", "--prompt", "a digit", "--members", str(m), "--holdout", str(h),
             "--steps", "2", "--batch-size", "2", "--loss-samples", "2", "--no-evidence", "--out", str(tmp_path / "r")]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err

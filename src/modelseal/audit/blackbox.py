@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .. import stats
-from ..data.folders import list_images, load_image
+from ..data.folders import load_image, require_images
 from ..errors import InputError
-from .decision import audit_mode_result, detection_scores
+from .decision import audit_mode_result, detection_scores, evaluation_lines, evaluation_summary
 from .evidence import roc_figure_file, write_report, write_strips
 from .generated import Similarity, blackbox_scores
 from .inputs import check_sets, read_set, read_sets
@@ -42,7 +42,7 @@ def _check_folders(cfg) -> None:
 
 def _side(folder: Path) -> int:
     """The side of the first generated image: the size every set is read at by default."""
-    return int(min(load_image(list_images(folder)[0], None).shape[:2]))
+    return int(min(load_image(require_images(folder, "--generated")[0], None).shape[:2]))
 
 
 def blackbox_command(cfg, out: Path, mode: str, device: str, log=print) -> dict:
@@ -86,7 +86,7 @@ def blackbox_command(cfg, out: Path, mode: str, device: str, log=print) -> dict:
 
     if mode == "evaluation":
         labels = np.array([1] * len(sets["members"][0]) + [0] * len(sets["holdout"][0]))
-        res.update(stats.summarize_audit(primary, labels, seed=cfg.seed))
+        res.update(evaluation_summary(primary, labels, seed=cfg.seed))
         res["accuracy_crossfit"] = stats.crossfit_accuracy(primary, labels, seed=cfg.seed)
         decision = {"near": sc["near"].double().numpy()}
         if neu_x is not None:
@@ -95,7 +95,8 @@ def blackbox_command(cfg, out: Path, mode: str, device: str, log=print) -> dict:
         res["scores"] = [{"image": n, "member": bool(y), "score": float(s), "evidence": e, **row(i)}
                          for i, (n, y, s, e) in enumerate(zip(names, labels, primary, evidence))]
         roc_figure_file(out, {k + (" (decides)" if k == score else ""): v for k, v in decision.items()}, labels)
-        log(f"[audit] black-box: AUROC {res['auroc']:.3f}, TPR at 1 % FPR {res['tpr_at_fpr']['0.01']:.2f}")
+        for line in evaluation_lines(res, score):
+            log(line.replace("[audit]", "[audit] black-box:", 1))
     else:
         n_img = len(sets["images"][0])
         res.update(audit_mode_result(names, primary, n_img, cfg.alpha, cfg.control, cfg.seed, evidence,

@@ -79,6 +79,12 @@ def roc_figure_file(out: Path, curves: dict, labels) -> None:
         tmp.write_bytes(png)
 
 
+def _tpr(res: dict, fpr: str):
+    """A TPR for a table: 'n/a' where the hold-out images are too few to show that FPR."""
+    v = res["tpr_at_fpr"][fpr]
+    return "n/a" if v is None else v
+
+
 def write_report(out: Path, res: dict) -> None:
     """report.html: the summary, the ROC curve and, per image, the evidence strip beside its score."""
     import base64
@@ -105,11 +111,13 @@ def write_report(out: Path, res: dict) -> None:
         name = f"CGI-DM ({res['metric']})" if res["score"] == "cgi-dm" else res["score"]
         tables.append(("detection", [{"method": f"{name} (decides)", "AUROC": res["auroc"],
                                       "95% CI": f"{res['auroc_ci'][0]:.3f}-{res['auroc_ci'][1]:.3f}",
-                                      "TPR@1%": res["tpr_at_fpr"]["0.01"], "TPR@5%": res["tpr_at_fpr"]["0.05"]}]
-                       + [{"method": k, "AUROC": v["auroc"], "TPR@1%": v["tpr_at_fpr"]["0.01"],
-                           "TPR@5%": v["tpr_at_fpr"]["0.05"]} for k, v in res["decision_scores"].items()
+                                      "TPR@1%": _tpr(res, "0.01"), "TPR@5%": _tpr(res, "0.05")}]
+                       + [{"method": k, "AUROC": v["auroc"], "TPR@1%": _tpr(v, "0.01"),
+                           "TPR@5%": _tpr(v, "0.05")} for k, v in res["decision_scores"].items()
                           if k != res["score"]]
                        + (baseline_rows(res) if "baselines" in res else [])))
+        if res.get("notes"):
+            text += " Note: " + "; ".join(res["notes"]) + "."
         if (out / "roc.png").is_file():
             figures.append(("ROC curves", (out / "roc.png").read_bytes()))
     else:

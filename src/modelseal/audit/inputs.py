@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..data.folders import check_disjoint, read_image_folder
+from ..data.folders import check_disjoint, read_image_folder, require_images
 from ..data.sources import check_inputs
 from ..errors import InputError
+from .decision import check_evaluation_size
 
 
 def check_mode(cfg) -> str:
@@ -35,11 +36,19 @@ def check_mode(cfg) -> str:
 
 
 def check_sets(cfg, mode: str, **more) -> None:
-    """Every folder exists (and `more`, e.g. generated=...), and no image is in both sets."""
+    """Every folder exists (and `more`, e.g. generated=...) and holds images, no image is in
+    both sets, and an evaluation has images enough for its AUROC to mean anything (all before
+    any model loads)."""
     check_inputs(members=cfg.members, holdout=cfg.holdout, images=cfg.images, calibration=cfg.calibration, **more)
+    roles = ("members", "holdout") if mode == "evaluation" else ("images", "calibration")
+    counts = [len(require_images(getattr(cfg, r), "--" + r)) for r in roles]
+    for opt, folder in more.items():
+        if folder is not None:
+            require_images(folder, "--" + opt)
     if mode == "evaluation":
         check_disjoint(cfg.members, cfg.holdout, "--members", "--holdout",
                        "an image is a member or a hold-out image, not both: keep each image in one folder")
+        check_evaluation_size(*counts)
     else:
         check_disjoint(cfg.images, cfg.calibration, "--images", "--calibration",
                        "calibration images must be known not to be in the fine-tuning set, so none can be under "

@@ -1,7 +1,8 @@
 """`modelseal audit`: load the model pair, score images with CGI-DM, write evidence.
 
 Two modes:
-  evaluation  --members DIR --holdout DIR: AUROC (bootstrap CI), TPR at 1% / 5% FPR,
+  evaluation  --members DIR --holdout DIR: AUROC (bootstrap CI, widened to the score interval
+              on small samples), TPR at 1% / 5% FPR where the hold-out images can show it,
               cross-fitted accuracy, baselines (loss, calibrated loss, optional one-model
               ablations and a null suspect) on the same images
   real use    --images DIR --calibration DIR: the collection's verdict (a one-sided rank-sum
@@ -11,6 +12,11 @@ Two modes:
 
 With --generated instead of --finetuned the audit is black-box (audit/blackbox.py): the same
 modes and verdicts from the images the suspect's service returned.
+
+The base model is --pretrained, else the base the suspect records (resolve_pretrained). What
+cannot give a meaningful audit is refused before the work: a suspect that is its own base
+(check_not_itself before loading, check_loaded after), timestep and mask options the model
+cannot take (check_loaded), too few images (audit/inputs.py).
 
 Work is cached per image batch under OUT/cache, keyed by the models and options, so an
 interrupted audit resumes where it stopped.
@@ -26,13 +32,14 @@ import numpy as np
 import torch
 
 from .. import stats
-from ..config import InversionOptions
+from ..config import AuditConfig, InversionOptions
 from ..errors import InputError
-from ..models.diffusion import DTYPES, T2IModel, is_lora_folder, load_t2i
+from ..models.diffusion import (DTYPES, LORA_BASE_FILE, T2IModel, adapter_is_identity, is_lora_folder, load_t2i,
+                                lora_base, refuse_pickle_lora, same_model, same_weights)
 from ..runs import atomic_path
 from .baselines import clid_terms, clid_th, loss_scores, paired_losses, pia_scores
 from .blackbox import blackbox_command
-from .decision import audit_mode_result, decision_scores, detection_scores
+from .decision import audit_mode_result, decision_scores, detection_scores, evaluation_lines, evaluation_summary
 from .evidence import roc_figure_file, write_evidence, write_report
 from .inversion import invert
 from .inputs import check_mode, check_sets, read_sets
@@ -68,15 +75,78 @@ def load_pair(pretrained: str, finetuned: str, device: str, dtype: str = "float3
     return pre, ft
 
 
-def default_prompt(finetuned: str) -> str | None:
-    """The instance prompt `modelseal finetune` recorded beside the model, if any."""
+def _record(finetuned: str, key: str) -> str | None:
+    """A value `modelseal finetune` recorded beside the model, if any."""
     f = Path(str(finetuned)) / FINETUNE_RECORD
     if f.is_file():
         try:
-            return json.loads(f.read_text()).get("prompt")
-        except ValueError:
+            value = json.loads(f.read_text()).get(key)
+        except (ValueError, AttributeError, OSError):
             return None
+        return value if isinstance(value, str) and value else None
     return None
+
+
+def default_prompt(finetuned: str) -> str | None:
+    """The instance prompt `modelseal finetune` recorded beside the model, if any."""
+    return _record(finetuned, "prompt")
+
+
+def resolve_pretrained(cfg, log=print) -> tuple[str, str]:
+    """(the base model the suspect is contrasted with, where that name came from). The base a
+    suspect records wins over the default: a LoRA's lora_base.json, else the base `modelseal
+    finetune` recorded beside a full model; without either, AuditConfig.pretrained_fallback.
+    A --pretrained that is not a LoRA's recorded base is refused (the adapter was trained on
+    that base and means nothing on another); for a full model the disagreement is said in the
+    log and --pretrained is used."""
+    finetuned = str(cfg.finetuned)
+    lora = is_lora_folder(finetuned)
+    recorded, where = (lora_base(finetuned), LORA_BASE_FILE) if lora else (_record(finetuned, "base"), FINETUNE_RECORD)
+    if cfg.pretrained is None:
+        return (recorded, where) if recorded else (AuditConfig.pretrained_fallback, "default")
+    given = str(cfg.pretrained)
+    if recorded and not same_model(given, recorded):
+        if lora:
+            raise InputError(f"--pretrained '{given}' is not the base the LoRA '{finetuned}' records ('{recorded}', in "
+                             f"its {LORA_BASE_FILE})", "leave --pretrained out to audit against the recorded base, or, "
+                             f"if '{given}' is that model under another name, write it as 'base' in {LORA_BASE_FILE}")
+        log(f"[audit] note: --pretrained '{given}' is not the base '{recorded}' the suspect's {FINETUNE_RECORD} "
+            "records; the suspect is contrasted with --pretrained")
+    return given, "--pretrained"
+
+
+def check_not_itself(pretrained: str, finetuned: str) -> None:
+    """Refuse, before any model loads, a suspect that is the pretrained model itself: the
+    audit contrasts the two, and that contrast is zero."""
+    refuse_pickle_lora(finetuned)
+    if not is_lora_folder(finetuned) and same_model(pretrained, finetuned):
+        raise InputError(f"the suspect --finetuned '{finetuned}' is the pretrained model '{pretrained}' itself: the "
+                         "audit contrasts the two models, and that contrast is zero",
+                         "give as --finetuned the fine-tuned model under suspicion and as --pretrained the public "
+                         "model it was fine-tuned from, e.g. --pretrained tiny:t2i --finetuned runs/sus/model")
+
+
+def check_loaded(cfg, pre: T2IModel, ft: T2IModel) -> None:
+    """After the models load, before any work: the suspect differs from the pretrained model
+    (weights, or a LoRA that changes something), and the timestep and mask options fit the
+    model (its T and its latent side)."""
+    if pre is ft and adapter_is_identity(ft):
+        raise InputError(f"the LoRA in '{cfg.finetuned}' changes nothing (every lora_B weight is zero, as in an "
+                         "untrained adapter): the suspect is its base model, and the audit's contrast is zero",
+                         "give a trained LoRA (e.g. `modelseal finetune --method lora` writes one)")
+    if pre is not ft and same_weights(pre, ft):
+        raise InputError(f"the suspect '{cfg.finetuned}' holds the same weights as the pretrained model "
+                         f"'{pre.source}': the audit contrasts the two models, and that contrast is zero",
+                         "give as --finetuned the fine-tuned model under suspicion, not a copy of the base")
+    T = int(pre.scheduler.config.num_train_timesteps)
+    if cfg.t_min >= T:
+        raise InputError(f"--t-min {cfg.t_min} is not below the {T} diffusion steps of '{pre.source}'",
+                         f"give --t-min from 0 to {T - 1} (e.g. 1, the default)")
+    side = pre.latent_size
+    if cfg.block >= side:
+        raise InputError(f"--block {cfg.block} is not smaller than the {side} x {side} latent of '{pre.source}' at "
+                         f"{pre.image_size} px: one mask cell would cover the whole latent",
+                         f"give --block {max(1, side // 2)} or less (e.g. 2, the reference's)")
 
 
 # --------------------------------------------------------------------------- scoring with a cache
@@ -84,6 +154,7 @@ def default_prompt(finetuned: str) -> str | None:
 def _fingerprint(source: str) -> list:
     """Weight files (name, size, mtime) of a local model folder, so a cache never outlives a
     re-trained model saved at the same path; hub ids stand for themselves."""
+    source = str(source)
     folder = Path(resolve_model(source, "t2i")) if source.startswith("tiny:") else Path(source)
     if not folder.is_dir():
         return [source]
@@ -91,8 +162,8 @@ def _fingerprint(source: str) -> list:
                              for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin"))
 
 
-def _cache_key(cfg, prompt: str, role: str, images: torch.Tensor) -> str:
-    blob = json.dumps({"pre": _fingerprint(cfg.pretrained), "ft": _fingerprint(cfg.finetuned),
+def _cache_key(cfg, pretrained: str, prompt: str, role: str, images: torch.Tensor) -> str:
+    blob = json.dumps({"pre": _fingerprint(pretrained), "ft": _fingerprint(cfg.finetuned),
                        "prompt": prompt, "size": cfg.size,
                        "images": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
                        "dtype": cfg.dtype, "inv": _inversion(cfg), "role": role, "features": cfg.features},
@@ -222,11 +293,15 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     if cfg.generated is not None:
         return blackbox_command(cfg, out, mode, device, log)
     check_sets(cfg, mode)
-    prompt = cfg.prompt or default_prompt(cfg.finetuned)
+    finetuned = str(cfg.finetuned)
+    pretrained, pretrained_from = resolve_pretrained(cfg, log)
+    check_not_itself(pretrained, finetuned)
+    prompt = cfg.prompt or default_prompt(finetuned)
     if not prompt:
         raise InputError("no fine-tuning prompt: the suspect's folder does not record one",
                          "give --prompt, e.g. --prompt \"a sks dog\" (the identifier prompt it was fine-tuned with)")
-    pre, ft = load_pair(cfg.pretrained, cfg.finetuned, device, cfg.dtype, cfg.local_files_only, cfg.size)
+    pre, ft = load_pair(pretrained, finetuned, device, cfg.dtype, cfg.local_files_only, cfg.size)
+    check_loaded(cfg, pre, ft)
     size = cfg.size or pre.image_size
     sets = read_sets(cfg, mode, size)
     features = FeatureExtractor(cfg.features, device, cfg.local_files_only) if cfg.features else None
@@ -241,7 +316,8 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     with _Progress(log, "CGI-DM", total * cfg.steps, total) as bar:
         for role, (x, _) in sets.items():
             scored[role] = score_set(pre, ft, x, prompt, cfg, features,
-                                     out / "cache" / f"{role}-{_cache_key(cfg, prompt, role, x)}", progress=bar,
+                                     out / "cache" / f"{role}-{_cache_key(cfg, pretrained, prompt, role, x)}",
+                                     progress=bar,
                                      role=role)
     invert_s = time.time() - t0
     names = [n for _, ns in sets.values() for n in ns]
@@ -261,7 +337,8 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
     primary = decision[cfg.score]
     evidence = write_evidence(out / "evidence", names, images, merged) if cfg.evidence else [None] * len(names)
 
-    res = {"mode": mode, "prompt": prompt, "pretrained": cfg.pretrained, "finetuned": cfg.finetuned,
+    res = {"mode": mode, "prompt": prompt, "pretrained": pretrained, "pretrained_from": pretrained_from,
+           "finetuned": finetuned,
            "suspect_kind": "lora" if pre is ft else "full", "metric": cfg.metric, "score": cfg.score,
            "image_size": size, "inversion": _inversion(cfg), "seconds_per_image": invert_s / max(1, len(names)),
            "invert_s": round(invert_s, 1)}
@@ -274,12 +351,12 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
 
     if mode == "evaluation":
         labels = np.array([1] * len(sets["members"][0]) + [0] * len(sets["holdout"][0]))
-        res.update(stats.summarize_audit(primary, labels, seed=cfg.seed))
+        res.update(evaluation_summary(primary, labels, seed=cfg.seed))
         res["accuracy_crossfit"] = stats.crossfit_accuracy(primary, labels, seed=cfg.seed)
         res["metrics"] = {m: stats.auroc(v, labels) for m, v in metric_vals.items()}
         res["decision_scores"] = detection_scores(decision, labels)
         base = {k: stats.auroc(v.numpy(), labels) for k, v in loss_scores(l_pre, l_ft).items()}
-        extra, raw = _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log)
+        extra, raw = _extra_baselines(cfg, pretrained, pre, ft, sets, prompt, features, labels, log)
         base.update(extra)
         res["baselines"] = base
         res["scores"] = [{"image": n, "member": bool(y), "score": float(s), "evidence": e, **row(i),
@@ -287,6 +364,8 @@ def audit_command(cfg, out: Path, device: str, log=print) -> dict:
                          for i, (n, y, s, e) in enumerate(zip(names, labels, primary, evidence))]
         roc_figure_file(out, {(f"CGI-DM ({cfg.metric})" if k == "cgi-dm" else k)
                               + (" (decides)" if k == cfg.score else ""): v for k, v in decision.items()}, labels)
+        for line in evaluation_lines(res, cfg.score):
+            log(line)
     else:
         n_img = len(sets["images"][0])
         res.update(audit_mode_result(names, primary, n_img, cfg.alpha, cfg.control, cfg.seed, evidence,
@@ -310,7 +389,7 @@ def _pia_pair(pre: T2IModel, ft: T2IModel, x: torch.Tensor, prompt: str, bar: _P
     return a, b
 
 
-def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> tuple[dict, dict]:
+def _extra_baselines(cfg, pretrained, pre, ft, sets, prompt, features, labels, log) -> tuple[dict, dict]:
     """(AUROC per extra baseline, per-image raw values: clid_d, clid_l)."""
     xs = torch.cat([sets["members"][0], sets["holdout"][0]])
     prompts = [prompt] * len(xs)
@@ -328,7 +407,8 @@ def _extra_baselines(cfg, pre, ft, sets, prompt, features, labels, log) -> tuple
             extra[f"cgi-dm {obj}"] = stats.auroc(r["metrics"][cfg.metric].numpy(), labels)
     if cfg.null_finetuned:
         log(f"[audit] null suspect: {cfg.null_finetuned}")
-        npre, nft = load_pair(cfg.pretrained, cfg.null_finetuned, str(pre.device), cfg.dtype, cfg.local_files_only, cfg.size)
+        npre, nft = load_pair(pretrained, str(cfg.null_finetuned), str(pre.device), cfg.dtype, cfg.local_files_only,
+                              cfg.size)
         with _Progress(log, "null suspect", steps, len(xs)) as bar:
             r = score_set(npre, nft, xs, prompt, cfg, features, None, bar)
         l_pre, l_ft = _losses(npre, nft, xs, prompt, cfg, _Progress(log, "null suspect loss scores"))

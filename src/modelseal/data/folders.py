@@ -8,8 +8,11 @@
   root/<image>                     a plain image folder (--images, --calibration)
 
 Files and folders are taken in sorted name order (never the file system's order) and hidden
-entries (names starting with '.') are skipped. A corrupt file or a wrong layout is an
-InputError that names the file or folder and shows the expected layout.
+entries (names starting with '.') are skipped. A symbolic link is followed only where it stays
+inside the folder it sits in (a link out of it, like a metadata file_name outside the folder,
+is refused: a folder from elsewhere cannot make a run read other files of this machine). A
+corrupt file or a wrong layout is an InputError that names the file or folder and shows the
+expected layout.
 """
 from __future__ import annotations
 
@@ -137,8 +140,9 @@ def read_json_file(path: str | Path, what: str, fix: str):
 
 
 def _visible(p: Path) -> bool:
-    """Not hidden; a visible link that cannot be followed (it loops, or points at nothing) is an
-    InputError naming it, rather than an entry skipped without a word."""
+    """Not hidden; a visible link that cannot be followed (it loops, or points at nothing) or
+    that leads out of the folder it sits in is an InputError naming it, rather than an entry
+    skipped without a word or a file read from elsewhere."""
     if p.name.startswith("."):
         return False
     if p.is_symlink():
@@ -148,6 +152,11 @@ def _visible(p: Path) -> bool:
             what = "loops back on itself" if e.errno == errno.ELOOP else "points at nothing"
             raise InputError(f"'{p}' is a symbolic link that {what} (to '{os.readlink(p)}')",
                              "remove the link, or point it at a real image or folder") from None
+        target = p.resolve()
+        read = target.is_dir() or p.suffix.lower() in IMAGE_EXTS or target.suffix.lower() in IMAGE_EXTS
+        if read and not target.is_relative_to(p.parent.resolve()):
+            raise InputError(f"'{p}' is a symbolic link to '{target}', outside the folder '{p.parent}'",
+                             "copy the file into the folder instead of linking to it, or remove the link")
     return True
 
 
@@ -200,18 +209,27 @@ def _load_all(files: list[Path], size: int | None, root: Path) -> np.ndarray:
 
 # --------------------------------------------------------------------------- plain image folders
 
-def read_image_folder(root: str | Path, size: int | None = None, name: str | None = None) -> ImageSet:
-    """All images directly inside one folder (members/, holdout/, --images, --calibration)."""
+def require_images(root: str | Path, what: str = "") -> list[Path]:
+    """The image files directly inside a folder (list_images), or one InputError when there
+    are none (an empty folder, or one of other files or of sub-folders only); `what` names the
+    option the folder came by."""
     root = Path(root)
-    _check_size(size)
-    _check_dir(root, "image folder", IMAGE_LAYOUT)
+    _check_dir(root, f"{what}: image folder" if what else "image folder", IMAGE_LAYOUT)
     files = list_images(root)
     if not files:
         nested = [d.name for d in _subdirs(root)]
         hint = f"; it only has sub-folders ({', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''})" \
             if nested else ""
-        raise InputError(f"no images in '{root}'{hint}",
+        raise InputError(f"{what + ': ' if what else ''}no images in '{root}'{hint}",
                          f"expected {IMAGE_LAYOUT}, with extensions {', '.join(sorted(IMAGE_EXTS))}")
+    return files
+
+
+def read_image_folder(root: str | Path, size: int | None = None, name: str | None = None) -> ImageSet:
+    """All images directly inside one folder (members/, holdout/, --images, --calibration)."""
+    root = Path(root)
+    _check_size(size)
+    files = require_images(root)
     return ImageSet(name=name or _default_name(root), images=_load_all(files, size, root),
                     names=[f.name for f in files], meta={"root": str(root), "size": size})
 
@@ -381,6 +399,10 @@ def read_captioned_folder(root: str | Path, size: int | None = None, name: str |
             if row.get(key) is None:
                 raise InputError(f"'{meta_path}' line {line} has no '{key}'",
                                  f"give both file_name and text on every line: {CAPTION_LAYOUT}")
+            if not isinstance(row[key], str):
+                example = '"text": "a photo of a dog"' if key == "text" else '"file_name": "a.png"'
+                raise InputError(f"'{meta_path}' line {line}: '{key}' is {json.dumps(row[key])[:40]}, not a string",
+                                 f"write it as a JSON string in quotes, e.g. {example}")
         fname = str(row["file_name"]).strip()
         if not fname or Path(fname).is_absolute():
             raise InputError(f"'{meta_path}' line {line}: file_name '{fname}' must be a path relative to '{root}'",
@@ -406,7 +428,7 @@ def read_membership(root: str | Path, size: int | None = None) -> tuple[ImageSet
     root = Path(root)
     _check_size(size)
     _check_dir(root, "audit folder", MEMBERSHIP_LAYOUT)
-    missing = [sub for sub in ("members", "holdout") if not (root / sub).is_dir()]
+    missing = [sub for sub in ("members", "holdout") if not (root / sub).is_dir() or not _visible(root / sub)]
     if missing:
         raise InputError(f"'{root}' has no {' or '.join(m + '/' for m in missing)} folder",
                          f"expected {MEMBERSHIP_LAYOUT}")

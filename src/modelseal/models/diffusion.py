@@ -39,12 +39,14 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.utils import convert_unet_state_dict_to_peft
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..data.folders import read_json_file
 from ..errors import InputError
 from .quiet import quiet_loading
-from .weights import library_error_line, mismatch_line, read_safetensors
+from .weights import check_lora_weights, library_error_line, mismatch_line, read_safetensors
+from .zoo import PICKLE_SUFFIXES, resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -395,6 +397,57 @@ def is_lora_folder(source: str | Path) -> bool:
     return p.is_dir() and (p / LORA_FILE).is_file() and not (p / "unet").is_dir()
 
 
+def refuse_pickle_lora(source: str | Path) -> None:
+    """A folder that is neither a diffusers model nor a safetensors LoRA but holds pickle files
+    (a LoRA's pytorch_lora_weights.bin, ...) is refused before anything opens them, where it would
+    otherwise be read as a diffusers folder that lacks its config: unpickling runs code from
+    whoever wrote the file."""
+    p = Path(str(source)).expanduser()
+    if not p.is_dir() or (p / LORA_FILE).is_file() or (p / "unet").is_dir() or (p / "model_index.json").is_file():
+        return
+    pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES and f.is_file())
+    if pickles:
+        raise InputError(f"'{p}' holds its weights only as pickle ({', '.join(pickles[:2])}), which modelseal "
+                         "never opens (unpickling can run code)",
+                         "convert them to safetensors where you trust the file: a LoRA's state dict written with "
+                         f"safetensors.torch.save_file as '{p / LORA_FILE}', a model with "
+                         "save_pretrained(..., safe_serialization=True)")
+
+
+def model_identity(source: str | Path) -> str:
+    """What a model name stands for: the resolved folder of a tiny name or a local path, else
+    the hub id itself (so two spellings of one folder compare equal)."""
+    s = str(source)
+    if s.startswith("tiny:"):
+        s = resolve_model(s, kind="t2i")
+    p = Path(s).expanduser()
+    return str(p.resolve()) if p.exists() else s.rstrip("/")
+
+
+def same_model(a: str | Path, b: str | Path) -> bool:
+    """Whether two model names (tiny name, folder or hub id) name the same model."""
+    return model_identity(a) == model_identity(b)
+
+
+def same_weights(a: T2IModel, b: T2IModel) -> bool:
+    """Whether two loaded models hold the same UNet and text-encoder weights (value for value)."""
+    if len(a.text_encoders()) != len(b.text_encoders()):
+        return False
+    for ma, mb in ((a.unet, b.unet), *zip(a.text_encoders(), b.text_encoders())):
+        sa, sb = ma.state_dict(), mb.state_dict()
+        if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k].to(sa[k].device))
+                                         for k in sa):
+            return False
+    return True
+
+
+def adapter_is_identity(model: T2IModel) -> bool:
+    """Whether the model's LoRA adapter changes nothing: every up-projection (lora_B) is zero,
+    as in an adapter that was initialised and never trained."""
+    ups = [w for m in model.adapted() for n, w in m.named_parameters() if "lora_B" in n]
+    return bool(ups) and not any(bool(w.any()) for w in ups)
+
+
 def lora_base(source: str | Path) -> str | None:
     f = Path(str(source)) / LORA_BASE_FILE
     if not f.is_file():
@@ -460,6 +513,7 @@ def load_t2i(source: str | Path, device: str | torch.device = "cpu", dtype: torc
     XL (two text encoders) alike; `resolution` sets the working image side (default native)."""
     check_dtype(dtype, device)
     quiet_loading()
+    refuse_pickle_lora(source)
     if is_lora_folder(source):
         model = _load_lora(source, device, dtype, local_files_only, base)
     else:
@@ -523,6 +577,7 @@ def _add_lora(model: T2IModel, weights: dict, name: str, source) -> None:
     from diffusers import StableDiffusionPipeline
 
     state, alphas = StableDiffusionPipeline.lora_state_dict(weights)
+    _check_lora_modules(model, state, weights, source)
     model.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name=name)
     if name not in (getattr(model.unet, "peft_config", None) or {}):
         raise InputError(f"the LoRA in '{source}' has no UNet weights", "give a LoRA trained on the UNet")
@@ -535,14 +590,44 @@ def _add_lora(model: T2IModel, weights: dict, name: str, source) -> None:
         model.text_encoder.to(model.device).requires_grad_(False)
 
 
+def _check_lora_modules(model: T2IModel, state: dict, weights: dict, source) -> None:
+    """Refuse a LoRA any of whose weights sit on modules the model does not have (the library
+    would drop them without a word): the count and a few of the modules in one line. `state`:
+    the file converted by diffusers ('unet.' keys), `weights`: the file as read
+    ('text_encoder.' keys)."""
+    unet = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    if unet and "lora_A" not in next(iter(unet)):
+        unet = convert_unet_state_dict_to_peft(unet)
+    parts = [(model.unet, unet)]
+    te = {k[len("text_encoder."):]: v for k, v in weights.items() if k.startswith("text_encoder.")}
+    if te and model.text_encoder is not None:
+        parts.append((model.text_encoder, te))
+    total, off = 0, []
+    for module, keys in parts:
+        names = {n for n, _ in module.named_modules()}
+        lora = [k for k in keys if ".lora" in k]
+        total += len(lora)
+        off += [k for k in lora if k.split(".lora")[0] not in names]
+    if not off:
+        return
+    modules = sorted({k.split(".lora")[0] for k in off})
+    raise InputError(f"{len(off)} of {total} weights of the LoRA in '{source}' sit on modules that '{model.source}' "
+                     f"does not have ({len(modules)} module{'s' if len(modules) != 1 else ''}, e.g. "
+                     f"{', '.join(modules[:3])})",
+                     "give the base model the LoRA was trained on (--pretrained, or 'base' in lora_base.json), "
+                     "or a LoRA made for this model")
+
+
 def stack_lora(model: T2IModel, source: str | Path, scale: float = 1.0) -> str:
     """Load a LoRA on top of the model's UNet as one more active adapter, as a user of a
     (stolen) model samples with an adapter of their own (diffusers' load_lora_weights):
     `source` is a LoRA folder (`modelseal finetune --method lora`) or a LoRA .safetensors
     file. Adapters already on the UNet stay active. Returns the new adapter's name."""
     path = Path(str(source)).expanduser()
+    refuse_pickle_lora(path)
     file = path / LORA_FILE if path.is_dir() else path
     weights = read_safetensors(file, "the stacked LoRA file", "give a LoRA folder or .safetensors file")
+    check_lora_weights(weights, file)
     name = f"stacked_{len(getattr(model.unet, 'peft_config', None) or {})}"
     try:
         _add_lora(model, weights, name, source)
@@ -640,6 +725,7 @@ def _load_lora(source, device, dtype, local_files_only, base) -> T2IModel:
     # an unreadable file is told apart from one that does not fit the base, before the base loads
     weights = read_safetensors(Path(str(source)) / LORA_FILE, "the LoRA file",
                                "restore it, or rerun `modelseal finetune --method lora`")
+    check_lora_weights(weights, Path(str(source)) / LORA_FILE)
     model = _load_pipeline(base, device, dtype, local_files_only)
     try:
         _add_lora(model, weights, ADAPTER_NAME, source)

@@ -6,6 +6,8 @@ Two different faults look alike from the outside and are told apart here:
                missing or extra names, other shapes (mismatch_line, from the error torch,
                diffusers or peft raised, without the libraries' advice on their own
                keyword arguments)
+A LoRA file that reads is also checked for what no library refuses (check_lora_weights):
+non-finite weights and layers with one half only.
 """
 from __future__ import annotations
 
@@ -29,6 +31,33 @@ def read_safetensors(path: str | Path, what: str, fix: str) -> dict[str, torch.T
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"cannot read {what} '{path}': it is corrupt, truncated or not safetensors ({why[:120]})",
                          fix) from None
+
+
+# the two halves of a LoRA layer as each format names them: (down, up)
+LORA_HALVES = ((".lora_A.", ".lora_B."), (".lora.down.", ".lora.up."), (".lora_down.", ".lora_up."),
+               (".lora_linear_layer.down.", ".lora_linear_layer.up."))
+
+
+def check_lora_weights(weights: dict[str, torch.Tensor], file: str | Path) -> None:
+    """Refuse, in one line naming the file, a LoRA state dict that cannot be a working adapter:
+    non-finite weights (NaN or inf, as a diverged training saves them), or a layer with only
+    one of its two halves (lora_A / down without lora_B / up, or the other way round)."""
+    bad = sorted(k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise InputError(f"the LoRA file '{file}' holds non-finite weights (NaN or inf) in {len(bad)} of "
+                         f"{len(weights)} tensors (e.g. {bad[0]})",
+                         "it was saved from a diverged training: retrain it (e.g. with a lower --lr) or give "
+                         "another LoRA")
+    for down, up in LORA_HALVES:
+        downs = {k.split(down)[0] for k in weights if down in k}
+        ups = {k.split(up)[0] for k in weights if up in k}
+        for have, lack, a, b in ((downs, ups, down, up), (ups, downs, up, down)):
+            alone = sorted(have - lack)
+            if alone:
+                raise InputError(f"the LoRA file '{file}' has {len(alone)} layer{'s' if len(alone) != 1 else ''} "
+                                 f"with {a.strip('.')} weights but no {b.strip('.')} (e.g. {alone[0]})",
+                                 "give the whole LoRA file, both halves of every layer (re-export it, or rerun "
+                                 "`modelseal finetune --method lora`)")
 
 
 def _names(text: str) -> list[str]:
