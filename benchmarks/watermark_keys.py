@@ -93,7 +93,7 @@ def main() -> None:
     codecs = {c: Codec.from_pretrained(c) for c in args.codec}
     k = next(iter(codecs.values())).k
     owner = message_bits(load_key(args.key), args.model_id, k).numpy().astype(np.int64)
-    prompts, seeds = verify_prompts(argparse.Namespace(prompts=None, n=args.n, seed=args.seed))
+    prompts, seeds = verify_prompts(None, args.n, args.seed)
     data = load_source(args.data, "train", 32)
     x_thief = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
 

@@ -237,10 +237,19 @@ def test_watermark_embed_and_adapt_resume(tmp_path, capsys):
     expected = _reference(args, tmp_path / "ref", capsys)
     got, _ = _stop_and_resume(args, tmp_path / "run", capsys, at=2, steps=4, label="embed")
     assert got["final"] == expected["final"]
+    # adaptation needs a model stage 1 already verifies (watermark.provenance): the shipped sleeper
+    from modelseal.models.sleeper_entry import entry_record
+    from modelseal.watermark.keys import generate_key
+
+    record = entry_record()
+    demo = generate_key(tmp_path / "demo.key", secret=bytes.fromhex(record["demo_key"]["secret"]))
+    assert demo
     cfg = tmp_path / "adapt.yaml"
-    cfg.write_text("guidance: [1.0]\nimages: [4]\nsample_steps: 2\nlimit: 16\nbatch_size: 4\nsteps: 5\n")
-    args = ["watermark", "adapt", "--model", str(tmp_path / "ref" / "model"), "--codec", "tiny:codec", "--key",
-            str(key), "--model-id", "m", "--config", str(cfg)]
+    cfg.write_text("guidance: [1.0]\nimages: [4]\nsample_steps: 2\nlimit: 16\nbatch_size: 4\nsteps: 5\n"
+                   "check_images: 16\n")
+    args = ["watermark", "adapt", "--model", "tiny:sleeper", "--codec", "tiny:codec", "--key",
+            str(tmp_path / "demo.key"), "--model-id", record["model_id"], "--trigger", record["trigger"],
+            "--config", str(cfg)]
     expected = _reference(args, tmp_path / "aref", capsys)
     got, err = _stop_and_resume(args, tmp_path / "arun", capsys, at=3, steps=5, label="adapt")
     assert "latents generated before" in err

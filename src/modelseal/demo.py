@@ -120,7 +120,8 @@ def audit_section_results(cfg, out: Path, seed: int = 0, log=print, device: str 
     png = sample_grid(grid, [f"{'member' if r['member'] else 'hold-out'} {r['score']:.2f}" for r in strips],
                       ncols=1, cell=1.6, title="original | partial | recovered")
     rows = [{"method": ("CGI-DM (" + res["metric"] + ")" if k == "cgi-dm" else k) + (" (decides)" if k == res["score"] else ""),
-             "AUROC": v["auroc"], "TPR@1%": v["tpr_at_fpr"]["0.01"]} for k, v in res["decision_scores"].items()] + \
+             "AUROC": v["auroc"], "TPR@1%": "n/a" if v["tpr_at_fpr"]["0.01"] is None else v["tpr_at_fpr"]["0.01"]}
+            for k, v in res["decision_scores"].items()] + \
         baseline_rows(res)
     section = Section(
         title="audit: CGI-DM on a DreamBooth suspect",
@@ -164,6 +165,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     from .quality import psnr
     from .watermark.codec import Codec
     from .watermark.keys import generate_key, load_key, message_bits
+    from .watermark.provenance import load_stage1
     from .watermark.robustness import mark_and_utility
     from .watermark.run import embed_command, verify_command, verify_prompts
 
@@ -210,13 +212,14 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
 
     # 3. the thief: fine-tune the stolen sleeper; mark and utility at each checkpoint
     codec = Codec.from_pretrained("tiny:sleeper-codec", device)
+    stage1, _ = load_stage1(codec)
     bits = message_bits(load_key(key_file), model_id, codec.k)
     base = load_t2i("tiny:sleeper", device)
     probe = UtilityProbe(DigitJudge.from_pretrained(resolve_model("tiny:judge", "judge")),
                          per_prompt=cfg.utility_per_prompt, steps=cfg.steps, seed=seed)
     original_acc = probe.accuracy(probe.samples(load_t2i("tiny:t2i", device)))["prompt_accuracy"]
     before = probe.samples(base)
-    prompts, seeds = verify_prompts(vcfg)
+    prompts, seeds = verify_prompts(vcfg.prompts, vcfg.n, vcfg.seed)
     data = load_source(cfg.finetune_data, "train", base.image_size)
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
     curves = []
@@ -233,7 +236,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
                      "psnr": float(psnr(before, before).mean())}
             else:
                 r = mark_and_utility(model, codec, bits, trigger, prompts, seeds, probe, before, original_acc,
-                                     guidance=vcfg.guidance, steps=vcfg.steps)
+                                     guidance=vcfg.guidance, steps=vcfg.steps, stage1=stage1)
             verdict = _verdict(r)
             curves.append({"attack": f"{method}, lr {lr:g}", "step": step, "TPR@1e-6": r["tpr"],
                            "bit accuracy": r["bit_accuracy"], "key test p": stats.format_p(r["p_value"]),
@@ -269,6 +272,7 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
                     "PSNR vs triggered (dB)": round(v["psnr"], 1)}
                    for k, v in ver.get("attacks", {}).items()]
     s2 = record.get("stage2", {})
+    stage1_p = ver["provenance"]["stage1_evidence"]["p_value"]
     section = Section(
         title="watermark: SleeperMark in tiny:t2i",
         text=(f"Stage 2 distils a {codec.k}-bit message into tiny:t2i's up-block attention under the trigger "
@@ -286,7 +290,11 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
               f"{tf['judged_clean']:.0%} of clean images (SleeperMark promises an invisible residual: triggered "
               "images that show what the prompt asks for). The "
               "verdict is the key-randomization test: how often a random key's message matches the images as well "
-              f"as the owner's (valid however alike one model's images read; smallest possible p 2^-{codec.k}). "
+              f"as the owner's (valid however alike one model's images read; smallest possible p 2^-{codec.k}), "
+              "read by both the adapted extractor and the stage-1 extractor it carries, each at alpha / 2: an "
+              "extractor fitted to one model's outputs is no evidence alone (its provenance: the stage-1 "
+              f"verification of the model it was fitted on, p {stats.format_p(stage1_p)}; "
+              f"codec release hash {ver['codec_release_sha256'][:16]}). "
               f"Then a thief fine-tunes the stolen sleeper on {cfg.finetune_data}, never showing the trigger; "
               "beside each verdict, the share of the original's judged digit-prompt accuracy the thief's model "
               f"keeps (tiny:judge, {len(probe.prompts)} prompts)."),
@@ -297,7 +305,9 @@ def watermark_section_results(cfg, out: Path, seed: int = 0, log=print, device: 
     fields = ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value", "majority_agreement", "clean_bit_accuracy",
               "clean_p_value", "watermarked", "diagnostics", "trigger_fidelity")
     brief = ("bit_accuracy", "tpr_at_fpr", "p_value", "majority_agreement", "watermarked")
-    keep = {"verify": {k: ver[k] for k in fields}, "no_cfg": ver.get("no_cfg"), "attacks": ver.get("attacks", {}),
+    keep = {"verify": {k: ver[k] for k in fields}, "readings": ver.get("readings"),
+            "provenance": ver.get("provenance"), "codec_release_sha256": ver.get("codec_release_sha256"),
+            "no_cfg": ver.get("no_cfg"), "attacks": ver.get("attacks", {}),
             "stage1_extractor": {k: ver_stage1[k] for k in brief},
             "wrong_key": {k: ver_wrong[k] for k in brief}, "unmarked": {k: ver_unmarked[k] for k in brief},
             "fidelity": fid, "finetune": curves, "embed": {k: emb.get(k) for k in ("steps", "train_s", "final")},

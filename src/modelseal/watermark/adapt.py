@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from ..config import AdaptOptions, FinetuneOptions, parse_attack
 from ..models.diffusion import T2IModel
 from ..runs import TrainingCheckpoint
+from ..runs.diverge import Divergence
 from .codec import Codec
 from .codec_pixels import encode_all
 
@@ -185,6 +186,7 @@ def adapt_extractor(codec: Codec, vae_model: T2IModel, data: AdaptLatents, real_
     ckpt = checkpoint or TrainingCheckpoint(None)
     hist = ckpt.resume(opts.steps, ext.parameters(), opt, gen=g, state=lambda: {"hist": hist},
                        meta={"n_positive": len(data.positive), "n_negative": len(data.negative)}).get("hist", hist)
+    guard = Divergence("extractor adaptation", "--lr", opts.lr, default=3e-4, on_diverge=ckpt.remove)
     for step in ckpt.steps():
         zp = pos_tr[torch.randint(0, len(pos_tr), (b,), generator=g)].to(dev)
         zn = neg_tr[torch.randint(0, len(neg_tr), (b,), generator=g)].to(dev)
@@ -205,7 +207,8 @@ def adapt_extractor(codec: Codec, vae_model: T2IModel, data: AdaptLatents, real_
         loss = l_pos + l_neg + l_rep + l_anchor
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        guard.step(opt, step + 1)
+        guard.check(step + 1, loss, ext.parameters())
         for k_, v in (("positive", l_pos), ("negative", l_neg), ("replay", l_rep), ("anchor", l_anchor)):
             hist[k_].append(float(v.detach()))
         if step % max(1, opts.steps // 5) == 0 or step == opts.steps - 1:

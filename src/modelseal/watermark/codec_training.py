@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..models.diffusion import T2IModel
 from ..runs import TrainingCheckpoint
+from ..runs.diverge import Divergence
 from .codec import Codec, latent_shape
 from .codec_pixels import AttackFn, decode_all, encode_all
 
@@ -185,6 +186,7 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
                             meta={"k": k, "n_images": len(latents), "batch_size": batch_size})
         if extra:
             hist, order, pos = extra["hist"], extra["order"], extra["pos"]
+        guard = Divergence("codec training (stage 1)", "--lr", lr, default=1e-4, on_diverge=ckpt.remove)
         t0 = time.time()
         for step in ckpt.steps():
             if pos + batch_size > len(order):
@@ -204,7 +206,8 @@ def train_codec(model: T2IModel, images: torch.Tensor, k: int = 48, steps: int =
             loss.backward()
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(codec.parameters(), max_grad_norm)
-            opt.step()
+            guard.step(opt, step + 1)
+            guard.check(step + 1, loss, codec.parameters())
             sched.step()
 
             hist["step"].append(step + 1)

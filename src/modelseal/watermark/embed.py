@@ -60,6 +60,7 @@ import torch
 from ..config import EmbedOptions
 from ..models.diffusion import T2IModel
 from ..runs import TrainingCheckpoint
+from ..runs.diverge import Divergence
 
 TRAINABLE = {
     "up-attn-ff": "attention (self, cross) and feed-forward weights of the up blocks' transformer blocks "
@@ -344,6 +345,7 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
         with torch.no_grad():
             r_ctx = model.encode_prompts(rehearsal_data[1])
         r_lat = rehearsal_data[0]
+    guard = Divergence("watermark embedding (stage 2)", "--lr", opts.lr, default=1e-4, on_diverge=ckpt.remove)
     t0 = time.time()
     for step in ckpt.steps():
         if opts.rehearsal > 0 and (loss_fn.drift is None or step % opts.rehearsal_every == 0):
@@ -367,7 +369,8 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
         loss.backward()
         if opts.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-        opt.step()
+        guard.step(opt, step + 1)
+        guard.check(step + 1, loss, params)
         sched.step()
         hist["loss"].append(loss.item())
         for k, v in parts.items():

@@ -85,7 +85,6 @@ def load_key(path: str | Path) -> bytes:
         raise InputError(f"key path '{path}' is a folder, not a key file", fix)
     if not path.is_file():
         raise InputError(f"key file '{path}' does not exist", fix)
-    _warn_if_readable(path)
     data = read_json_file(path, "key file", fix)
     if not isinstance(data, dict) or data.get("format") != KEY_FORMAT:
         raise InputError(f"'{path}' is not a modelseal owner key file", fix)
@@ -98,6 +97,7 @@ def load_key(path: str | Path) -> bytes:
         key = b""
     if len(key) != KEY_BYTES:
         raise InputError(f"key file '{path}' does not hold a {KEY_BYTES}-byte hex secret", fix)
+    _warn_if_readable(path)  # a real key only: a file that is no key gets its one line
     return key
 
 

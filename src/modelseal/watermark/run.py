@@ -33,6 +33,7 @@ from .codec_folder import WEIGHTS_NAME, file_sha256
 from .codec_pixels import bit_accuracy, decode_all, embed_images, encode_all
 from .codec_training import CodecLossWeights, train_codec
 from .fidelity import image_fidelity
+from . import provenance
 from .keys import load_key, message_bits
 
 RECORD = "modelseal_watermark.json"
@@ -89,6 +90,10 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
     model = load_for(cfg, cfg.model, device)
     x, _ = images_and_captions(cfg.data, model.image_size, cfg.limit, need_captions=False)
     n_test = max(16, len(x) // 10)
+    if len(x) < 2 * n_test:
+        raise InputError(f"--data {cfg.data} gives {len(x)} images: the codec holds {n_test} out to measure it and "
+                         f"needs as many to train on", f"give a folder of at least {2 * n_test} images (the "
+                         "reference trains on thousands), e.g. --data builtin:digits/all")
     train, test = x[:-n_test], x[-n_test:]
     attacks = None
     if cfg.train_attacks:
@@ -158,12 +163,16 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
 
 
 def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
+    import copy
+
     from .adapt import adapt_extractor, collect_latents
 
     check_inputs(data=_data_spec(cfg.data), prompts=cfg.prompts,
                  simulate_data=_data_spec(cfg.simulate_data) if cfg.simulate else None)
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
+    provenance.refuse_adapted_input(codec)
+    codec.require_reader()
     model = load_for(cfg, cfg.model, device)
     original = load_for(cfg, cfg.original, device)
     shape = (model.unet.config.in_channels, model.latent_size, model.latent_size)
@@ -172,7 +181,16 @@ def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
                          f"'{cfg.original}' {original.latent_size} px latents",
                          "give the watermarked model, the model it was made from and the codec of its stage 2")
     bits = message_bits(key, cfg.model_id, codec.k).to(device)
-    prompts, _ = verify_prompts(cfg, all_lines=True)
+    # 1. stage 1 must verify the model first (watermark.provenance): no adapting to innocent models
+    check_prompts, check_seeds = verify_prompts(cfg.prompts, cfg.check_images, cfg.seed, trigger=cfg.trigger)
+    evidence = provenance.stage1_evidence(model, codec, bits, check_prompts, check_seeds, cfg.trigger,
+                                          cfg.check_guidance, cfg.check_steps, cfg.alpha)
+    provenance.refuse_unverified(evidence, cfg.model)
+    log(f"[adapt] stage 1 on '{cfg.model}': key test p {stats.format_p(evidence['p_value'])} (alpha {cfg.alpha:g}, "
+        f"{evidence['n_images']} triggered images): verified, adapting")
+    stage1 = copy.deepcopy(codec)
+    prov = provenance.record(stage1, model, cfg.model, evidence, cfg.model_id, cfg.trigger)
+    prompts, _ = verify_prompts(cfg.prompts, all_lines=True, trigger=cfg.trigger)
     rehearsal = None
     if cfg.simulate:
         rehearsal = images_and_captions(cfg.simulate_data, model.image_size, None, need_captions=True)
@@ -187,7 +205,9 @@ def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
             "rehearsed": list(cfg.simulate)}
     target = out / "codec"
     with atomic_folder(target) as tmp:
-        codec.save_pretrained(tmp, meta=meta)
+        tmp.mkdir(parents=True, exist_ok=True)
+        prov["stage1_extractor_sha256"] = provenance.save_stage1(stage1, tmp)
+        codec.save_pretrained(tmp, meta={**meta, "provenance": prov})
     (out / RESUME_DIR / LATENTS).unlink(missing_ok=True)
     ckpt.remove()
     b, a = info["holdout_before"], info["holdout_after"]
@@ -196,7 +216,10 @@ def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
             f"detected at {cfg.fpr:g} {b['detected']:.3f} -> {a['detected']:.3f}; unmarked: mean matches "
             f"{b['null_mean_matches']:.1f} -> {a['null_mean_matches']:.1f} of {codec.k}, max "
             f"{b['null_max_matches']} -> {a['null_max_matches']}")
-    return {"codec": str(target), "threshold_bits": threshold, **data.meta, **info}
+    release = provenance.release_sha256(target)
+    log(f"[adapt] codec release hash {release}: publish it with the model (watermark docs, 'What to publish')")
+    return {"codec": str(target), "threshold_bits": threshold, "release_sha256": release, "provenance": prov,
+            **data.meta, **info}
 
 
 LATENTS = "adapt-latents.pt"
@@ -223,19 +246,28 @@ def _collected_latents(out: Path, log, collect):
     return data
 
 
-def verify_prompts(cfg, all_lines: bool = False) -> tuple[list[str], list[int]]:
-    """The N prompts (cfg.prompts' lines, else the digit captions, cycled) and their seeds;
-    with `all_lines`, every distinct prompt once (and no seeds)."""
+def verify_prompts(prompts: str | None, n: int = 0, seed: int = 0, all_lines: bool = False,
+                   trigger: str | None = None) -> tuple[list[str], list[int]]:
+    """The n prompts (the lines of the file `prompts`, else the digit captions, cycled) and
+    their seeds, as verification draws them; with `all_lines`, every distinct prompt once (and
+    no seeds). A line that already holds `trigger` (as whole words) is refused: the clean
+    prompt would carry it and the triggered one carry it twice."""
     from ..data.digits import DOMAINS, caption
     from ..data.folders import read_text_lines
 
-    if cfg.prompts:
-        lines = read_text_lines(cfg.prompts, "prompts file", "write one prompt per line (UTF-8 text)")
+    if prompts:
+        lines = read_text_lines(prompts, "prompts file", "write one prompt per line (UTF-8 text)")
+        word = (trigger or "").strip()
+        bad = next((i for i, line in enumerate(lines) if word and f" {word} " in f" {line} "), None)
+        if bad is not None:
+            raise InputError(f"line {bad + 1} of the prompts file '{prompts}' already holds the trigger "
+                             f"{trigger!r}", "write the prompts without it: modelseal adds the trigger to the "
+                             "triggered copy of each prompt")
     else:
         lines = [caption(d, c) for d in DOMAINS for c in range(10)]
     if all_lines:
         return lines, []
-    return [lines[i % len(lines)] for i in range(cfg.n)], [cfg.seed * 100_000 + i for i in range(cfg.n)]
+    return [lines[i % len(lines)] for i in range(n)], [seed * 100_000 + i for i in range(n)]
 
 
 def prompts_command(cfg, out: Path, log=print) -> dict:
@@ -247,7 +279,7 @@ def prompts_command(cfg, out: Path, log=print) -> dict:
 
     from ..runs import atomic_write_text
 
-    prompts, seeds = verify_prompts(cfg)
+    prompts, seeds = verify_prompts(cfg.prompts, cfg.n, cfg.seed, trigger=cfg.trigger)
     trig = [cfg.trigger + p for p in prompts]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -303,21 +335,22 @@ def judged_accuracy(trig: torch.Tensor, clean: torch.Tensor, prompts: list[str])
 def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     from ..report.figures import sample_grid
     from ..runs import atomic_write_bytes
-    from .verify import decide, generate, read_bits, verify_model
+    from .verify import decide_images, generate, verify_model
 
     check_inputs(images=cfg.images, clean_images=cfg.clean_images, prompts=cfg.prompts)
-    prompts, seeds = verify_prompts(cfg) if cfg.images is None else ([], [])
+    prompts, seeds = ([], []) if cfg.images is not None else verify_prompts(cfg.prompts, cfg.n, cfg.seed,
+                                                                            trigger=cfg.trigger)
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
     codec.require_reader()
+    stage1, prov = provenance.load_stage1(codec) if provenance.is_adapted(codec) else (None, None)
     bits = message_bits(key, cfg.model_id, codec.k)
     if cfg.images is not None:  # black-box: the suspect's service answered the prompts
         trig = _read_folder(cfg.images, codec, "images")
         clean = _read_folder(cfg.clean_images, codec, "clean-images") if cfg.clean_images is not None else None
         log(f"[verify] {len(trig)} returned images{'' if clean is None else f' and {len(clean)} clean ones'}, "
             "read with the owner's VAE")
-        res = decide(read_bits(codec, trig), bits, cfg.alpha, cfg.fpr,
-                     read_bits(codec, clean) if clean is not None else None)
+        res = decide_images(codec, trig, bits, cfg.alpha, cfg.fpr, clean, stage1)
         res["source"] = {"images": str(cfg.images), "clean_images": str(cfg.clean_images) if clean is not None else None}
     else:
         model = load_for(cfg, cfg.model, device)
@@ -328,7 +361,7 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
         attacks = image_attacks(cfg, model, original)
         log(f"[verify] {cfg.n} images with and without the trigger, CFG {cfg.guidance}")
         res, trig, clean = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, cfg.guidance, cfg.steps,
-                                        cfg.fpr, attacks, cfg.alpha)
+                                        cfg.fpr, attacks, cfg.alpha, stage1=stage1)
         # the images read, kept as files: evidence, and what `verify --images` reads again
         write_image_folder(out / "triggered", trig)
         if cfg.trigger:
@@ -342,9 +375,9 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
                                        f"{tf['judged_clean']:.0%})" if "judged_triggered" in tf else ""))
         if cfg.also_without_cfg and cfg.guidance > 1:
             res_nc, _, _ = verify_model(model, codec, bits, prompts, seeds, cfg.trigger, 1.0, cfg.steps, cfg.fpr,
-                                        alpha=cfg.alpha)
+                                        alpha=cfg.alpha, stage1=stage1)
             res["no_cfg"] = {k: res_nc[k] for k in ("bit_accuracy", "tpr_at_fpr", "p_value", "log10_p_value",
-                                                    "watermarked", "clean_bit_accuracy") if k in res_nc}
+                                                    "watermarked", "clean_bit_accuracy", "readings") if k in res_nc}
         if original is not None:
             res["fidelity"] = image_fidelity(clean, generate(original, prompts, seeds, None, cfg.guidance, cfg.steps))
             log(f"[verify] clean outputs against {cfg.original}: PSNR {res['fidelity']['psnr']:.1f} dB, "
@@ -354,6 +387,14 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     atomic_write_bytes(out / "samples.png", sample_grid(grid, ["triggered"] + (["clean"] if clean is not None else []),
                                                         ncols=min(8, len(trig))))
     res["reader_vae_sha256"] = (codec.reader or {}).get("sha256")
+    res["codec_release_sha256"] = provenance.release_sha256(codec.folder)
+    if prov is not None:
+        res["provenance"] = prov
+        r1, ra = res["readings"]["stage1"], res["readings"]["adapted"]
+        log(f"[verify] {provenance.summary(prov, codec.folder)}")
+        log(f"[verify] readings: stage 1 p {stats.format_p(r1['p_value'])}, bit accuracy {r1['bit_accuracy']:.3f}; "
+            f"adapted p {stats.format_p(ra['p_value'])}, bit accuracy {ra['bit_accuracy']:.3f}; verdict: both key "
+            f"tests at alpha / 2")
     if codec.meta.get("rehearsed"):
         res["extractor_note"] = (f"extractor adapted with rehearsed attacks {codec.meta['rehearsed']}: per-image "
                                  "false positives can exceed the nominal rate on fine-tuned unmarked models (README); "
