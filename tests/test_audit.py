@@ -84,6 +84,21 @@ def subject(tmp_path_factory):
     return root, folders
 
 
+@pytest.fixture(scope="module")
+def quick_subject(tmp_path_factory):
+    """The same folders and a suspect of 2 DreamBooth steps: a model with a finetune record,
+    for the tests of bad input (none of them needs it to have learned anything)."""
+    from modelseal.attacks.run import finetune_command
+    from modelseal.config import FinetuneConfig
+    from modelseal.data.subjects import builtin_subject, write_split
+
+    root = tmp_path_factory.mktemp("quick-subject")
+    folders = write_split(builtin_subject("mnist-m/3"), root / "data", {"members": 8, "holdout": 8, "others": 8})
+    finetune_command(FinetuneConfig(method="dreambooth", data=str(folders["members"]), prompt="a sks digit", steps=2,
+                                    batch_size=4), root / "suspect", "cpu", log=lambda m: None)
+    return root, folders
+
+
 @pytest.mark.slow
 def test_cgi_dm_separates_members_and_the_null_suspect_does_not(subject, capsys):
     root, folders = subject
@@ -222,8 +237,8 @@ def test_audit_resumes_from_its_cache(subject, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no-holdout", "both-modes", "mismatch", "corrupt", "no-prompt"])
-def test_audit_bad_input_exits_2(case, subject, tmp_path, capsys, random_clip_dir):
-    root, folders = subject
+def test_audit_bad_input_exits_2(case, quick_subject, tmp_path, capsys, random_clip_dir):
+    root, folders = quick_subject
     ft = str(root / "suspect" / "model")
     base = ["audit", "--out", str(tmp_path / "o"), "--steps", "2"]
     if case == "no-holdout":

@@ -125,6 +125,12 @@ def decide(read_trig, bits, alpha: float = 1e-3, fpr: float = 1e-6, read_clean=N
     return res
 
 
+def union_p(p_stage1, p_adapted):
+    """The p-value of the union of two key tests (Bonferroni): min(1, 2 min(p_1, p_a));
+    numbers or arrays (one per key)."""
+    return np.minimum(1.0, 2 * np.minimum(p_stage1, p_adapted))
+
+
 def combine_readings(adapted: dict, stage1: dict, alpha: float) -> dict:
     """The verdict of an adapted codec: `adapted` (decide() on the adapted extractor's bits,
     whose other figures stay as they are) with p_value the Bonferroni union of both key tests,
@@ -133,7 +139,7 @@ def combine_readings(adapted: dict, stage1: dict, alpha: float) -> dict:
             "clean_p_value")
     readings = {name: {**{k: r[k] for k in keep if k in r}, "watermarked": bool(r["p_value"] <= alpha / 2)}
                 for name, r in (("stage1", stage1), ("adapted", adapted))}
-    p = min(1.0, 2 * min(stage1["p_value"], adapted["p_value"]))
+    p = float(union_p(stage1["p_value"], adapted["p_value"]))
     return {**adapted, "p_value": p, "log10_p_value": stats.log10_p(p), "watermarked": bool(p <= alpha),
             "test": "key_randomization_bonferroni", "readings": readings}
 
