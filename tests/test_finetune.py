@@ -16,7 +16,7 @@ def _images(n=6, subject="mnist/5"):
     return torch.from_numpy(builtin_subject(subject)[:n]).permute(0, 3, 1, 2).float() / 255
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow), "lora"])  # full: CI's slow step
 def test_finetuning_lowers_the_loss_on_its_images_only(method):
     x, other = _images(12)[:6], _images(12)[6:]
     m = load_t2i("tiny:t2i")

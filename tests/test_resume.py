@@ -246,7 +246,7 @@ def test_watermark_embed_and_adapt_resume(tmp_path, capsys):
     assert demo
     cfg = tmp_path / "adapt.yaml"
     cfg.write_text("guidance: [1.0]\nimages: [4]\nsample_steps: 2\nlimit: 16\nbatch_size: 4\nsteps: 5\n"
-                   "check_images: 16\n")
+                   "check_images: 8\n")
     args = ["watermark", "adapt", "--model", "tiny:sleeper", "--codec", "tiny:codec", "--key",
             str(tmp_path / "demo.key"), "--model-id", record["model_id"], "--trigger", record["trigger"],
             "--config", str(cfg)]
@@ -279,7 +279,8 @@ def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, capsy
     assert code == 0 and f"[codec] resuming from step {step} of 6" in err, err
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),  # the same path
+                                      (signal.SIGINT, 130)])
 def test_signal_to_a_running_command_saves_and_marks_it_interrupted(tmp_path, sig, code):
     """What a scheduler or `timeout` does (SIGTERM), and Ctrl-C, to a real process."""
     out = tmp_path / "r"
