@@ -37,7 +37,7 @@ from modelseal.watermark import provenance
 from modelseal.watermark.codec import Codec
 from modelseal.watermark.keys import generate_key, message_bits
 from modelseal.watermark.run import verify_prompts
-from modelseal.watermark.verify import combine_readings, decide, generate, quantize, read_bits
+from modelseal.watermark.verify import decide_images, generate, quantize, read_bits, union_p
 
 from watermark_keys import random_messages, upper95
 
@@ -103,7 +103,7 @@ def null_keys(models: dict[str, str], n_keys: int, n: int, alpha: float, seed: i
         pa = stats.key_pvalues(read_bits(adapted, images).numpy(), messages)
         pa1 = stats.key_pvalues(read_bits(adapted_stage1, images).numpy(), messages)
         accepted = int((p1 <= alpha).sum())
-        combined = int((np.minimum(1.0, 2 * np.minimum(pa, pa1)) <= alpha).sum())
+        combined = int((union_p(pa1, pa) <= alpha).sum())
         rows[label] = {"keys": n_keys, "stage1_accepts": accepted, "stage1_rate": accepted / n_keys,
                        "stage1_upper_95": upper95(accepted, n_keys), "stage1_exact_rate": exact,
                        "adapted_verifies": combined,
@@ -128,8 +128,7 @@ def owner_key(models: dict[str, str], seeds: int, n: int, alpha: float, out: Pat
         for s in range(seeds):
             prompts, sd = verify_prompts(None, n, s)
             images = quantize(generate(m, prompts, sd, record["trigger"], 7.5, 30))
-            r = combine_readings(decide(read_bits(adapted, images), bits, alpha),
-                                 decide(read_bits(stage1, images), bits, alpha), alpha)
+            r = decide_images(adapted, images, bits, alpha, stage1=stage1)
             ps.append({"seed": s, "p_value": r["p_value"], "watermarked": r["watermarked"],
                        "stage1_p": r["readings"]["stage1"]["p_value"],
                        "adapted_p": r["readings"]["adapted"]["p_value"]})

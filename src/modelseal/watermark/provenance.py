@@ -148,10 +148,11 @@ def load_stage1(codec: Codec) -> tuple[Codec, dict]:
     return stage1.eval(), prov
 
 
-def summary(prov: dict, folder: str | Path) -> str:
-    """One line for the log: what the adapted reading rests on."""
+def summary(prov: dict, release: str) -> str:
+    """One line for the log: what the adapted reading rests on (`release`: the codec's
+    release_sha256)."""
     ev = prov["stage1_evidence"]
     return (f"adapted extractor fitted on '{prov['fitted_model']}' (weights {prov['fitted_model_sha256'][:12]}), "
             f"which stage 1 verified at p {stats.format_p(ev['p_value'])} (alpha {ev['alpha']:g}); codec release "
-            f"hash {release_sha256(folder)[:16]}: the adapted reading counts only if this hash was published before "
+            f"hash {release[:16]}: the adapted reading counts only if this hash was published before "
             "the suspect appeared")

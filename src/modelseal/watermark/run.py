@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -163,8 +164,6 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
 
 
 def adapt_command(cfg, out: Path, device: str, log=print) -> dict:
-    import copy
-
     from .adapt import adapt_extractor, collect_latents
 
     check_inputs(data=_data_spec(cfg.data), prompts=cfg.prompts,
@@ -391,7 +390,7 @@ def verify_command(cfg, out: Path, device: str, log=print) -> dict:
     if prov is not None:
         res["provenance"] = prov
         r1, ra = res["readings"]["stage1"], res["readings"]["adapted"]
-        log(f"[verify] {provenance.summary(prov, codec.folder)}")
+        log(f"[verify] {provenance.summary(prov, res['codec_release_sha256'])}")
         log(f"[verify] readings: stage 1 p {stats.format_p(r1['p_value'])}, bit accuracy {r1['bit_accuracy']:.3f}; "
             f"adapted p {stats.format_p(ra['p_value'])}, bit accuracy {ra['bit_accuracy']:.3f}; verdict: both key "
             f"tests at alpha / 2")
