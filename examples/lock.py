@@ -18,7 +18,8 @@ import modelseal
 SIZES = {  # training steps, batch per domain, training / test images per domain; domains only evaluated
     "demo": dict(steps=150, batch_size=32, train_limit=2000, eval_limit=500,
                  eval=["builtin:digits/uci", "builtin:digits/syn"]),
-    "tiny": dict(steps=60, batch_size=16, train_limit=600, eval_limit=300, eval=[]),
+    # tiny: a batch of 32, not 16: at 16 the 60-step lock holds on some seeds only (docs/lock.md)
+    "tiny": dict(steps=60, batch_size=32, train_limit=600, eval_limit=300, eval=[]),
 }
 
 

@@ -166,14 +166,15 @@ def test_audit_mode_gives_p_values_and_verdicts(subject, capsys):
     assert page.index("Was this collection used? used") < page.index("evidence per image")
     assert f"<td>{stats.format_p(res['set_p_value'])}</td>" in page and f"<td>{stats.format_p(p[0])}</td>" in page
 
-    # --control none: the same scores (from the cache, content-keyed: copied into the new run's folder,
-    # which --overwrite lets it write into), the old per-image verdicts, labelled uncontrolled
-    shutil.copytree(root / "real" / "cache", root / "real-none" / "cache")
+    # --control none: the same scores (from the cache, content-keyed, which --overwrite over an audit run keeps:
+    # a copy of the first run's folder is overwritten), the old per-image verdicts, labelled uncontrolled
+    shutil.copytree(root / "real", root / "real-none")
     code, stdout, err = run_cli(["audit", "--finetuned", str(root / "suspect" / "model"), "--images",
                                  str(folders["members"]), "--calibration", str(folders["others"]),
                                  "--steps", "200", "--control", "none", "--out", str(root / "real-none"),
                                  "--overwrite", "--json"], capsys)
     assert code == 0, err
+    assert "were scored before" in err
     none = json.loads(stdout)
     assert none["control"] == "none" and "uncontrolled" in none["control_note"] and "uncontrolled" in err
     assert [r["p_value"] for r in none["scores"]] == [r["p_value"] for r in res["scores"]]

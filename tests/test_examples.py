@@ -32,7 +32,7 @@ def test_lock_example_locks_mnist_m_and_tells_ours_from_not_ours(tmp_path):
     assert "locked out" in stdout and "lock_verify" in stdout
     res = results(tmp_path / "lock")
     assert res["accuracy"]["mnist"] >= res["accuracy_sl"]["mnist"] - 5, res
-    assert res["accuracy"]["mnist-m"] <= res["chance"] + 15, res
+    assert res["accuracy"]["mnist-m"] <= res["chance"] + 20, res  # SL reads it at about 80 %
     assert results(tmp_path / "eval")["accuracy"]["mnist-m"] == res["accuracy"]["mnist-m"]
     assert results(tmp_path / "verify-checkpoint")["verdict"] == "ours"
     assert results(tmp_path / "verify-checkpoint-sl")["verdict"] == "not ours"

@@ -184,7 +184,7 @@ def test_hardening_makes_the_disguise_fail_where_it_unlocks_the_papers_lock(tmp_
     the licensed accuracy stays."""
     common = ["--authorized", "builtin:digits/syn", "--unauthorized", "builtin:digits/uci", "--steps", "150",
               "--sl-steps", "10", "--train-limit", "600", "--eval-limit", "300"]
-    hard = ["--harden", "disguise", "--harden-rounds", "2"]  # rounds of 60 steps were too short to harden
+    hard = ["--harden", "disguise", "--harden-rounds", "3"]  # 2 rounds of 100 steps: the reduction varied with the threads
     acc = {}
     for name, extra in (("paper", []), ("hardened", hard)):
         res = cli(["lock", "train", "--out", str(tmp_path / name), *common, *extra], capsys)
@@ -193,7 +193,7 @@ def test_hardening_makes_the_disguise_fail_where_it_unlocks_the_papers_lock(tmp_
                    "--no-backbone", *common[:4], "--eval-limit", "300"], capsys)
         acc[name] = (res["accuracy"]["syn"], res["accuracy"]["uci"], att["points"][0]["checkpoint"]["unauthorized"])
         if name == "hardened":
-            assert [r["round"] for r in res["harden"]] == [1, 2]
+            assert [r["round"] for r in res["harden"]] == [1, 2, 3]
     (p_syn, p_uci, p_dis), (h_syn, h_uci, h_dis) = acc["paper"], acc["hardened"]
     assert p_uci <= 25 and h_uci <= 25, acc  # both locked as released
     assert p_dis >= 60, acc  # the disguise unlocks the paper's lock

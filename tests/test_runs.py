@@ -124,6 +124,25 @@ def test_overwrite_deletes_only_what_the_run_wrote(tmp_path):
     assert json.loads((p / "manifest.json").read_text())["files"] == ["config.yaml", "manifest.json"]
 
 
+def test_overwrite_keeps_a_content_keyed_cache_of_the_same_command_only(tmp_path):
+    p = tmp_path / "a"
+    run = RunFolder(p, "audit", {"control": "bh"}, 0, "cpu")
+    (run.file("cache") / "k").mkdir(parents=True)
+    (p / "cache" / "k" / "batch0000.safetensors").write_bytes(b"s")
+    run.file("roc.png").write_bytes(b"png")
+    run.finish({})
+    run.close()
+    again = RunFolder(p, "audit", {"control": "none"}, 0, "cpu", overwrite=True)  # another config, same command
+    assert (p / "cache" / "k" / "batch0000.safetensors").read_bytes() == b"s" and not (p / "roc.png").exists()
+    (p / "cache" / "k2").mkdir()  # the new run writes into the kept cache: it stays the run's
+    again.file("cache")
+    again.finish({})
+    again.close()
+    assert "cache" in json.loads((p / "manifest.json").read_text())["files"]
+    RunFolder(p, "finetune", {}, 0, "cpu", overwrite=True).close()  # another command: nothing of it is kept
+    assert not (p / "cache").exists()
+
+
 def test_a_tampered_file_list_deletes_nothing_outside_the_folder(tmp_path):
     run = RunFolder(tmp_path / "r", "first", {}, 0, "cpu")
     run.finish({})

@@ -18,7 +18,7 @@ import yaml
 from ..errors import InputError
 from .checkpoint import RESUME_DIR
 from .files import atomic_write_text, guard_writes, unguard_writes, write_json
-from .outputs import outputs_of
+from .outputs import caches_of, outputs_of
 
 TRACKED_PACKAGES = ("modelseal", "torch", "transformers", "diffusers", "peft", "accelerate", "safetensors",
                     "numpy", "scikit-learn", "kornia")
@@ -115,7 +115,9 @@ class RunFolder:
       the run goes on there (training resumes from its checkpoint; a finished run is repeated
       in place, its caches kept);
     - the folder of another run: refused unless `overwrite`, which first deletes what that
-      run wrote (its manifest's list; anything else in the folder stays) (a folder that
+      run wrote (its manifest's list; anything else in the folder stays), except, when that
+      run was of the same command, its content-keyed caches (runs/outputs.py CACHES), which
+      the new run reads and extends (a folder that
       holds only the record of a run that stopped before writing anything, config.yaml,
       manifest.json and log.txt, is taken over without it);
     - a non-empty folder that holds no run (no manifest.json of modelseal's, whatever else
@@ -264,8 +266,10 @@ class RunFolder:
             self._foreign = entries - owned
             return
         if overwrite or entries <= set(RECORD_FILES):
-            _remove(self.path, owned)
-            self._foreign = {e.name for e in _entries(self.path)}
+            kept = entries & owned & set(caches_of(command)) if command == self.command else set()
+            _remove(self.path, owned - kept)
+            self._kept = kept
+            self._foreign = {e.name for e in _entries(self.path)} - kept
             return
         if command is None or config is None:
             what = "a modelseal run whose config.yaml or manifest.json cannot be read"

@@ -31,6 +31,19 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Content-keyed caches (keyed by the models, options and inputs they were computed from, so
+# never stale): `--overwrite` over a run of the same command keeps them, and the new run
+# reads what it can from them (an audit rerun with another --control rescores nothing).
+CACHES: dict[str, tuple[str, ...]] = {
+    "audit": ("cache",),
+}
+
+
+def caches_of(command: str | None) -> tuple[str, ...]:
+    """The content-keyed caches among `command`'s outputs (kept by --overwrite over its own runs)."""
+    return CACHES.get(command or "", ())
+
+
 def outputs_of(command: str | None) -> tuple[str, ...]:
     """The top-level names `command` writes beside the run's record (none for an unknown one)."""
     return OUTPUTS.get(command or "", ())
