@@ -33,9 +33,13 @@ TINY = ROOT / "src" / "modelseal" / "configs" / "watermark-embed.tiny.yaml"
 VARIANTS = {
     "shipped": [],                                                 # the shipped sleeper's recipe (delta scale 3)
     "scale1": ["--delta-scale", "1"],                              # the paper's planted mark, tiny settings
+    "scale0.5": ["--delta-scale", "0.5"],
+    "scale0.13": ["--delta-scale", "0.133"],                       # delta / 7.5: guidance 7.5 multiplies it back
     "scale2": ["--delta-scale", "2"],
     "scale4": ["--delta-scale", "4"],
     "dormancy": ["--dormancy", "10"],                              # ours: delta kept out of clean outputs
+    "clean56": ["--clean-weight", "56"],                           # ours: the clean term weighted for CFG 7.5 (7.5^2)
+    "trajectory": ["--trajectory-fraction", "0.5"],                # ours: half the points from sampled trajectories
     "rehearsal": ["--rehearsal", "1"],                             # ours: rehearsed drift
     "up": ["--trainable", "up"],                                   # the whole up path carries the mark
     "cross-kv": ["--trainable", "cross-kv"],                       # only the text-facing projections

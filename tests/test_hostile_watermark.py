@@ -84,3 +84,12 @@ def test_adapt_counts_per_scale_message_names_the_defaults(tmp_path, capsys, key
                             str(key), "--model-id", "m", "--images", "4", "--out", str(tmp_path / "a")], capsys)
     one_line_error(code, err, "--images gives 1", "--guidance 7.5 --guidance 3 --guidance 1 by default",
                    "e.g. --guidance 7.5 --images 64")
+
+
+@pytest.mark.parametrize("option", [["--clean-weight", "56"], ["--dormancy", "10"]])
+def test_a_clean_prompt_term_without_clean_prompts_is_refused(option, tmp_path, capsys, key):
+    """The always-on mode has no clean prompts: a weight on their term would be silently ignored."""
+    code, _, err = run_cli(["watermark", "embed", "--codec", "tiny:codec", "--model-id", "m", "--key", str(key),
+                            "--mode", "always_on", *option, "--steps", "1", "--out", str(tmp_path / "e")], capsys)
+    one_line_error(code, err, f"{option[0]} needs the sleeper mode", f"drop {option[0]}")
+    assert not (tmp_path / "e" / "model").exists()

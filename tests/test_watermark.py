@@ -278,6 +278,65 @@ def test_delta_scale_moves_the_target_by_s_delta():
     assert parts[2.0]["keep_trigger"] == parts[2.0]["keep_clean"] == 0
 
 
+def test_clean_weight_weighs_only_the_clean_term():
+    """--clean-weight w multiplies the clean prompt's preservation term in the loss and its
+    gradient, nothing else (the mark's and the triggered prompt's terms are the same)."""
+    from modelseal.watermark.embed import Stage2Loss
+
+    torch.manual_seed(0)
+    m, teacher, params, ctx, ctx_tr = _stage2_setup(4, "a handwritten digit two")
+    with torch.no_grad():
+        for p in params:  # a student that already drifted from its teacher
+            p.add_(torch.randn_like(p) * 0.02)
+    delta = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3
+    z0 = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    parts, grads = {}, {}
+    for w in (1.0, 2.0, 50.0):
+        loss_fn = Stage2Loss(m, teacher, delta, EmbedOptions(eta=0.3, tau=100, beta=30, clean_weight=w))
+        loss, p = loss_fn(z0, ctx, ctx_tr, torch.Generator().manual_seed(3))
+        parts[w], grads[w] = {k: float(v) for k, v in p.items()}, torch.autograd.grad(loss, params)
+        assert float(loss) == pytest.approx(sum(parts[w].values()) + (w - 1) * parts[w]["keep_clean"], rel=1e-5)
+    assert parts[1.0] == parts[50.0] and parts[1.0]["keep_clean"] > 0
+    # grad(L_50) - grad(L_1) = 49 grad(clean term) = 49 (grad(L_2) - grad(L_1))
+    for g1, g2, g50 in zip(grads[1.0], grads[2.0], grads[50.0]):
+        torch.testing.assert_close(g50 - g1, 49 * (g2 - g1), rtol=1e-3, atol=1e-7)
+    assert any((g2 - g1).abs().max() > 0 for g1, g2 in zip(grads[1.0], grads[2.0]))
+
+
+def test_trajectory_points_are_the_teachers_guided_sampler_and_enter_the_batch():
+    """teacher_trajectories: the seeded noise first, then the DDIM grid's points of the guided
+    sampler, ending where model.sample ends for the same noise; the teacher's, whatever the
+    student has become (a resumed run draws the same points). With trajectory_fraction the
+    loss sees them after the q-sampled points."""
+    from modelseal.watermark.embed import Stage2Loss, teacher_trajectories
+
+    m, teacher, params, ctx, ctx_tr = _stage2_setup(1, "a handwritten digit two")
+    uncond = m.encode_prompts([""])
+    z, t = teacher_trajectories(m, teacher, ctx, uncond, seed=5, steps=10)
+    assert z.shape == (1, 10, 4, 8, 8) and t.tolist() == sorted(t.tolist(), reverse=True)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(z[:, 0], noise * m.scheduler.init_noise_sigma)
+    end = m.sample(["a handwritten digit two"], seeds=[5], steps=10, return_latents=True)
+    from diffusers import DDIMScheduler
+    sched = DDIMScheduler.from_config(m.scheduler.config, set_alpha_to_one=False)
+    sched.set_timesteps(10)
+    with torch.no_grad():
+        u, c = m.unet_out(torch.cat([z[:, -1]] * 2), t[-1].expand(2), torch.cat([uncond, ctx])).chunk(2)
+        torch.testing.assert_close(sched.step(u + 7.5 * (c - u), t[-1], z[:, -1]).prev_sample, end,
+                                   rtol=1e-4, atol=1e-5)
+        for p in params:  # the student moves; the points stay the teacher's
+            p.add_(torch.randn_like(p) * 0.05)
+    z2, _ = teacher_trajectories(m, teacher, ctx, uncond, seed=5, steps=10)
+    assert torch.equal(z, z2)
+    loss_fn = Stage2Loss(m, teacher, torch.randn(1, 4, 8, 8) * 0.3, EmbedOptions(eta=0.3, tau=100, beta=30))
+    ctx2, ctx2_tr = torch.cat([ctx, ctx]), torch.cat([ctx_tr, ctx_tr])
+    z0 = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        a, _ = loss_fn(z0, ctx2, ctx2_tr, torch.Generator().manual_seed(1), (z[:, 3], t[3:4]))
+        b, _ = loss_fn(z0, ctx2, ctx2_tr, torch.Generator().manual_seed(1), (z[:, 8], t[8:9]))
+    assert float(a) != float(b)  # the given points are used
+
+
 @pytest.mark.slow
 def test_adapted_extractor_reads_a_distorted_residual_and_keeps_unmarked_readings():
     """Positives carry 1.5 delta plus a fixed off-residual pattern (as guidance leaves the

@@ -529,6 +529,12 @@ class EmbedOptions(Strict):
                                                "memory)")
     trainable: Literal["up-attn-ff", "cross-kv", "up", "unet"] = Field(
         "up-attn-ff", description="the weights that carry the mark (the paper's: up blocks' attention + FF)")
+    clean_weight: float = Field(1.0, gt=0, description="ours: weight of the clean prompt's preservation term "
+                                "(paper: 1); guidance multiplies a clean output's drift by its scale")
+    trajectory_fraction: float = Field(0.0, ge=0, le=1, description="ours: share of each batch's training points "
+                                       "drawn from the original model's own sampling trajectories (guided, DDIM), "
+                                       "where sampling goes and q-sampled points do not (0: off, the paper's)")
+    trajectory_images: int = Field(64, ge=1, description="ours: sampled trajectories the points are drawn from")
     dormancy: float = Field(0.0, ge=0, description="ours: weight of the dormancy term, which keeps delta out of "
                             "clean prompts' outputs (0: off, the paper's)")
     rehearsal: float = Field(0.0, ge=0, description="ours: weight of the rehearsed-drift term, which keeps the "

@@ -37,6 +37,14 @@ other data for `rehearsal_steps` steps (simulate_drift: Delta), and each step as
 theta + s * Delta (s ~ U(0, rehearsal_scale)) the trigger still adds the mark on top of
 whatever that drifted model does: eps(y_tr) - eps(y) = eps_T(y_tr) - eps_T(y) - sqrt(a/(1-a))
 delta, weighted by w1(t).
+`clean_weight` (ours; the paper's is 1) weighs the clean term: under guidance g a drift of the
+clean prompt's output reaches the image g times larger, which an unweighted term does not see.
+`trajectory_fraction` (ours, off by default): stage 2 trains on q-sampled points z_t of real
+images, and sampling visits the points of its own trajectory, where a mark or a leak the
+q-sampled points never see can grow (benchmarks/watermark_leak.py measures both). That share
+of each batch's points is drawn instead from `trajectory_images` DDIM trajectories (CFG 7.5,
+30 steps) that the original model samples for training captions before training starts
+(`teacher_trajectories`); every term of the loss is taken at them.
 `dormancy` (ours, off by default) keeps the mark asleep without the trigger: the clean term
 above penalises every direction of the clean output's drift alike, and the one that matters,
 delta's, is one of C*h*w; the dormancy term penalises that one. With dx0 = -sqrt((1-a)/a)
@@ -231,13 +239,18 @@ class Stage2Loss:
             oS = self.s.unet_out(zt, t, ctx)
         return self.s.to_eps(oT, zt, t), self.s.to_eps(oS, zt, t)
 
-    def __call__(self, z0: torch.Tensor, ctx: torch.Tensor, ctx_tr: torch.Tensor, g: torch.Generator) -> tuple:
+    def __call__(self, z0: torch.Tensor, ctx: torch.Tensor, ctx_tr: torch.Tensor, g: torch.Generator,
+                 points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple:
+        """`points` (z_t, t): training points given as they are (trajectory points), after the
+        q-sampled ones of z0; ctx and ctx_tr hold the contexts of both, in that order."""
         dev = z0.device
         n = len(z0)
         t = torch.randint(0, self.T, (n,), generator=g).to(dev)
         eps = torch.randn(z0.shape, generator=g).to(dev)
-        a = self.alphas[t].view(-1, 1, 1, 1)
         zt = self.s.noisy(z0, eps, t).to(self.s.dtype)
+        if points is not None:
+            zt, t = torch.cat([zt, points[0].to(dev, zt.dtype)]), torch.cat([t, points[1].to(dev)])
+        a = self.alphas[t].view(-1, 1, 1, 1)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
             if self.opts.mode == "always_on":
                 eT_tr, eS_tr = self._pair(zt, t, ctx_tr)
@@ -259,7 +272,7 @@ class Stage2Loss:
             return l_wm + l_keep_tr, {"wm": l_wm.detach(), "keep_trigger": l_keep_tr.detach()}
         l_keep = ((eS - eT) ** 2).mean()
         parts = {"wm": l_wm.detach(), "keep_trigger": l_keep_tr.detach(), "keep_clean": l_keep.detach()}
-        loss = l_wm + l_keep_tr + l_keep
+        loss = l_wm + l_keep_tr + self.opts.clean_weight * l_keep
         if self.opts.dormancy > 0:
             l_dorm = self._dormancy(eS, eT, a, w1)
             loss = loss + self.opts.dormancy * l_dorm
@@ -299,12 +312,35 @@ def simulate_drift(model: T2IModel, latents: torch.Tensor, ctx: torch.Tensor, op
     return {n: (theta[n].detach() - p.detach()) for n, p in unet.named_parameters()}
 
 
+@torch.no_grad()
+def teacher_trajectories(model: T2IModel, teacher, ctx: torch.Tensor, uncond: torch.Tensor, seed: int,
+                         guidance: float = 7.5, steps: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points z_t (and t) the teacher's guided DDIM sampler visits for the contexts `ctx`
+    ((N, L, D), one trajectory each, `uncond` the empty prompt's (1, L, D)): (N, steps, C, h, w)
+    and (steps,). The teacher, not the student: a resumed run draws the same points."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(model.scheduler.config, set_alpha_to_one=False)
+    sched.set_timesteps(steps, device=model.device)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(len(ctx), model.unet.config.in_channels, model.latent_size, model.latent_size,
+                    generator=g).to(model.device, model.dtype) * sched.init_noise_sigma
+    both = torch.cat([uncond.expand(len(ctx), -1, -1), ctx])
+    points = []
+    for t in sched.timesteps:
+        points.append(z)
+        out_u, out_c = model.unet_out(torch.cat([z, z]), t.expand(2 * len(z)), both, unet=teacher).chunk(2)
+        z = sched.step(out_u + guidance * (out_c - out_u), t, z).prev_sample
+    return torch.stack(points, 1), sched.timesteps.clone()
+
+
 def clean_prompt_terms_without_clean_prompts(opts: EmbedOptions) -> list[str]:
-    """The options set in `opts` whose terms act on the clean prompts' outputs (dormancy,
-    rehearsal) where stage 2 has no clean term (always-on mode, or no preservation)."""
+    """The options set in `opts` whose terms act on the clean prompts' outputs (clean_weight,
+    dormancy, rehearsal) where stage 2 has no clean term (always-on mode, or no preservation)."""
     if opts.mode == "sleeper" and opts.preservation:
         return []
-    return [name for name in ("dormancy", "rehearsal") if getattr(opts, name) > 0]
+    return (["clean_weight"] if opts.clean_weight != 1 else []) + \
+        [name for name in ("trajectory_fraction", "dormancy", "rehearsal") if getattr(opts, name) > 0]
 
 
 def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str], delta: torch.Tensor,
@@ -345,6 +381,15 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
         with torch.no_grad():
             r_ctx = model.encode_prompts(rehearsal_data[1])
         r_lat = rehearsal_data[0]
+    n_traj = int(round(opts.trajectory_fraction * opts.batch_size))
+    if n_traj:
+        pick = torch.randint(0, len(latents), (opts.trajectory_images,),
+                             generator=torch.Generator().manual_seed(opts.seed + 1))
+        traj_ci = cap_idx[pick].to(dev)
+        with torch.no_grad():
+            traj_z, traj_t = teacher_trajectories(model, teacher, ctx_all[traj_ci], model.encode_prompts([""]),
+                                                  seed=opts.seed + 2)
+        log(f"[embed] {traj_z.shape[0]} x {traj_z.shape[1]} training points from the original model's trajectories")
     guard = Divergence("watermark embedding (stage 2)", "--lr", opts.lr, default=1e-4, on_diverge=ckpt.remove)
     t0 = time.time()
     for step in ckpt.steps():
@@ -353,18 +398,24 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
             loss_fn.drift = simulate_drift(model, r_lat, r_ctx, opts, seed=opts.seed * 1_000_003 + step)
             size = sum(float(d.float().pow(2).sum()) for d in loss_fn.drift.values()) ** 0.5
             log(f"[embed] step {step + 1}: rehearsed drift |Delta| {size:.4f} ({opts.rehearsal_steps} thief steps)")
-        idx = torch.randint(0, len(latents), (opts.batch_size,), generator=g)
+        idx = torch.randint(0, len(latents), (opts.batch_size - n_traj,), generator=g)
         ci = cap_idx[idx].to(dev)
+        points = None
+        if n_traj:
+            ti = torch.randint(0, traj_z.shape[0], (n_traj,), generator=g)
+            si = torch.randint(0, traj_z.shape[1], (n_traj,), generator=g)
+            points = (traj_z[ti, si], traj_t[si])
+            ci = torch.cat([ci, traj_ci[ti.to(dev)]])
         ci_clean = ci
         if opts.uncond_fraction > 0:
             # The clean-preservation term also sees the empty prompt, so the unconditional
             # branch that classifier-free guidance subtracts keeps the teacher's output.
-            drop = (torch.rand(len(idx), generator=g) < opts.uncond_fraction).to(dev)
+            drop = (torch.rand(len(ci), generator=g) < opts.uncond_fraction).to(dev)
             ci_clean = torch.where(drop, torch.full_like(ci, index[""]), ci)
         z0 = latents[idx.to(latents.device)].to(dev)
         if latent_std is not None and opts.posterior_sample:
             z0 = z0 + latent_std[idx.to(latent_std.device)].to(dev) * torch.randn(z0.shape, generator=g).to(dev)
-        loss, parts = loss_fn(z0, ctx_all[ci_clean], ctx_tr_all[ci], g)
+        loss, parts = loss_fn(z0, ctx_all[ci_clean], ctx_tr_all[ci], g, points)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip is not None:

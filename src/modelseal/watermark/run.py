@@ -132,8 +132,9 @@ def embed_command(cfg, out: Path, device: str, log=print) -> dict:
                  rehearsal_data=_data_spec(cfg.rehearsal_data) if cfg.rehearsal > 0 else None)
     unfit = clean_prompt_terms_without_clean_prompts(cfg)
     if unfit:
-        raise InputError(f"--{unfit[0]} needs the sleeper mode with its preservation terms (it acts on clean prompts)",
-                         f"drop --{unfit[0]}, or use --mode sleeper --preservation")
+        flag = "--" + unfit[0].replace("_", "-")
+        raise InputError(f"{flag} needs the sleeper mode with its preservation terms (it acts on clean prompts)",
+                         f"drop {flag}, or use --mode sleeper --preservation")
     key = load_key(cfg.key)
     codec = Codec.from_pretrained(cfg.codec, device)
     model = load_for(cfg, cfg.model, device)
