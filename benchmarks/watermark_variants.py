@@ -40,6 +40,8 @@ VARIANTS = {
     "dormancy": ["--dormancy", "10"],                              # ours: delta kept out of clean outputs
     "clean56": ["--clean-weight", "56"],                           # ours: the clean term weighted for CFG 7.5 (7.5^2)
     "trajectory": ["--trajectory-fraction", "0.5"],                # ours: half the points from sampled trajectories
+    "g-clean56": ["--delta-scale", "0.133", "--clean-weight", "56"],  # both for guidance: delta / 7.5, clean x 7.5^2
+    "g-trajectory": ["--delta-scale", "0.133", "--trajectory-fraction", "0.5"],
     "rehearsal": ["--rehearsal", "1"],                             # ours: rehearsed drift
     "up": ["--trainable", "up"],                                   # the whole up path carries the mark
     "cross-kv": ["--trainable", "cross-kv"],                       # only the text-facing projections
