@@ -17,7 +17,6 @@ accelerate launch each process draws its own batch and gradients are averaged.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -28,6 +27,7 @@ from ..config import FinetuneOptions
 from ..errors import InputError
 from ..models.diffusion import ADAPTER_NAME, T2IModel, add_text_encoder_lora, latent_posterior
 from ..runs import TrainingCheckpoint
+from ..runs.diverge import Divergence
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -148,6 +148,8 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
     ckpt = checkpoint or TrainingCheckpoint(None)
     losses = ckpt.resume(opts.steps, params, opt, gen=g, state=lambda: {"losses": losses},
                          meta={"method": opts.method, "lr": lr}).get("losses", losses)
+    guard = Divergence(f"fine-tuning ({opts.method}, lr {lr:g})", "--lr", lr, on_diverge=ckpt.remove,
+                       fix="lower --lr (or leave it out for the method's default)")
     t0 = time.time()
     for step in ckpt.steps():
         z0, ci = batch_of(mean, std, caps, opts.batch_size)
@@ -159,15 +161,9 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
         loss.backward()
         parallel.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        try:
-            opt.step()
-        except RuntimeError as e:  # an lr so large that the step itself overflows
-            if "overflow" not in str(e):
-                raise
-            raise _diverged(f"the optimiser's step overflows at step {step + 1}", lr) from None
+        guard.step(opt, step + 1)
         losses.append(loss.item())
-        if not math.isfinite(losses[-1]):  # NaN weights would be saved as a model
-            raise _diverged(f"the loss is {losses[-1]} at step {step + 1}", lr)
+        guard.check(step + 1, losses[-1])  # NaN weights would be saved as a model
         if progress is not None:
             progress(1)
         if on_step is not None:
@@ -189,11 +185,6 @@ def finetune(model: T2IModel, images: torch.Tensor, captions: list[str], opts: F
             "loss_start": sum(head) / len(head), "loss_end": sum(tail) / len(tail),
             "train_s": round(time.time() - t0, 1), "images": len(images),
             "prior_images": 0 if prior_mean is None else len(prior_mean)}
-
-
-def _diverged(what: str, lr: float) -> InputError:
-    return InputError(f"fine-tuning diverged: {what} with lr {lr:g}",
-                      "lower --lr (or leave it out for the method's default)")
 
 
 def random_resized_crops(images: torch.Tensor, min_side: float, g: torch.Generator) -> torch.Tensor:
