@@ -39,6 +39,11 @@ VARIANTS: dict[str, tuple[int, int, float, float, dict]] = {
     "32px-k24-w30": (32, 24, 30.0, 0.3, {}),    # fewer bits: 10.7 latent values per bit
     "64px-k32-w3": (64, 32, 3.0, 0.3, {}),      # 4 x 16 x 16 latent: 32 latent values per bit
     "64px-k32-w30": (64, 32, 30.0, 0.3, {}),
+    # + the geometric distortion layer (attacks.image.GEOMETRIC_ATTACKS / GEOMETRIC_PARAMS)
+    "64px-k32-w30-geo": (64, 32, 30.0, 0.3, {"geometric": True}),
+    # + that and a perceptual term: 1 - SSIM (weight 1, ramped) or the tiny CLIP's features
+    "64px-k32-w30-geo-ssim": (64, 32, 30.0, 0.3, {"geometric": True, "perceptual": "ssim", "w_lpips": 1.0}),
+    "64px-k32-w30-geo-clip": (64, 32, 30.0, 0.3, {"geometric": True, "perceptual": "clip", "w_lpips": 0.25}),
 }
 DOMAINS_TRAIN = 300
 PER_DOMAIN_TEST = 64
@@ -55,7 +60,7 @@ def threshold_bits(k: int, fpr: float = 1e-6) -> int:
 
 
 def evaluate(codec, model, images: torch.Tensor, seed: int) -> dict:
-    from modelseal.attacks.image import crop, jpeg, rotation
+    from modelseal.attacks.image import combined, crop, jpeg, rotation
     from modelseal.quality import psnr, ssim
     from modelseal.watermark.codec_pixels import decode_all, encode_all, extract_bits
 
@@ -71,7 +76,8 @@ def evaluate(codec, model, images: torch.Tensor, seed: int) -> dict:
            "delta_rms": float(delta.pow(2).mean().sqrt()), "latent_rms": float(z.pow(2).mean().sqrt()),
            "threshold_bits": t}
     reads = {"none": marked8, "jpeg50": jpeg(marked8, quality=50),
-             "crop0.7": crop(marked8, keep=0.7), "rot15": rotation(marked8, angle=15.0)}
+             "crop0.7": crop(marked8, keep=0.7), "crop0.7r": crop(marked8, 0.7, "random", generator=g),
+             "rot15": rotation(marked8, angle=15.0), "combined": combined(marked8)}
     for name, x in reads.items():
         match = (extract_bits(codec, model, x) == bits).sum(1)
         out[f"bits_{name}"] = float(match.float().mean() / codec.k)
@@ -91,10 +97,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from modelseal.data.digits import DOMAINS, load_digits_domain
+    from modelseal.attacks.image import GEOMETRIC_ATTACKS, GEOMETRIC_PARAMS, attack_sampler
     from modelseal.data.faces import load_faces
+    from modelseal.models.clip import load_clip
     from modelseal.models.diffusion import load_t2i
     from modelseal.watermark.codec import Codec
     from modelseal.watermark.codec_training import CodecLossWeights, train_codec
+    from modelseal.watermark.perceptual import perceptual_distance
 
     args.out.mkdir(parents=True, exist_ok=True)
     table_path = args.out / "frontier.json"
@@ -108,6 +117,9 @@ def main() -> None:
             print(f"{name}: measured before, kept")
             continue
         size, k, w_img, w_lat, extra = VARIANTS[name]
+        attacks = attack_sampler(GEOMETRIC_ATTACKS, params=GEOMETRIC_PARAMS) if extra.get("geometric") else None
+        perc = extra.get("perceptual")
+        perceptual = perceptual_distance(perc, load_clip("tiny:clip") if perc == "clip" else None) if perc else None
         model = load_t2i("tiny:t2i", resolution=None if size == 32 else size)
         train = images(DOMAINS, "train", size, DOMAINS_TRAIN)
         folder = args.out / name
@@ -118,12 +130,14 @@ def main() -> None:
         else:
             codec, _ = train_codec(model, train, k=k, steps=args.steps, batch_size=16, lr=1e-3, seed=args.seed,
                                    vae_round_trip=True, latent_warmup=args.steps // 12, strength=(0.5, 2.0),
-                                   weights=CodecLossWeights(img=w_img, latent=w_lat), log=print, **extra)
+                                   weights=CodecLossWeights(img=w_img, latent=w_lat, lpips=extra.get("w_lpips", 0.0)),
+                                   attacks=attacks, perceptual=perceptual, log=print)
             codec.save_pretrained(folder)
         train_s = time.time() - t0
         held = {"digits": images(DOMAINS, "test", size, PER_DOMAIN_TEST),
                 "faces": load_faces(size).tensor()[-PER_DOMAIN_TEST:]}
         row = {"size": size, "bits": k, "w_img": w_img, "w_latent": w_lat, "steps": args.steps,
+               "geometric": bool(extra.get("geometric")), "perceptual": perc, "w_lpips": extra.get("w_lpips", 0.0),
                "latent_values_per_bit": codec.latent_shape[0] * codec.latent_shape[1] * codec.latent_shape[2] / k,
                "train_s": round(train_s, 1)}
         for where, x in held.items():
@@ -132,13 +146,14 @@ def main() -> None:
         table_path.write_text(json.dumps(table, indent=1))
         print(f"{name}: {json.dumps(row)}")
 
-    cols = ("psnr", "ssim", "bits_none", "tpr_none", "bits_jpeg50", "bits_crop0.7", "bits_rot15")
+    cols = ("psnr", "ssim", "bits_none", "tpr_none", "tpr_jpeg50", "tpr_crop0.7", "tpr_crop0.7r", "tpr_rot15",
+            "tpr_combined")
     print(f"\n{'variant':<20}{'held':>7}{'vals/bit':>9}" + "".join(f"{c:>13}" for c in cols))
     for name, row in table.items():
         for where in ("digits", "faces"):
             r = row[where]
             print(f"{name:<20}{where:>7}{row['latent_values_per_bit']:>9.1f}"
-                  + "".join(f"{r[c]:>13.3f}" for c in cols))
+                  + "".join(f"{r.get(c, float('nan')):>13.3f}" for c in cols))
 
 
 if __name__ == "__main__":

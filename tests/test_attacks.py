@@ -3,7 +3,8 @@ diffusion purification) and their specs: what each does to an image, checked on 
 import pytest
 import torch
 
-from modelseal.attacks.image import combined, crop, jpeg, median, parse_spec, resize, rotation
+from modelseal.attacks.image import (GEOMETRIC_ATTACKS, GEOMETRIC_PARAMS, attack_sampler, combined, crop, jpeg,
+                                     median, parse_spec, resize, rotation)
 from modelseal.attacks.regenerate import purify, vae_regenerate
 from modelseal.attacks.suite import image_attack, needs_model
 from modelseal.data.digits import CLASS_NAMES, caption, digit_of, load_digits_domain
@@ -53,6 +54,39 @@ def test_crop_keeps_the_area_asked_for_at_the_centre_or_anywhere():
     assert anywhere.amax(dim=(1, 2, 3)).min() < 0.05  # ...others do not
     with pytest.raises(ValueError, match="position"):
         crop(x, position="left")
+
+
+def test_a_range_draws_the_crop_per_image_and_the_resize_per_call():
+    x = _pattern().repeat(64, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    drawn = crop(x, keep=(0.3, 1.0), generator=g)  # centred: the square's share grows as less is kept
+    shares = drawn.mean(dim=(1, 2, 3))
+    assert len({round(float(v), 4) for v in shares}) > 8  # sizes are whole pixels: at most 23 here
+    assert torch.allclose(crop(x[:2], keep=(0.7, 0.7)), crop(x[:2], keep=0.7))
+    assert crop(x, keep=(0.5, 0.9), position="random", generator=g).shape == x.shape
+    with pytest.raises(ValueError, match="keep"):
+        crop(x, keep=(0.5, 1.5))
+    d, _ = _digits(4)
+    sizes = {round(float((resize(d, (0.3, 1.0), generator=g) - d).abs().mean()), 5) for _ in range(6)}
+    assert len(sizes) > 1
+    assert torch.allclose(resize(d, (0.5, 0.5)), resize(d, 0.5))
+
+
+def test_the_sampler_applies_each_attacks_parameters_and_the_geometric_layer_is_differentiable():
+    x = _pattern()
+    only = attack_sampler(["crop"], include_none=False, params={"crop": {"keep": 0.5}})
+    assert torch.allclose(only(x, torch.Generator().manual_seed(1)), crop(x, keep=0.5))
+    with pytest.raises(ValueError, match="unknown image attack"):
+        attack_sampler(["crop"], params={"swirl": {}})
+    layer = attack_sampler(GEOMETRIC_ATTACKS, params=GEOMETRIC_PARAMS)
+    d, _ = _digits(4)
+    d.requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):  # every attack of the layer is drawn at least once (13 choices, 40 draws)
+        out = layer(d, g)
+        assert out.shape == d.shape
+        out.sum().backward()
+    assert d.grad is not None and torch.isfinite(d.grad).all()
 
 
 def test_combined_is_jpeg_then_resize_then_crop():

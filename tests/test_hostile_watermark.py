@@ -55,6 +55,14 @@ def test_a_codec_needs_images_to_train_beside_its_held_out_ones(tmp_path, capsys
     one_line_error(code, err, "--limit")
 
 
+def test_a_perceptual_network_that_is_not_a_clip_is_refused_before_training(tmp_path, capsys):
+    code, _, err = run_cli(["watermark", "codec", "--perceptual", "clip", "--perceptual-model",
+                            str(tmp_path / "no-such-clip"), "--local-files-only", "--steps", "1", "--limit", "48",
+                            "--out", str(tmp_path / "c")], capsys)
+    one_line_error(code, err, "no-such-clip")
+    assert not (tmp_path / "c" / "codec").exists()
+
+
 def test_a_prompt_that_already_holds_the_trigger_is_refused(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a cat\nsks a photo of a dog\n")

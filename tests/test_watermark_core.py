@@ -16,6 +16,7 @@ from modelseal.watermark.codec import Codec, latent_shape
 from modelseal.watermark.codec_pixels import bit_accuracy, decode_all, embed_images, encode_all, extract_bits
 from modelseal.watermark.codec_training import CodecLossWeights, train_codec
 from modelseal.watermark.keys import generate_key, load_key, message_bits
+from modelseal.watermark.perceptual import perceptual_distance
 
 K = 32
 
@@ -160,6 +161,29 @@ def test_training_is_deterministic_and_runs_every_option(tiny, one_thread):
     assert not torch.equal(a.encoder.conv.weight, torch.zeros_like(a.encoder.conv.weight))
 
 
+def test_perceptual_distances_are_zero_on_the_image_grow_with_the_change_and_train(tiny):
+    from modelseal.models.clip import load_clip
+
+    _, train, _ = tiny
+    x = train[:4]
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=g)
+    clip = load_clip("tiny:clip")
+    for name in ("ssim", "clip"):
+        dist = perceptual_distance(name, clip)
+        assert torch.allclose(dist(x, x), torch.zeros(4), atol=1e-5), name
+        small, large = dist((x + 0.02 * noise).clamp(0, 1), x), dist((x + 0.2 * noise).clamp(0, 1), x)
+        assert (large > small).all() and (small > 0).all(), name
+        x_w = (x + 0.05 * noise).clamp(0, 1).requires_grad_(True)
+        dist(x_w, x).sum().backward()
+        assert torch.isfinite(x_w.grad).all() and x_w.grad.abs().sum() > 0, name
+    assert all(not p.requires_grad for p in clip.model.parameters())  # the network stays frozen
+    with pytest.raises(ValueError, match="needs a CLIP"):
+        perceptual_distance("clip")
+    with pytest.raises(ValueError, match="unknown perceptual"):
+        perceptual_distance("lpips")
+
+
 @pytest.mark.slow
 def test_codec_learns_bits_that_survive_decode_and_reencode(tiny, one_thread):
     model, train, test = tiny
@@ -253,8 +277,11 @@ def test_watermark_cli_pipeline_writes_the_contract_keys(tmp_path, capsys):
     key = tmp_path / "k.key"
     assert run_cli(["watermark", "keygen", "--key", str(key)], capsys)[0] == 0
     code, _, err = run_cli(["watermark", "codec", "--out", str(tmp_path / "c"), "--bits", "32", "--steps", "5",
-                            "--limit", "64"], capsys)
+                            "--limit", "64", "--train-attacks", "--distortions", "geometric", "--perceptual", "ssim"],
+                           capsys)
     assert code == 0, err
+    codec_res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert {"none", "crop", "rotation", "combined"} <= set(codec_res["bit_accuracy"])
     code, _, err = run_cli(["watermark", "embed", "--out", str(tmp_path / "e"), "--codec", str(tmp_path / "c" / "codec"),
                             "--key", str(key), "--model-id", "m1", "--steps", "3", "--limit", "40"], capsys)
     assert code == 0, err

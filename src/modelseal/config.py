@@ -488,6 +488,15 @@ class WatermarkCodecConfig(Strict):
                                                   "s ~ U(lo, hi) (reference: none)")
     vae_round_trip: bool = Field(True, description="decode and re-encode the marked latent in training")
     train_attacks: bool = Field(False, description="differentiable image attacks in training")
+    distortions: Literal["field", "geometric"] = Field(
+        "field", description="what --train-attacks draws from: field (the evaluation's distortions at fixed "
+        "strength) or geometric (ours: also crops of random size and position, rotations, random resizes and "
+        "the combined attack)")
+    perceptual: Literal["none", "ssim", "clip"] = Field(
+        "none", description="perceptual term P (reference: LPIPS, a download): ssim (1 - SSIM) or clip (LPIPS's "
+        "recipe on --perceptual-model's vision blocks)")
+    w_perceptual: float = Field(0.25, ge=0, description="final weight of P (the reference's LPIPS weight)")
+    perceptual_model: str = Field("tiny:clip", description="the CLIP whose features --perceptual clip compares")
     latent_warmup: int = Field(0, ge=0, description="steps on latents only before the VAE round trip")
     size: int | None = Field(None, ge=8, description=SIZE)
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=DTYPE)

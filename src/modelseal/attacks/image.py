@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import io
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -100,12 +100,17 @@ def gaussian_noise(images: torch.Tensor, sigma: float = 0.1,
     return (images + sigma * noise).clamp(0, 1)
 
 
-def resize(images: torch.Tensor, scale: float = 0.5,
+def resize(images: torch.Tensor, scale: float | tuple[float, float] = 0.5,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Downscale by `scale` (bilinear, antialiased) and back up to the original size."""
+    """Downscale by `scale` (bilinear, antialiased; a pair draws one per call in that range)
+    and back up to the original size."""
     _check(images)
+    lo, hi = _range(scale)
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"resize scale must be positive, got {scale}")
+    f = lo if lo == hi else lo + (hi - lo) * float(torch.rand(1, generator=_gen(generator)))
     h, w = images.shape[-2:]
-    small = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = (max(1, round(h * f)), max(1, round(w * f)))
     x = F.interpolate(images, size=small, mode="bilinear", align_corners=False, antialias=True)
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
 
@@ -137,25 +142,38 @@ def saturation(images: torch.Tensor, factor=(0.8, 1.2), generator: torch.Generat
     return color_jitter(images, 1.0, 1.0, factor, generator)
 
 
-def crop(images: torch.Tensor, keep: float = 0.8, position: str = "center",
+def crop(images: torch.Tensor, keep: float | tuple[float, float] = 0.8, position: str = "center",
          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Keep a `keep` fraction of each side (an area of keep^2), at the centre or at a random
-    position drawn per image, and resize it back (bilinear)."""
+    """Keep a `keep` fraction of each side (an area of keep^2; a pair draws one per image in
+    that range), at the centre or at a random position drawn per image, and resize it back
+    (bilinear)."""
     _check(images)
-    if not 0.0 < keep <= 1.0:
+    lo, hi = _range(keep)
+    if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(f"crop keep fraction must be in (0, 1], got {keep}")
     if position not in ("center", "random"):
         raise ValueError(f"crop position must be center or random, got {position!r}")
     h, w = images.shape[-2:]
-    ch, cw = max(1, round(h * keep)), max(1, round(w * keep))
+    g = _gen(generator)
+    n = len(images)
+    keeps = [lo] * n if lo == hi else (lo + (hi - lo) * torch.rand(n, generator=g)).tolist()
+    sizes = [(max(1, round(h * f)), max(1, round(w * f))) for f in keeps]
     if position == "center":
-        tops, lefts = [(h - ch) // 2] * len(images), [(w - cw) // 2] * len(images)
+        tops, lefts = [(h - ch) // 2 for ch, _ in sizes], [(w - cw) // 2 for _, cw in sizes]
+    elif lo == hi:
+        ch, cw = sizes[0]
+        tops = torch.randint(0, h - ch + 1, (n,), generator=g).tolist()
+        lefts = torch.randint(0, w - cw + 1, (n,), generator=g).tolist()
     else:
-        g = _gen(generator)
-        tops = torch.randint(0, h - ch + 1, (len(images),), generator=g).tolist()
-        lefts = torch.randint(0, w - cw + 1, (len(images),), generator=g).tolist()
-    x = torch.stack([im[..., t:t + ch, l:l + cw] for im, t, l in zip(images, tops, lefts)])
-    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+        tops = [int(torch.randint(0, h - ch + 1, (1,), generator=g)) for ch, _ in sizes]
+        lefts = [int(torch.randint(0, w - cw + 1, (1,), generator=g)) for _, cw in sizes]
+    if lo == hi:
+        ch, cw = sizes[0]
+        x = torch.stack([im[..., t:t + ch, l:l + cw] for im, t, l in zip(images, tops, lefts)])
+        return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+    out = [F.interpolate(im[None, :, t:t + ch, l:l + cw], size=(h, w), mode="bilinear", align_corners=False)
+           for im, t, l, (ch, cw) in zip(images, tops, lefts, sizes)]
+    return torch.cat(out).clamp(0, 1)
 
 
 def median(images: torch.Tensor, kernel_size: int = 3, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -213,6 +231,17 @@ ATTACKS: dict[str, Attack] = {
 # distortions the shipped codecs were trained and measured with.
 TRAINING_ATTACKS = ("jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "brightness", "contrast",
                     "saturation", "crop", "sharpness")
+# The geometric part of a distortion layer that reads crops and rotations with random
+# messages (issue 39): each draw's strength is itself random, over a range wider than the
+# attacks it is measured against (crop keep 0.7 centred and off centre, rotation 15 degrees,
+# the combined JPEG + resize + crop). Use as attack_sampler(GEOMETRIC_ATTACKS,
+# params=GEOMETRIC_PARAMS).
+GEOMETRIC_ATTACKS = TRAINING_ATTACKS + ("rotation", "combined")
+GEOMETRIC_PARAMS: dict[str, dict] = {
+    "crop": {"keep": (0.6, 1.0), "position": "random"},
+    "rotation": {"angle": (-20.0, 20.0)},
+    "resize": {"scale": (0.5, 1.0)},
+}
 
 
 def apply_attack(name: str, images: torch.Tensor, generator: torch.Generator | None = None,
@@ -225,14 +254,17 @@ def apply_attack(name: str, images: torch.Tensor, generator: torch.Generator | N
     return ATTACKS[name](images, generator=generator, **params)
 
 
-def attack_sampler(names: list[str] | None = None, differentiable: bool = True,
-                   include_none: bool = True) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]:
+def attack_sampler(names: Iterable[str] | None = None, differentiable: bool = True,
+                   include_none: bool = True, params: dict[str, dict] | None = None
+                   ) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]:
     """A training distortion layer: each call applies one attack drawn uniformly from
     `names` (default: TRAINING_ATTACKS; 'none' among the choices when include_none) to the
-    whole batch.
+    whole batch, with its defaults or its entry of `params` (e.g. GEOMETRIC_PARAMS; a range
+    draws the strength per image or per call, as the attack says).
     With differentiable=True JPEG uses kornia's differentiable approximation."""
     names = list(TRAINING_ATTACKS) if names is None else list(names)
-    for n in names:
+    params = dict(params or {})
+    for n in names + list(params):
         if n not in ATTACKS and n not in ("none", "identity"):
             raise ValueError(f"unknown image attack {n!r}; known: none, {', '.join(ATTACKS)}")
     choices = names + (["none"] if include_none and "none" not in names else [])
@@ -240,9 +272,10 @@ def attack_sampler(names: list[str] | None = None, differentiable: bool = True,
     def sample(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         g = _gen(generator)
         name = choices[int(torch.randint(len(choices), (1,), generator=g))]
+        kw = dict(params.get(name, {}))
         if name in ("jpeg", "combined") and differentiable:
-            return ATTACKS[name](images, differentiable=True, generator=g)
-        return apply_attack(name, images, generator=g)
+            kw["differentiable"] = True
+        return apply_attack(name, images, generator=g, **kw)
 
     return sample
 

@@ -23,7 +23,9 @@ from ..data.digits import digit_of
 from ..data.folders import write_image_folder
 from ..data.sources import check_inputs
 from ..errors import InputError
+from ..attacks.image import GEOMETRIC_ATTACKS, GEOMETRIC_PARAMS, attack_sampler
 from ..attacks.suite import image_attack, needs_model
+from ..models.clip import load_clip
 from ..models.diffusion import latent_posterior, load_for, load_vae, stack_lora
 from ..models.judge import DigitJudge
 from ..models.zoo import resolve_model
@@ -36,9 +38,10 @@ from .codec_training import CodecLossWeights, train_codec
 from .fidelity import image_fidelity
 from . import provenance
 from .keys import load_key, message_bits
+from .perceptual import perceptual_distance
 
 RECORD = "modelseal_watermark.json"
-EVAL_ATTACKS = ("jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop")
+EVAL_ATTACKS = ("jpeg", "gaussian_blur", "gaussian_noise", "resize", "color_jitter", "crop", "rotation", "combined")
 
 
 def images_and_captions(spec: str, size: int, limit: int | None, need_captions: bool):
@@ -98,14 +101,19 @@ def codec_command(cfg, out: Path, device: str, log=print) -> dict:
     train, test = x[:-n_test], x[-n_test:]
     attacks = None
     if cfg.train_attacks:
-        from ..attacks.image import attack_sampler
-
-        attacks = attack_sampler()
+        attacks = (attack_sampler(GEOMETRIC_ATTACKS, params=GEOMETRIC_PARAMS) if cfg.distortions == "geometric"
+                   else attack_sampler())
+    perceptual = None
+    if cfg.perceptual != "none":
+        clip = (load_clip(cfg.perceptual_model, device=device, local_files_only=cfg.local_files_only)
+                if cfg.perceptual == "clip" else None)
+        perceptual = perceptual_distance(cfg.perceptual, clip)
     ckpt = TrainingCheckpoint.in_run(out, "codec", "codec", log)
     codec, hist = train_codec(model, train, k=cfg.bits, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                               seed=cfg.seed, attacks=attacks, vae_round_trip=cfg.vae_round_trip,
                               latent_warmup=cfg.latent_warmup, lr_schedule=cfg.lr_schedule,
-                              weights=CodecLossWeights(img=cfg.w_img, latent=cfg.w_latent),
+                              weights=CodecLossWeights(img=cfg.w_img, latent=cfg.w_latent, lpips=cfg.w_perceptual),
+                              perceptual=perceptual,
                               strength=tuple(cfg.strength) if cfg.strength else None, log=log,
                               checkpoint=ckpt)
     with atomic_folder(out / "codec") as tmp:
