@@ -44,7 +44,11 @@ VARIANTS: dict[str, tuple[int, int, float, float, dict]] = {
     # + that and a perceptual term: 1 - SSIM (weight 1, ramped) or the tiny CLIP's features
     "64px-k32-w30-geo-ssim": (64, 32, 30.0, 0.3, {"geometric": True, "perceptual": "ssim", "w_lpips": 1.0}),
     "64px-k32-w30-geo-clip": (64, 32, 30.0, 0.3, {"geometric": True, "perceptual": "clip", "w_lpips": 0.25}),
+    # the -geo codec trained on through geometric distortions only (crops, rotations, resizes,
+    # combined, and none): can this extractor learn geometry from a codec that already reads?
+    "64px-k32-w30-geo-then-geo-only": (64, 32, 30.0, 0.3, {"geometric": "only", "init": "64px-k32-w30-geo"}),
 }
+GEOMETRIC_ONLY = ("crop", "rotation", "resize", "combined")
 DOMAINS_TRAIN = 300
 PER_DOMAIN_TEST = 64
 
@@ -92,6 +96,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="the folder holding the codecs that variants with an 'init' start from (default: --out)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,7 +123,9 @@ def main() -> None:
             print(f"{name}: measured before, kept")
             continue
         size, k, w_img, w_lat, extra = VARIANTS[name]
-        attacks = attack_sampler(GEOMETRIC_ATTACKS, params=GEOMETRIC_PARAMS) if extra.get("geometric") else None
+        geo = extra.get("geometric")
+        attacks = (attack_sampler(GEOMETRIC_ONLY if geo == "only" else GEOMETRIC_ATTACKS, params=GEOMETRIC_PARAMS)
+                   if geo else None)
         perc = extra.get("perceptual")
         perceptual = perceptual_distance(perc, load_clip("tiny:clip") if perc == "clip" else None) if perc else None
         model = load_t2i("tiny:t2i", resolution=None if size == 32 else size)
@@ -128,16 +136,23 @@ def main() -> None:
                 "meta", {}).get("trained_steps") == args.steps:
             codec = Codec.from_pretrained(folder).attach_reader(model)
         else:
-            codec, _ = train_codec(model, train, k=k, steps=args.steps, batch_size=16, lr=1e-3, seed=args.seed,
-                                   vae_round_trip=True, latent_warmup=args.steps // 12, strength=(0.5, 2.0),
-                                   weights=CodecLossWeights(img=w_img, latent=w_lat, lpips=extra.get("w_lpips", 0.0)),
+            init = None
+            if extra.get("init"):
+                init = Codec.from_pretrained(args.init_from / extra["init"] if args.init_from else
+                                             args.out / extra["init"])
+            codec, _ = train_codec(model, train, k=k, steps=args.steps, codec=init, batch_size=16, lr=1e-3,
+                                   seed=args.seed, vae_round_trip=True, strength=(0.5, 2.0),
+                                   # a codec trained on starts at full image weight, without the warm-up
+                                   latent_warmup=0 if init else args.steps // 12,
+                                   weights=CodecLossWeights(img=w_img, latent=w_lat, lpips=extra.get("w_lpips", 0.0),
+                                                            img_ramp=0 if init else 2000),
                                    attacks=attacks, perceptual=perceptual, log=print)
             codec.save_pretrained(folder)
         train_s = time.time() - t0
         held = {"digits": images(DOMAINS, "test", size, PER_DOMAIN_TEST),
                 "faces": load_faces(size).tensor()[-PER_DOMAIN_TEST:]}
         row = {"size": size, "bits": k, "w_img": w_img, "w_latent": w_lat, "steps": args.steps,
-               "geometric": bool(extra.get("geometric")), "perceptual": perc, "w_lpips": extra.get("w_lpips", 0.0),
+               "geometric": extra.get("geometric", False), "init": extra.get("init"), "perceptual": perc, "w_lpips": extra.get("w_lpips", 0.0),
                "latent_values_per_bit": codec.latent_shape[0] * codec.latent_shape[1] * codec.latent_shape[2] / k,
                "train_s": round(train_s, 1)}
         for where, x in held.items():
