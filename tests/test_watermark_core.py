@@ -396,3 +396,29 @@ def test_rehearsed_term_at_zero_drift_is_the_mark_term_and_the_simulated_thief_l
     loss_fn.drift = drift
     _, moved = loss_fn(z0, ctx, ctx_tr, torch.Generator().manual_seed(3))
     assert abs(float(moved["rehearsed"]) - float(moved["wm"])) > 1e-6  # the drifted model reads differently
+
+
+def test_the_key_free_search_reads_a_rotated_image_that_one_read_cannot(tiny):
+    """watermark.geometry.search_read undoes a 15-degree rotation for the shipped codec by
+    the extractor's confidence alone; on an unrotated image the best candidate is no turn
+    for most images; an uncrop of the whole image is the image."""
+    from modelseal.attacks.image import rotation
+    from modelseal.watermark.geometry import crop_candidates, rotation_candidates, search_read, uncrop
+
+    model, _, test = tiny
+    codec = Codec.from_pretrained("tiny:codec").attach_reader(model)
+    x = test[:48]
+    bits = torch.randint(0, 2, (len(x), codec.k), generator=torch.Generator().manual_seed(3)).float()
+    marked = (embed_images(codec, model, x, bits) * 255).round() / 255
+    turned = rotation(marked, 15.0)
+    one = (extract_bits(codec, model, turned) == bits).float().mean().item()
+    turns = rotation_candidates(20.0, 2.0)
+    read, idx = search_read(codec, model, turned, turns)
+    found = (read == bits).float().mean().item()
+    print(f"\nrotation 15: one read {one:.3f}, search {found:.3f}")
+    assert one <= 0.6 and found >= 0.75
+    no_turn = len(turns) // 2
+    assert (idx == no_turn).float().mean() < 0.5  # rotated: another candidate wins for most
+    _, idx0 = search_read(codec, model, marked, turns)
+    assert (idx0 == no_turn).float().mean() >= 0.5  # unrotated: 'no turn' wins for most
+    assert len(crop_candidates(32)) > 20 and torch.allclose(uncrop(x[:2], 1.0, 0, 0), x[:2], atol=1e-6)
