@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -53,19 +52,10 @@ DOMAINS_TRAIN = 300
 PER_DOMAIN_TEST = 64
 
 
-def threshold_bits(k: int, fpr: float = 1e-6) -> int:
-    """Smallest t with P(Binomial(k, 1/2) >= t) <= fpr."""
-    tail = 0.0
-    for t in range(k, -1, -1):
-        tail += math.comb(k, t) / 2 ** k
-        if tail > fpr:
-            return t + 1
-    return 0
-
-
 def evaluate(codec, model, images: torch.Tensor, seed: int) -> dict:
     from modelseal.attacks.image import combined, crop, jpeg, rotation
     from modelseal.quality import psnr, ssim
+    from modelseal.stats import bit_threshold
     from modelseal.watermark.codec_pixels import decode_all, encode_all, extract_bits
 
     g = torch.Generator().manual_seed(seed)
@@ -75,7 +65,7 @@ def evaluate(codec, model, images: torch.Tensor, seed: int) -> dict:
         delta = codec.residual(bits.to(z.device))
     clean, marked = decode_all(model, z), decode_all(model, z + delta)
     marked8 = (marked * 255).round() / 255
-    t = threshold_bits(codec.k)
+    t = bit_threshold(codec.k, 1e-6)
     out = {"psnr": float(psnr(marked, clean).mean()), "ssim": float(ssim(marked, clean).mean()),
            "delta_rms": float(delta.pow(2).mean().sqrt()), "latent_rms": float(z.pow(2).mean().sqrt()),
            "threshold_bits": t}

@@ -156,7 +156,7 @@ def crop(images: torch.Tensor, keep: float | tuple[float, float] = 0.8, position
     h, w = images.shape[-2:]
     g = _gen(generator)
     n = len(images)
-    keeps = [lo] * n if lo == hi else (lo + (hi - lo) * torch.rand(n, generator=g)).tolist()
+    keeps = [lo] * n if lo == hi else _uniform(n, lo, hi, g, images).view(-1).tolist()
     sizes = [(max(1, round(h * f)), max(1, round(w * f))) for f in keeps]
     if position == "center":
         tops, lefts = [(h - ch) // 2 for ch, _ in sizes], [(w - cw) // 2 for _, cw in sizes]

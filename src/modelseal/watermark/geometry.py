@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import rotate
 
+from ..attacks.image import rotation
 from ..models.diffusion import T2IModel
 from .codec import Codec
 from .codec_pixels import encode_all
@@ -27,7 +27,7 @@ def rotation_candidates(max_angle: float = 20.0, step: float = 2.0) -> list[Cand
     """Rotations by -max_angle..max_angle degrees in `step`s (0 among them)."""
     n = int(round(max_angle / step))
     angles = [i * step for i in range(-n, n + 1)]
-    return [lambda x, a=a: rotate(x, torch.full((len(x),), float(a), device=x.device)).clamp(0, 1) for a in angles]
+    return [lambda x, a=a: rotation(x, a) for a in angles]
 
 
 def uncrop(images: torch.Tensor, keep: float, top: int, left: int) -> torch.Tensor:
@@ -55,15 +55,14 @@ def search_read(codec: Codec, model: T2IModel, images: torch.Tensor, candidates:
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bits (N, k) read from each image after the candidate the extractor is most confident
     on, and that candidate's index per image (N,). The message is never used."""
-    best_conf = best_bits = best_idx = None
+    best_conf = torch.full((len(images),), -torch.inf)
+    best_bits = torch.zeros(len(images), codec.k)
+    best_idx = torch.zeros(len(images), dtype=torch.long)
     for i, undo in enumerate(candidates):
         logits = codec.extract(encode_all(model, undo(images))).float().cpu()
-        conf, bits = logits.abs().mean(1), (logits > 0).float()
-        if best_conf is None:
-            best_conf, best_bits, best_idx = conf, bits, torch.zeros(len(images), dtype=torch.long)
-            continue
+        conf = logits.abs().mean(1)
         better = conf > best_conf
         best_conf = torch.where(better, conf, best_conf)
-        best_bits[better] = bits[better]
+        best_bits[better] = (logits[better] > 0).float()
         best_idx[better] = i
     return best_bits, best_idx

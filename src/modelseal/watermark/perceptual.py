@@ -59,8 +59,6 @@ class FeatureDistance:
 
 def _unit(f: torch.Tensor) -> torch.Tensor:
     f = f.float()
-    if f.dim() == 4:   # conv maps (B, C, H, W) -> (B, HW, C)
-        f = f.flatten(2).transpose(1, 2)
     return f / f.norm(dim=-1, keepdim=True).clamp_min(1e-10)
 
 
