@@ -47,6 +47,17 @@ def test_zoo_build_into_a_users_folder_is_refused_and_writes_nothing_beside_it(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no mine.build/ or mine.run/ beside it
 
 
+def test_zoo_build_from_a_unet_that_is_not_there_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "empty-t2i").mkdir()
+    code, _, err = run_cli(["zoo", "build", "--preset", "micro", "--no-eval", "--unet-init", str(tmp_path / "empty-t2i"),
+                            "--out", str(tmp_path / "zoo")], capsys)
+    one_line_error(code, err, "unet_init", "has no UNet weights")
+    code, _, err = run_cli(["zoo", "build", "--preset", "micro", "--no-eval", "--unet-init", str(tmp_path / "no-t2i"),
+                            "--out", str(tmp_path / "zoo")], capsys)
+    one_line_error(code, err, "no-t2i", "does not exist")
+    assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").rglob("*.safetensors"))
+
+
 def test_zoo_build_over_a_users_clip_folder_is_refused_naming_it(tmp_path, capsys):
     user = _users_folder(tmp_path / "mine")
     (user / "clip").mkdir()

@@ -108,6 +108,11 @@ class ZooConfig(Strict):
     vae_batch: int = Field(64, ge=1, description="VAE batch size")
     vae_lr: float = Field(1e-3, gt=0, description="VAE AdamW learning rate (cosine schedule)")
     vae_photos: int = Field(4000, ge=1, description="photo crops the VAE trains on beside the digits")
+    t2i_image_size: int | None = Field(None, ge=8, description="image side in px of the text-to-image model (the "
+                                       "UNet's latents, the codec's); default image_size")
+    unet_init: str | None = Field(None, description="start the UNet from this text-to-image folder's UNet weights "
+                                  "(same widths and layers; e.g. to grow a built zoo to a larger t2i_image_size); "
+                                  "default: from scratch")
     unet_steps: int = Field(5000, ge=1, description="UNet training steps")
     unet_batch: int = Field(64, ge=1, description="UNet batch size")
     unet_lr: float = Field(4e-4, gt=0, description="UNet AdamW learning rate (cosine schedule)")

@@ -15,7 +15,7 @@ from ..config import ZooConfig
 from ..runs import ZOO_FILES, ZOO_WORK, atomic_folder, atomic_write_text, write_json
 from ..runs.folder import MANIFEST_VERSION, TOOL, read_manifest
 from .evaluate import _Log, evaluate_zoo
-from .stages import train_clip, train_codec_stage, train_judge, train_unet, train_vae
+from .stages import train_clip, train_codec_stage, train_judge, train_unet, train_vae, unet_init_weights
 
 
 def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip", "judge", "vae", "unet", "codec"),
@@ -24,6 +24,8 @@ def build_zoo(out: Path, cfg: ZooConfig | None = None, log=None, stages=("clip",
     nothing there but the build's own entries shares their names); resumable: stages already
     finished in out/build are kept."""
     cfg = cfg or ZooConfig()
+    if cfg.unet_init and "unet" in stages:
+        unet_init_weights(cfg.unet_init)  # refused before any stage trains
     log = _Log(log)
     out = Path(out)
     work = out / ZOO_WORK
@@ -101,8 +103,9 @@ def _stage_keys(stage: str, cfg: dict) -> list[str]:
     if stage in own:
         return common + [k for k in cfg if k.startswith(own[stage])]
     if stage == "codec":
-        return common + [k for k in cfg if k.startswith(("vae_", "codec_"))]
-    return common + [k for k in cfg if k.startswith(("clip_", "vae_", "unet_"))] + ["ema_decay", "cfg_dropout"]
+        return common + [k for k in cfg if k.startswith(("vae_", "codec_"))] + ["t2i_image_size"]
+    return common + [k for k in cfg if k.startswith(("clip_", "vae_", "unet_"))] + ["ema_decay", "cfg_dropout",
+                                                                                   "t2i_image_size"]
 
 
 def _jsonable(obj):

@@ -22,14 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from ..config import ZooConfig
+from ..errors import InputError
 from ..data.digits import CLASS_NAMES, DOMAINS, caption, load_digits_domain, photo_crops
 from ..models.clip import OPENAI_MEAN, OPENAI_STD, ZERO_SHOT_TEMPLATES, CLIPBundle
 from ..models.judge import DigitJudge
 from ..models.quiet import quiet_loading
 from ..models.tiny import clip_config, scheduler_config, unet_config, vae_config
 from ..models.tokenizer import build_tokenizer
+from ..models.zoo import resolve_model
 
 
 def _all_train(size: int):
@@ -56,6 +59,11 @@ def _cosine_lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def t2i_size(cfg: ZooConfig) -> int:
+    """The text-to-image model's image side (the UNet's latents and the codec's)."""
+    return cfg.t2i_image_size or cfg.image_size
 
 
 def _save_dtype(cfg: ZooConfig) -> torch.dtype:
@@ -233,7 +241,7 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") 
     vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
     sched = DDPMScheduler(**scheduler_config())
 
-    images, labels, domains = _all_train(cfg.image_size)
+    images, labels, domains = _all_train(t2i_size(cfg))
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i:i + 256] * 2 - 1).latent_dist.mean for i in range(0, len(images), 256)])
     latents = latents.to(device)
@@ -248,6 +256,9 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") 
 
     unet = UNet2DConditionModel(**unet_config(latents.shape[-1], cfg.unet_channels, cfg.unet_layers,
                                               clip.config.text_config.hidden_size)).to(device)
+    if cfg.unet_init:
+        init_unet(unet, cfg.unet_init)
+        log(f"[unet] started from {cfg.unet_init}'s UNet weights")
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     start = 0
@@ -305,6 +316,30 @@ def train_unet(cfg: ZooConfig, out: Path, work: Path, log, device: str = "cpu") 
     return {"unet_train_s": round(time.time() - t0, 1)}
 
 
+def unet_init_weights(source: str) -> dict[str, torch.Tensor]:
+    """The UNet weights of the text-to-image model `source` (a zoo name such as tiny:t2i, or a
+    folder saved by modelseal), for `unet_init`; one InputError where there are none."""
+    folder = Path(resolve_model(source, "t2i")) / "unet"
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        raise InputError(f"unet_init {source!r} has no UNet weights at {folder}",
+                         "give a text-to-image folder saved by modelseal (unet/*.safetensors) or tiny:t2i")
+    return load_file(str(files[0]))
+
+
+def init_unet(unet, source: str) -> None:
+    """Load `source`'s UNet weights (unet_init_weights) into `unet`: every tensor must match in
+    name and shape. A convolutional UNet's weights do not depend on the image size, so a zoo
+    grown to a larger t2i_image_size starts from the smaller one's."""
+    state = unet_init_weights(source)
+    own = unet.state_dict()
+    wrong = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+    if wrong:
+        raise InputError(f"unet_init {source!r} does not fit this UNet ({len(wrong)} tensors differ, e.g. {wrong[0]})",
+                         "give a UNet with the same unet_channels and unet_layers")
+    unet.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
+
+
 def train_codec_stage(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> dict:
     """SleeperMark stage 1 on the zoo VAE's latents: digits of all four domains, VAE round
     trip in training, a latent-energy penalty and strength augmentation (see
@@ -315,8 +350,8 @@ def train_codec_stage(cfg: ZooConfig, out: Path, log, device: str = "cpu") -> di
 
     t2i = load_t2i(str(out / "t2i"), device=device)
     per = max(1, cfg.codec_images // len(DOMAINS))
-    train = torch.cat([load_digits_domain(d, "train", cfg.image_size).tensor()[:per] for d in DOMAINS])
-    test = torch.cat([load_digits_domain(d, "test", cfg.image_size).tensor()[:64] for d in DOMAINS])
+    train = torch.cat([load_digits_domain(d, "train", t2i_size(cfg)).tensor()[:per] for d in DOMAINS])
+    test = torch.cat([load_digits_domain(d, "test", t2i_size(cfg)).tensor()[:64] for d in DOMAINS])
     codec, hist = train_codec(t2i, train, k=cfg.codec_bits, steps=cfg.codec_steps, batch_size=cfg.codec_batch,
                               lr=cfg.codec_lr, seed=cfg.seed + 4, vae_round_trip=True,
                               latent_warmup=min(cfg.codec_warmup, cfg.codec_steps - 1),
