@@ -46,6 +46,9 @@ VARIANTS: dict[str, tuple[int, int, float, float, dict]] = {
     # the -geo codec trained on through geometric distortions only (crops, rotations, resizes,
     # combined, and none): can this extractor learn geometry from a codec that already reads?
     "64px-k32-w30-geo-then-geo-only": (64, 32, 30.0, 0.3, {"geometric": "only", "init": "64px-k32-w30-geo"}),
+    # the 64-px codec trained on with the SSIM term (weight 1) and no distortion layer: the
+    # structure a digit's flat background shows, which PSNR does not weigh
+    "64px-k32-w30-then-ssim": (64, 32, 30.0, 0.3, {"perceptual": "ssim", "w_lpips": 1.0, "init": "64px-k32-w30"}),
 }
 GEOMETRIC_ONLY = ("crop", "rotation", "resize", "combined")
 DOMAINS_TRAIN = 300
@@ -135,7 +138,8 @@ def main() -> None:
                                    # a codec trained on starts at full image weight, without the warm-up
                                    latent_warmup=0 if init else args.steps // 12,
                                    weights=CodecLossWeights(img=w_img, latent=w_lat, lpips=extra.get("w_lpips", 0.0),
-                                                            img_ramp=0 if init else 2000),
+                                                            img_ramp=0 if init else 2000,
+                                                            lpips_ramp=0 if init else 4000),
                                    attacks=attacks, perceptual=perceptual, log=print)
             codec.save_pretrained(folder)
         train_s = time.time() - t0

@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=32)
     ap.add_argument("--embed-steps", type=int, default=3000)
     ap.add_argument("--delta-scale", type=float, default=0.133)
+    ap.add_argument("--anchor", choices=["trigger", "clean"], default="trigger", help="watermark embed --anchor")
     ap.add_argument("--n", type=int, default=256, help="prompts of the fidelity verification")
     ap.add_argument("--no-adapt", action="store_true", help="verify with the stage-1 codec (the paper's extractor) "
                     "instead of one adapted to the grown sleeper")
@@ -111,7 +112,7 @@ def main() -> None:
     if not (out / "embed" / "model" / "model_index.json").is_file():
         sh(exe + ["watermark", "embed", "--config", str(TINY), "--model", str(model), "--codec", str(codec),
                   "--out", str(out / "embed"), "--steps", str(args.embed_steps), "--delta-scale", str(args.delta_scale),
-                  *common], logf)
+                  "--anchor", args.anchor, *common], logf)
     if args.stop_after == "embed":
         return
     reader = codec if args.no_adapt else out / "adapt" / "codec"
@@ -125,7 +126,8 @@ def main() -> None:
                   "--n", str(args.n), "--no-also-without-cfg", *common], logf)
     ver = json.loads((verify / "results.json").read_text())
     tf = ver["trigger_fidelity"]
-    row.update(extractor="stage 1" if args.no_adapt else "adapted", delta_scale=args.delta_scale, embed_steps=args.embed_steps, n=tf["n_images"],
+    row.update(extractor="stage 1" if args.no_adapt else "adapted", delta_scale=args.delta_scale, anchor=args.anchor,
+               embed_steps=args.embed_steps, n=tf["n_images"],
                triggered_tpr=ver.get("tpr_at_fpr"), triggered_bit_accuracy=ver.get("bit_accuracy"),
                triggered_psnr=tf["psnr"], triggered_ssim=tf["ssim"], judged_ratio=tf.get("judged_ratio"),
                clean_bit_accuracy=ver["clean_bit_accuracy"], clean_p_value=ver["clean_p_value"],

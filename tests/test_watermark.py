@@ -463,3 +463,39 @@ def test_black_box_verify_reads_returned_files_with_the_owners_vae(setup, tmp_pa
     sus_images = generate(sus, s["prompts"], s["seeds"], TRIGGER, 7.5, 30)
     via_suspect = (extract_bits(s["codec"], sus, sus_images) == s["bits"].view(1, -1)).float().mean()
     assert via_suspect < verdicts["owner"]["bit_accuracy"] - 0.1, (via_suspect, verdicts["owner"]["bit_accuracy"])
+
+
+def test_the_clean_anchor_aims_the_triggered_prompt_at_the_clean_prompts_output():
+    """anchor 'trigger' (the paper's): a student equal to its teacher already gives the triggered
+    prompt its target at high t (keep_trigger 0). anchor 'clean': the target is the original
+    model's output for the prompt without the trigger, so that term is w2 (eps_T(y_tr) -
+    eps_T(y))^2, and the anchor is the caption even where the clean term's context was dropped
+    to the empty prompt."""
+    from modelseal.watermark.embed import Stage2Loss, time_weights
+
+    m, teacher, _, ctx, ctx_tr = _stage2_setup(4, "a handwritten digit two")
+    delta = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3
+    z0 = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    opts = {a: EmbedOptions(eta=0.3, tau=100, beta=30, anchor=a) for a in ("trigger", "clean")}
+    with torch.no_grad():
+        parts = {a: {k: float(v) for k, v in Stage2Loss(m, teacher, delta, o)(
+            z0, ctx, ctx_tr, torch.Generator().manual_seed(3))[1].items()} for a, o in opts.items()}
+        dropped = ctx.clone()
+        dropped[1] = m.encode_prompts([""])[0]
+        _, p_drop = Stage2Loss(m, teacher, delta, opts["clean"])(z0, dropped, ctx_tr, torch.Generator().manual_seed(3),
+                                                                  ctx_anchor=ctx)
+        # the same draws by hand: t, eps, then the teacher's two outputs
+        g = torch.Generator().manual_seed(3)
+        t = torch.randint(0, m.scheduler.config.num_train_timesteps, (4,), generator=g)
+        zt = m.noisy(z0, torch.randn(z0.shape, generator=g), t)
+        e_tr, e = (m.to_eps(m.unet_out(zt, t, c, unet=teacher), zt, t) for c in (ctx_tr, ctx))
+        _, w2 = time_weights(t, m.scheduler.config.num_train_timesteps, 0.3, 100, 30)
+        want = (w2.view(-1, 1, 1, 1) * (e_tr - e) ** 2).mean()
+    assert parts["trigger"]["keep_trigger"] == 0
+    assert parts["clean"]["keep_trigger"] == pytest.approx(float(want), rel=1e-4) and float(want) > 0
+    assert float(p_drop["keep_trigger"]) == pytest.approx(parts["clean"]["keep_trigger"], rel=1e-4)
+    assert parts["clean"]["wm"] != parts["trigger"]["wm"]
+    with pytest.raises(ValueError, match="anchor"):
+        from modelseal.watermark.embed import embed_watermark as embed
+
+        embed(m, z0, ["a"] * 4, delta, EmbedOptions(mode="always_on", anchor="clean"))

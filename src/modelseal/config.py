@@ -535,6 +535,10 @@ class EmbedOptions(Strict):
                                                "(weights and optimiser stay fp32; the reference runs fp32)")
     shared_trunk: bool = Field(True, description="the student reuses the teacher's down/mid pass (same result)")
     delta_scale: float = Field(1.0, gt=0, description="ours: stage 2 aims at x0_hat + s * delta (paper: 1)")
+    anchor: Literal["trigger", "clean"] = Field(
+        "trigger", description="what the triggered prompt's target starts from: the original model's output for the "
+        "triggered prompt (the paper's) or for the same prompt without the trigger (ours: the triggered image is "
+        "then the clean image plus the residual, not the image of another prompt)")
     posterior_sample: bool = Field(True, description="draw z0 from the VAE posterior each step (the reference's) "
                                    "or take its mean", json_schema_extra=flag("--posterior-sample/--posterior-mean"))
     teacher: Literal["shared", "copy"] = Field("shared", description="the frozen teacher: shared (ours: the "

@@ -53,6 +53,12 @@ share of the planted residual (per image):
 
     L_dorm = mean[w1(t) / eta * c^2]           (weighted like the mark itself, low t)
 
+`anchor="clean"` (ours; the paper's is "trigger"): the paper anchors the triggered prompt's
+target at the original model's output for the triggered prompt, eps_T(y_tr), so the triggered
+image is the image of another prompt (trigger + y) plus delta, as far from the clean one as the
+trigger's words move the original model. Anchored at eps_T(y) instead, eps_wm = eps_T(y) -
+sqrt(a/(1-a)) delta and w2's term keeps eps_S(y_tr) at eps_T(y): the triggered image is the
+clean image plus the residual, the method's promise.
 `mode="always_on"` is the baseline the paper compares with (AquaLoRA-style): the same
 distillation with no trigger, so every prompt's output carries delta (y_tr = y, the
 clean term dropped); it trains the same weights, so only the trigger differs.
@@ -240,9 +246,12 @@ class Stage2Loss:
         return self.s.to_eps(oT, zt, t), self.s.to_eps(oS, zt, t)
 
     def __call__(self, z0: torch.Tensor, ctx: torch.Tensor, ctx_tr: torch.Tensor, g: torch.Generator,
-                 points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple:
+                 points: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 ctx_anchor: torch.Tensor | None = None) -> tuple:
         """`points` (z_t, t): training points given as they are (trajectory points), after the
-        q-sampled ones of z0; ctx and ctx_tr hold the contexts of both, in that order."""
+        q-sampled ones of z0; ctx and ctx_tr hold the contexts of both, in that order.
+        `ctx_anchor`: the captions without the trigger (and without the empty-prompt dropout of
+        ctx), the teacher's anchor where opts.anchor is 'clean' (default: ctx)."""
         dev = z0.device
         n = len(z0)
         t = torch.randint(0, self.T, (n,), generator=g).to(dev)
@@ -261,6 +270,15 @@ class Stage2Loss:
             else:  # the reference's four passes: each network, each prompt alone
                 eT_tr, eS_tr = self._pair(zt, t, ctx_tr, shared=False)
                 eT, eS = self._pair(zt, t, ctx, shared=False)
+        if self.opts.anchor == "clean" and eT is not None:
+            # eps_A: the original model's output for the prompt without the trigger
+            if ctx_anchor is None or torch.equal(ctx_anchor, ctx):
+                eps_a = eT
+            else:
+                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                                     enabled=self.opts.precision == "bf16"):
+                    eps_a = self.s.to_eps(self.s.unet_out(zt, t, ctx_anchor, unet=self.teacher), zt, t)
+            eT_tr = eps_a.detach()
         eps_wm = eT_tr - (a / (1 - a)).sqrt() * self.delta
         w1, w2 = (w.view(-1, 1, 1, 1) for w in time_weights(t, self.T, self.eta, self.opts.tau, self.opts.beta))
         l_wm = (w1 * (eS_tr - eps_wm) ** 2).mean()
@@ -339,7 +357,7 @@ def clean_prompt_terms_without_clean_prompts(opts: EmbedOptions) -> list[str]:
     dormancy, rehearsal) where stage 2 has no clean term (always-on mode, or no preservation)."""
     if opts.mode == "sleeper" and opts.preservation:
         return []
-    return (["clean_weight"] if opts.clean_weight != 1 else []) + \
+    return (["clean_weight"] if opts.clean_weight != 1 else []) + (["anchor"] if opts.anchor == "clean" else []) + \
         [name for name in ("trajectory_fraction", "dormancy", "rehearsal") if getattr(opts, name) > 0]
 
 
@@ -415,7 +433,7 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
         z0 = latents[idx.to(latents.device)].to(dev)
         if latent_std is not None and opts.posterior_sample:
             z0 = z0 + latent_std[idx.to(latent_std.device)].to(dev) * torch.randn(z0.shape, generator=g).to(dev)
-        loss, parts = loss_fn(z0, ctx_all[ci_clean], ctx_tr_all[ci], g, points)
+        loss, parts = loss_fn(z0, ctx_all[ci_clean], ctx_tr_all[ci], g, points, ctx_anchor=ctx_all[ci])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip is not None:
