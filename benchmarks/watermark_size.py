@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,18 +31,10 @@ from modelseal.config import ZooConfig
 from modelseal.models.zoo import zoo_model_folder
 from modelseal.runs import write_json
 from modelseal.zoobuild.build import build_zoo
+from watermark_variants import sh  # benchmarks/ is the script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "src" / "modelseal" / "configs" / "watermark-embed.tiny.yaml"
-
-
-def sh(args: list[str], log: Path) -> None:
-    with log.open("a") as f:
-        f.write("$ " + " ".join(args) + "\n")
-        f.flush()
-        p = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT)
-    if p.returncode:
-        raise SystemExit(f"failed ({p.returncode}): {' '.join(args)}; see {log}")
 
 
 def grow_t2i(out: Path, size: int, steps: int, lr: float, log) -> dict:
