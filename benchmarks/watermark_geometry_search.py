@@ -8,9 +8,10 @@ geometry at read time with watermark.geometry.search_read. For each attacked ima
 a grid of inverse transforms (rotations back by -20..20 degrees in steps of 2; the image
 shrunk back to 0.6-1 of the side and placed at positions 6 px apart, the border
 edge-padded) and keeps the candidate on which the extractor is most confident (mean
-|logit|), never looking at the message; the bits are then read once. Reported: bit accuracy of one plain read and of the search, on 16 held-out
-test digits per domain (64 images) with random messages, also on unattacked images (what a
-reader that always searches costs).
+|logit|), never looking at the message; the bits are then read once. Reported: bit
+accuracy of one plain read and of the search, on 16 held-out test digits per domain
+(64 images) with random messages, also on unattacked images (what a reader that always
+searches costs).
 """
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ Each step resumes when rerun (a finished step is kept):
    --delta-scale), the extractor adapted to it (--no-adapt: the stage-1 codec reads, into
    OUT/verify-stage1), and `watermark verify` on --n prompts with
    the fidelity columns: triggered against clean images of the same seeds (PSNR, SSIM, judged
-   ratio), the owner's key test on the clean images, clean images against the grown model's.
+   ratio), the owner's key test on the clean images, clean images against the grown model's;
+   and OUT/verify-unmarked, the grown model itself read the same way (what the trigger's words
+   alone change, and the key test on a model that never had the mark).
 Writes OUT/size.json and prints the row.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from modelseal.config import ZooConfig
 from modelseal.models.zoo import zoo_model_folder
 from modelseal.runs import write_json
 from modelseal.zoobuild.build import build_zoo
-from watermark_variants import sh  # benchmarks/ is the script's folder
+from watermark_variants import fidelity_of, sh  # benchmarks/ is the script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "src" / "modelseal" / "configs" / "watermark-embed.tiny.yaml"
@@ -115,14 +117,14 @@ def main() -> None:
         sh(exe + ["watermark", "verify", "--out", str(verify), "--model", str(out / "embed" / "model"),
                   "--codec", str(reader), "--trigger", "sks ", "--original", str(model),
                   "--n", str(args.n), "--no-also-without-cfg", *common], logf)
-    ver = json.loads((verify / "results.json").read_text())
-    tf = ver["trigger_fidelity"]
+    # the same reading of the grown model itself, never marked: the trigger's words alone
+    unmarked = out / "verify-unmarked"
+    if not (unmarked / "results.json").is_file():
+        sh(exe + ["watermark", "verify", "--out", str(unmarked), "--model", str(model), "--codec", str(codec),
+                  "--trigger", "sks ", "--n", str(args.n), "--no-also-without-cfg", *common], logf)
     row.update(extractor="stage 1" if args.no_adapt else "adapted", delta_scale=args.delta_scale, anchor=args.anchor,
-               embed_steps=args.embed_steps, n=tf["n_images"],
-               triggered_tpr=ver.get("tpr_at_fpr"), triggered_bit_accuracy=ver.get("bit_accuracy"),
-               triggered_psnr=tf["psnr"], triggered_ssim=tf["ssim"], judged_ratio=tf.get("judged_ratio"),
-               clean_bit_accuracy=ver["clean_bit_accuracy"], clean_p_value=ver["clean_p_value"],
-               clean_psnr=ver["fidelity"]["psnr"], clean_ssim=ver["fidelity"]["ssim"])
+               embed_steps=args.embed_steps, **fidelity_of(json.loads((verify / "results.json").read_text())),
+               unmarked=fidelity_of(json.loads((unmarked / "results.json").read_text())))
     write_json(out / "size.json", row)
     print(json.dumps(row, indent=1))
 

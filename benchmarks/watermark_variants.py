@@ -59,6 +59,17 @@ def sh(args: list[str], log: Path) -> None:
         raise SystemExit(f"failed ({p.returncode}): {' '.join(args)}; see {log}")
 
 
+def fidelity_of(ver: dict) -> dict:
+    """What the mark costs, from `watermark verify`'s results: triggered against clean images of
+    the same seeds, the owner's key test on the clean images, and (with --original) clean images
+    against the original model's."""
+    tf, orig = ver["trigger_fidelity"], ver.get("fidelity", {})
+    return {"n": tf["n_images"], "triggered_bit_accuracy": ver["bit_accuracy"], "triggered_tpr": ver["tpr_at_fpr"],
+            "triggered_psnr": tf["psnr"], "triggered_ssim": tf["ssim"], "judged_ratio": tf.get("judged_ratio"),
+            "judged_clean": tf.get("judged_clean"), "clean_bit_accuracy": ver["clean_bit_accuracy"],
+            "clean_p_value": ver["clean_p_value"], "clean_psnr": orig.get("psnr"), "clean_ssim": orig.get("ssim")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -95,13 +106,7 @@ def main() -> None:
             sh(exe + ["watermark", "verify", "--out", str(d / "verify"), "--model", str(d / "embed" / "model"),
                       "--codec", str(d / "adapt" / "codec"), "--trigger", "sks ", "--original", "tiny:t2i",
                       "--n", str(args.fidelity_n), "--no-also-without-cfg", *common], log)
-        ver = json.loads((d / "verify" / "results.json").read_text())
-        tf = ver["trigger_fidelity"]
-        rows.setdefault(name, {})["fidelity"] = {
-            "n": tf["n_images"], "triggered_psnr": tf["psnr"], "triggered_ssim": tf["ssim"],
-            "judged_ratio": tf.get("judged_ratio"), "judged_clean": tf.get("judged_clean"),
-            "clean_bit_accuracy": ver["clean_bit_accuracy"], "clean_p_value": ver["clean_p_value"],
-            "clean_psnr": ver["fidelity"]["psnr"], "clean_ssim": ver["fidelity"]["ssim"]}
+        rows.setdefault(name, {})["fidelity"] = fidelity_of(json.loads((d / "verify" / "results.json").read_text()))
         embed = json.loads((d / "embed" / "results.json").read_text())
         rows[name].update(options=VARIANTS[name], embed_s=embed.get("train_s"))
         write_json(summary, rows)

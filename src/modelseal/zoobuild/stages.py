@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ..config import ZooConfig
-from ..errors import InputError
 from ..data.digits import CLASS_NAMES, DOMAINS, caption, load_digits_domain, photo_crops
+from ..errors import InputError
 from ..models.clip import OPENAI_MEAN, OPENAI_STD, ZERO_SHOT_TEMPLATES, CLIPBundle
 from ..models.judge import DigitJudge
 from ..models.quiet import quiet_loading
