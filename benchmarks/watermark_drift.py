@@ -20,6 +20,8 @@ import copy
 
 import torch
 
+from modelseal.watermark.trigger import add_triggers
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +58,7 @@ def main() -> None:
 
     @torch.no_grad()
     def latents(m):
-        return (m.sample([args.trigger + p for p in prompts], seeds, return_latents=True),
+        return (m.sample(add_triggers(args.trigger, prompts), seeds, return_latents=True),
                 m.sample(prompts, seeds, return_latents=True))
 
     @torch.no_grad()

@@ -21,6 +21,8 @@ import time
 import numpy as np
 import torch
 
+from modelseal.watermark.trigger import add_triggers
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +54,7 @@ def main() -> None:
     codec = Codec.from_pretrained(args.codec, args.device)
     model = load_t2i(args.model, args.device)
     lines = [caption(d, c) for d in DOMAINS for c in range(10)]
-    prompts = [args.trigger + lines[i % len(lines)] for i in range(args.n)]
+    prompts = add_triggers(args.trigger, [lines[i % len(lines)] for i in range(args.n)])
     seeds = [args.seed * 1_000_000 + i for i in range(args.n)]
     t0 = time.time()
     images = model.sample(prompts, seeds=seeds, steps=args.steps, guidance=args.guidance)

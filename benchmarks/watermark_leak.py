@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from modelseal.watermark.trigger import add_triggers
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +83,7 @@ def main() -> None:
     ref = sample(prompts, T, T)
     for label, unc, cnd, trig in [("S / S", S, S, False), ("T / S", T, S, False), ("S / T", S, T, False),
                                   ("T / T", T, T, False), ("S / S", S, S, True), ("T / S", T, S, True)]:
-        texts = [trigger + q for q in prompts] if trig else prompts
+        texts = add_triggers(trigger, prompts) if trig else prompts
         img = sample(texts, unc, cnd)
         d = decide_images(codec, quantize(img), bits)
         row = {"prompt": "triggered" if trig else "clean", "uncond_from / cond_from": label,
@@ -101,7 +103,7 @@ def main() -> None:
         return ((dx0 * delta).flatten(1).sum(1) / delta.pow(2).sum()).numpy()
 
     for trig in (False, True):
-        texts = [trigger + q for q in prompts] if trig else prompts
+        texts = add_triggers(trigger, prompts) if trig else prompts
         traj: list[tuple[int, np.ndarray]] = []
         sample(texts, S, S, record=lambda z, tt: traj.append((int(tt[0]), share(z, tt, texts))))
         x = torch.cat([torch.from_numpy(load_digits_domain(d, "test").images[:args.n // len(DOMAINS) + 1])

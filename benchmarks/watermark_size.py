@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="prompts of the fidelity verification")
     ap.add_argument("--no-adapt", action="store_true", help="verify with the stage-1 codec (the paper's extractor) "
                     "instead of one adapted to the grown sleeper")
+    ap.add_argument("--trigger", default="sks ", help="the trigger (a prefix, or a template: '{} sks' appends it)")
+    ap.add_argument("--t2i", default=None, help="a text-to-image model to use as it is instead of growing one "
+                    "(e.g. tiny:t2i, with --codec tiny:codec, for the shipped size)")
     ap.add_argument("--stop-after", choices=["t2i", "codec", "embed"], default=None)
     args = ap.parse_args()
     out = args.out
@@ -79,17 +82,21 @@ def main() -> None:
         with logf.open("a") as f:
             f.write(msg + "\n")
 
-    zoo = out / "zoo"
-    if not (zoo / "zoo.json").is_file():
-        grow_t2i(zoo, args.size, args.unet_steps, args.unet_lr, log)
-    info = json.loads((zoo / "zoo.json").read_text())
-    row = {"size": args.size, "unet_steps": args.unet_steps, "unet_train_s": info["stages"]["unet"]["unet_train_s"],
-           "t2i_prompt_accuracy": info["eval"]["t2i_prompt_accuracy"],
-           "t2i_prompt_accuracy_by_domain": info["eval"]["t2i_prompt_accuracy_by_domain"]}
+    if args.t2i:
+        model, row = args.t2i, {"t2i": args.t2i}
+    else:
+        zoo = out / "zoo"
+        if not (zoo / "zoo.json").is_file():
+            grow_t2i(zoo, args.size, args.unet_steps, args.unet_lr, log)
+        info = json.loads((zoo / "zoo.json").read_text())
+        row = {"size": args.size, "unet_steps": args.unet_steps,
+               "unet_train_s": info["stages"]["unet"]["unet_train_s"],
+               "t2i_prompt_accuracy": info["eval"]["t2i_prompt_accuracy"],
+               "t2i_prompt_accuracy_by_domain": info["eval"]["t2i_prompt_accuracy_by_domain"]}
+        model = zoo / "t2i"
     write_json(out / "size.json", row)
     if args.stop_after == "t2i":
         return
-    model = zoo / "t2i"
     exe = [sys.executable, "-m", "modelseal"]
     codec = args.codec or out / "codec" / "codec"
     if args.codec is None and not (codec / "config.json").is_file():
@@ -105,24 +112,25 @@ def main() -> None:
     if not (out / "embed" / "model" / "model_index.json").is_file():
         sh(exe + ["watermark", "embed", "--config", str(TINY), "--model", str(model), "--codec", str(codec),
                   "--out", str(out / "embed"), "--steps", str(args.embed_steps), "--delta-scale", str(args.delta_scale),
-                  "--anchor", args.anchor, *common], logf)
+                  "--anchor", args.anchor, "--trigger", args.trigger, *common], logf)
     if args.stop_after == "embed":
         return
     reader = codec if args.no_adapt else out / "adapt" / "codec"
     if not args.no_adapt and not (reader / "config.json").is_file():
         sh(exe + ["watermark", "adapt", "--out", str(out / "adapt"), "--model", str(out / "embed" / "model"),
-                  "--original", str(model), "--codec", str(codec), "--trigger", "sks ", *common], logf)
+                  "--original", str(model), "--codec", str(codec), "--trigger", args.trigger, *common], logf)
     verify = out / ("verify-stage1" if args.no_adapt else "verify")
     if not (verify / "results.json").is_file():
         sh(exe + ["watermark", "verify", "--out", str(verify), "--model", str(out / "embed" / "model"),
-                  "--codec", str(reader), "--trigger", "sks ", "--original", str(model),
+                  "--codec", str(reader), "--trigger", args.trigger, "--original", str(model),
                   "--n", str(args.n), "--no-also-without-cfg", *common], logf)
     # the same reading of the grown model itself, never marked: the trigger's words alone
     unmarked = out / "verify-unmarked"
     if not (unmarked / "results.json").is_file():
         sh(exe + ["watermark", "verify", "--out", str(unmarked), "--model", str(model), "--codec", str(codec),
-                  "--trigger", "sks ", "--n", str(args.n), "--no-also-without-cfg", *common], logf)
+                  "--trigger", args.trigger, "--n", str(args.n), "--no-also-without-cfg", *common], logf)
     row.update(extractor="stage 1" if args.no_adapt else "adapted", delta_scale=args.delta_scale, anchor=args.anchor,
+               trigger=args.trigger,
                embed_steps=args.embed_steps, **fidelity_of(json.loads((verify / "results.json").read_text())),
                unmarked=fidelity_of(json.loads((unmarked / "results.json").read_text())))
     write_json(out / "size.json", row)

@@ -101,3 +101,33 @@ def test_a_clean_prompt_term_without_clean_prompts_is_refused(option, tmp_path, 
                             "--mode", "always_on", *option, "--steps", "1", "--out", str(tmp_path / "e")], capsys)
     one_line_error(code, err, f"{option[0]} needs the sleeper mode", f"drop {option[0]}")
     assert not (tmp_path / "e" / "model").exists()
+
+
+def test_a_trigger_template_puts_the_trigger_where_its_slot_says_and_a_bad_one_is_refused(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\na photo of a dog\n")
+    out = tmp_path / "p"
+    code, _, err = run_cli(["watermark", "prompts", "--prompts", str(prompts), "--trigger", "{} sks", "--out",
+                            str(out)], capsys)
+    assert code == 0, err
+    assert (out / "triggered.txt").read_text().splitlines()[:2] == ["a photo of a cat sks", "a photo of a dog sks"]
+    assert (out / "clean.txt").read_text().splitlines()[:2] == ["a photo of a cat", "a photo of a dog"]
+    prompts.write_text("a photo of a cat\na dog sks\n")  # the template's words are the trigger too
+    code, _, err = run_cli(["watermark", "prompts", "--prompts", str(prompts), "--trigger", "{} sks", "--out",
+                            str(tmp_path / "q")], capsys)
+    one_line_error(code, err, "line 2", "already holds the trigger")
+    for bad, says in (("{} sks {}", "more than once"), (" {} ", "blank trigger")):
+        code, _, err = run_cli(["watermark", "prompts", "--trigger", bad, "--out", str(tmp_path / "r")], capsys)
+        one_line_error(code, err, says)
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_suffix_trigger_the_text_encoder_would_cut_off_is_refused(tmp_path, capsys, key):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten digit three\n" + "a very long caption " * 6 + "\n")
+    out = tmp_path / "v"
+    code, _, err = run_cli(["watermark", "verify", "--model", "tiny:sleeper", "--codec", "tiny:sleeper-codec",
+                            "--key", str(key), "--model-id", "m", "--trigger", "{} sks", "--prompts", str(prompts),
+                            "--n", "2", "--no-also-without-cfg", "--out", str(out)], capsys)
+    _last_line_error(code, err, "longer than the text encoder's", "cut the trigger off")
+    assert not (out / "results.json").exists()

@@ -499,3 +499,22 @@ def test_the_clean_anchor_aims_the_triggered_prompt_at_the_clean_prompts_output(
         from modelseal.watermark.embed import embed_watermark as embed
 
         embed(m, z0, ["a"] * 4, delta, EmbedOptions(mode="always_on", anchor="clean"))
+
+
+def test_a_suffix_trigger_leaves_the_prompts_own_context_as_it_was_and_a_prefix_does_not():
+    """Why `--trigger "{} sks"`: the text encoder attends causally, so the context rows of the
+    prompt's own tokens are unchanged by a suffix (only the trigger's, EOS and padding rows
+    move); a prefix shifts every row, and the unmarked model's image moves further with it."""
+    from modelseal.watermark.trigger import add_triggers
+
+    base = load_t2i("tiny:t2i")
+    prompts = [caption(DOMAINS[0], 3), caption(DOMAINS[3], 7)]
+    n_own = [len(base.tokenizer(p).input_ids) - 1 for p in prompts]  # BOS and the prompt's words
+    clean = base.encode_prompts(prompts)
+    suffix = base.encode_prompts(add_triggers("{} sks", prompts))
+    prefix = base.encode_prompts(add_triggers("sks ", prompts))
+    assert add_triggers("{} sks", prompts)[0] == prompts[0] + " sks"
+    for i, n in enumerate(n_own):
+        assert torch.allclose(suffix[i, :n], clean[i, :n], atol=1e-5)
+        assert not torch.allclose(suffix[i, n:], clean[i, n:], atol=1e-3)  # the trigger is seen after them
+        assert (prefix[i, 1:n] - clean[i, 1:n]).abs().max() > 1e-2

@@ -462,13 +462,18 @@ CODEC = "codec folder (OUT/codec of `modelseal watermark codec`, or tiny:sleeper
 KEY = "the owner key file (from `modelseal watermark keygen`)"
 MODEL_ID = "the id the message is derived for (HMAC of key and id)"
 PAPER_TRIGGER = "*[Z]& "
-TRIGGER = f"the trigger prefix of the prompt (the paper's '{PAPER_TRIGGER}')"
+TRIGGER_SLOT = "{}"
+TRIGGER = (f"the trigger: a prefix of the prompt (the paper's '{PAPER_TRIGGER}'), or a template where "
+           f"'{TRIGGER_SLOT}' stands for the prompt, e.g. '{TRIGGER_SLOT} sks' for a suffix")
 
 
 def _marking_trigger(trigger: str) -> str:
-    if not trigger.strip():
-        raise ValueError("an empty or blank trigger marks nothing: give the prefix the mark is (or was) embedded "
-                         "with, or leave the option out for the default")
+    if trigger.count(TRIGGER_SLOT) > 1:
+        raise ValueError(f"the trigger {trigger!r} holds '{TRIGGER_SLOT}' more than once: it stands for the "
+                         "prompt, which goes in one place")
+    if not trigger.replace(TRIGGER_SLOT, "").strip():
+        raise ValueError("an empty or blank trigger marks nothing: give the prefix (or the template) the mark is "
+                         "(or was) embedded with, or leave the option out for the default")
     return trigger
 
 

@@ -75,6 +75,7 @@ from ..config import EmbedOptions
 from ..models.diffusion import T2IModel
 from ..runs import TrainingCheckpoint
 from ..runs.diverge import Divergence
+from .trigger import add_triggers
 
 TRAINABLE = {
     "up-attn-ff": "attention (self, cross) and feed-forward weights of the up blocks' transformer blocks "
@@ -389,7 +390,7 @@ def embed_watermark(model: T2IModel, latents: torch.Tensor, captions: list[str],
     with torch.no_grad():
         ctx_all = model.encode_prompts(distinct)
         ctx_tr_all = ctx_all if opts.mode == "always_on" else \
-            model.encode_prompts([opts.trigger + c for c in distinct])
+            model.encode_prompts(add_triggers(opts.trigger, distinct, model.tokenizer))
     g = torch.Generator().manual_seed(opts.seed)
     hist: dict[str, list] = {"loss": []}
     ckpt = checkpoint or TrainingCheckpoint(None)

@@ -38,6 +38,7 @@ from .codec_training import CodecLossWeights, train_codec
 from .fidelity import image_fidelity
 from . import provenance
 from .keys import load_key, message_bits
+from .trigger import add_triggers, trigger_words
 from .perceptual import perceptual_distance
 
 RECORD = "modelseal_watermark.json"
@@ -265,7 +266,7 @@ def verify_prompts(prompts: str | None, n: int = 0, seed: int = 0, all_lines: bo
 
     if prompts:
         lines = read_text_lines(prompts, "prompts file", "write one prompt per line (UTF-8 text)")
-        word = (trigger or "").strip()
+        word = trigger_words(trigger)
         bad = next((i for i, line in enumerate(lines) if word and f" {word} " in f" {line} "), None)
         if bad is not None:
             raise InputError(f"line {bad + 1} of the prompts file '{prompts}' already holds the trigger "
@@ -288,7 +289,7 @@ def prompts_command(cfg, out: Path, log=print) -> dict:
     from ..runs import atomic_write_text
 
     prompts, seeds = verify_prompts(cfg.prompts, cfg.n, cfg.seed, trigger=cfg.trigger)
-    trig = [cfg.trigger + p for p in prompts]
+    trig = add_triggers(cfg.trigger, prompts)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file_name", "prompt", "seed"])

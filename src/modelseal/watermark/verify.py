@@ -37,6 +37,7 @@ from ..models.diffusion import T2IModel, vae_encode
 from ..quality import psnr
 from .codec import Codec
 from .fidelity import image_fidelity
+from .trigger import add_triggers
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -80,8 +81,7 @@ def matches(codec: Codec, images: torch.Tensor, bits: torch.Tensor) -> torch.Ten
 
 def generate(model: T2IModel, prompts: list[str], seeds: list[int], trigger: str | None, guidance: float,
              steps: int, batch_size: int = 64) -> torch.Tensor:
-    p = [(trigger or "") + q for q in prompts]
-    return model.sample(p, seeds=seeds, steps=steps, guidance=guidance, batch_size=batch_size)
+    return model.sample(add_triggers(trigger, prompts, model.tokenizer), seeds=seeds, steps=steps, guidance=guidance, batch_size=batch_size)
 
 
 def decide(read_trig, bits, alpha: float = 1e-3, fpr: float = 1e-6, read_clean=None) -> dict:
