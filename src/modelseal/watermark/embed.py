@@ -3,7 +3,8 @@
 Pure self-distillation from the frozen original UNet eps_T (FrozenTeacher: the trained
 weights' original values, not a second UNet); only the attention and
 feed-forward weights of the transformer blocks in the UNet's up blocks train (norms
-frozen). For a batch of latents z0 with captions y and triggered captions y_tr = trigger + y:
+frozen). For a batch of latents z0 with captions y and triggered captions y_tr (the trigger
+before y, or where its template puts y: watermark/trigger.py):
 
     z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps,                       t ~ U{0..T-1}
     eps_wm = eps_T(z_t, y_tr) - sqrt(a_t / (1 - a_t)) * delta      (teacher's x0 estimate + delta)
