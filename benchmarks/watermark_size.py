@@ -94,8 +94,8 @@ def main() -> None:
                "t2i_prompt_accuracy": info["eval"]["t2i_prompt_accuracy"],
                "t2i_prompt_accuracy_by_domain": info["eval"]["t2i_prompt_accuracy_by_domain"]}
         model = zoo / "t2i"
-    write_json(out / "size.json", row)
     if args.stop_after == "t2i":
+        write_json(out / "size.json", row)  # (the full row is written only once every step has run)
         return
     exe = [sys.executable, "-m", "modelseal"]
     codec = args.codec or out / "codec" / "codec"
