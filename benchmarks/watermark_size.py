@@ -18,7 +18,8 @@ Each step resumes when rerun (a finished step is kept):
    the fidelity columns: triggered against clean images of the same seeds (PSNR, SSIM, judged
    ratio), the owner's key test on the clean images, clean images against the grown model's;
    and OUT/verify-unmarked, the grown model itself read the same way (what the trigger's words
-   alone change, and the key test on a model that never had the mark).
+   alone change, and the key test on a model that never had the mark); and the share of the
+   owner's delta in the latent shift the trigger makes (delta_share).
 Writes OUT/size.json and prints the row.
 """
 from __future__ import annotations
@@ -51,6 +52,30 @@ def grow_t2i(out: Path, size: int, steps: int, lr: float, log) -> dict:
     cfg = ZooConfig(**{**{k: v for k, v in shipped.items() if k in ZooConfig.model_fields},
                        "t2i_image_size": size, "unet_init": "tiny:t2i", "unet_steps": steps, "unet_lr": lr})
     return build_zoo(out, cfg, log=log, stages=("unet",))
+
+
+def delta_share(verify: Path, model: str, codec: str, key: Path, model_id: str, n: int = 64) -> dict:
+    """How much of the planted residual the trigger adds in the latent: the first n triggered
+    and clean images of a verify folder (same seeds) encoded by the model's VAE,
+    d = z(triggered) - z(clean), and per image the share <d, delta> / <delta, delta> of the
+    owner's delta (scale 1); with d's and delta's RMS (a d far larger than its share of delta
+    is the trigger's words, not the mark)."""
+    import torch
+
+    from modelseal.data.folders import read_image_folder
+    from modelseal.models.diffusion import load_t2i
+    from modelseal.watermark.codec import Codec
+    from modelseal.watermark.codec_pixels import encode_all
+    from modelseal.watermark.keys import load_key, message_bits
+
+    t2i, c = load_t2i(model), Codec.from_pretrained(codec)
+    z = {name: encode_all(t2i, read_image_folder(verify / name).tensor()[:n]) for name in ("triggered", "clean")}
+    with torch.no_grad():
+        delta = c.residual(message_bits(load_key(key), model_id, c.k).view(1, -1)).flatten(1)
+    d = (z["triggered"] - z["clean"]).flatten(1)
+    share = (d @ delta.T).squeeze(1) / delta.pow(2).sum()
+    return {"delta_share_mean": float(share.mean()), "delta_share_median": float(share.median()),
+            "shift_rms": float(d.pow(2).mean().sqrt()), "delta_rms": float(delta.pow(2).mean().sqrt())}
 
 
 def main() -> None:
@@ -132,7 +157,8 @@ def main() -> None:
     row.update(extractor="stage 1" if args.no_adapt else "adapted", delta_scale=args.delta_scale, anchor=args.anchor,
                trigger=args.trigger,
                embed_steps=args.embed_steps, **fidelity_of(json.loads((verify / "results.json").read_text())),
-               unmarked=fidelity_of(json.loads((unmarked / "results.json").read_text())))
+               unmarked=fidelity_of(json.loads((unmarked / "results.json").read_text())),
+               **delta_share(verify, str(model), str(codec), key, "size"))
     write_json(out / "size.json", row)
     print(json.dumps(row, indent=1))
 
