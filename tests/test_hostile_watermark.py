@@ -63,17 +63,21 @@ def test_a_perceptual_network_that_is_not_a_clip_is_refused_before_training(tmp_
     assert not (tmp_path / "c" / "codec").exists()
 
 
-def test_a_prompt_that_already_holds_the_trigger_is_refused(tmp_path, capsys):
+def _prompts(tmp_path, capsys, lines: str, trigger: str, out, *extra):
+    """`watermark prompts` on a prompts file holding `lines`."""
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a photo of a cat\nsks a photo of a dog\n")
+    prompts.write_text(lines)
+    return run_cli(["watermark", "prompts", "--prompts", str(prompts), "--trigger", trigger, "--out", str(out),
+                    *extra], capsys)
+
+
+def test_a_prompt_that_already_holds_the_trigger_is_refused(tmp_path, capsys):
     out = tmp_path / "p"
-    code, _, err = run_cli(["watermark", "prompts", "--prompts", str(prompts), "--trigger", "sks ", "--out",
-                            str(out)], capsys)
+    code, _, err = _prompts(tmp_path, capsys, "a photo of a cat\nsks a photo of a dog\n", "sks ", out)
     one_line_error(code, err, "line 2", "already holds the trigger")
     assert not (out / "triggered.txt").exists() and not (out / "clean.txt").exists()
-    prompts.write_text("a photo of a cat\nmasks on a dog\n")  # 'sks' inside a word is no trigger
-    code, _, err = run_cli(["watermark", "prompts", "--prompts", str(prompts), "--trigger", "sks ", "--out",
-                            str(out), "--overwrite"], capsys)
+    # 'sks' inside a word is no trigger
+    code, _, err = _prompts(tmp_path, capsys, "a photo of a cat\nmasks on a dog\n", "sks ", out, "--overwrite")
     assert code == 0, err
     assert (out / "triggered.txt").read_text().splitlines()[1] == "sks masks on a dog"
 
@@ -104,17 +108,13 @@ def test_a_clean_prompt_term_without_clean_prompts_is_refused(option, tmp_path, 
 
 
 def test_a_trigger_template_puts_the_trigger_where_its_slot_says_and_a_bad_one_is_refused(tmp_path, capsys):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a photo of a cat\na photo of a dog\n")
     out = tmp_path / "p"
-    code, _, err = run_cli(["watermark", "prompts", "--prompts", str(prompts), "--trigger", "{} sks", "--out",
-                            str(out)], capsys)
+    code, _, err = _prompts(tmp_path, capsys, "a photo of a cat\na photo of a dog\n", "{} sks", out)
     assert code == 0, err
     assert (out / "triggered.txt").read_text().splitlines()[:2] == ["a photo of a cat sks", "a photo of a dog sks"]
     assert (out / "clean.txt").read_text().splitlines()[:2] == ["a photo of a cat", "a photo of a dog"]
-    prompts.write_text("a photo of a cat\na dog sks\n")  # the template's words are the trigger too
-    code, _, err = run_cli(["watermark", "prompts", "--prompts", str(prompts), "--trigger", "{} sks", "--out",
-                            str(tmp_path / "q")], capsys)
+    # the template's words are the trigger too
+    code, _, err = _prompts(tmp_path, capsys, "a photo of a cat\na dog sks\n", "{} sks", tmp_path / "q")
     one_line_error(code, err, "line 2", "already holds the trigger")
     for bad, says in (("{} sks {}", "more than once"), (" {} ", "blank trigger")):
         code, _, err = run_cli(["watermark", "prompts", "--trigger", bad, "--out", str(tmp_path / "r")], capsys)
