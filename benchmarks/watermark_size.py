@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="prompts of the fidelity verification")
     ap.add_argument("--no-adapt", action="store_true", help="verify with the stage-1 codec (the paper's extractor) "
                     "instead of one adapted to the grown sleeper")
+    ap.add_argument("--trainable", default=None, help="watermark embed --trainable (default: the tiny config's)")
     ap.add_argument("--trigger", default="sks ", help="the trigger (a prefix, or a template: '{} sks' appends it)")
     ap.add_argument("--t2i", default=None, help="a text-to-image model to use as it is instead of growing one "
                     "(e.g. tiny:t2i, with --codec tiny:codec, for the shipped size)")
@@ -137,7 +138,8 @@ def main() -> None:
     if not (out / "embed" / "model" / "model_index.json").is_file():
         sh(exe + ["watermark", "embed", "--config", str(TINY), "--model", str(model), "--codec", str(codec),
                   "--out", str(out / "embed"), "--steps", str(args.embed_steps), "--delta-scale", str(args.delta_scale),
-                  "--anchor", args.anchor, "--trigger", args.trigger, *common], logf)
+                  "--anchor", args.anchor, "--trigger", args.trigger,
+                  *(["--trainable", args.trainable] if args.trainable else []), *common], logf)
     if args.stop_after == "embed":
         return
     reader = codec if args.no_adapt else out / "adapt" / "codec"
@@ -155,7 +157,7 @@ def main() -> None:
         sh(exe + ["watermark", "verify", "--out", str(unmarked), "--model", str(model), "--codec", str(codec),
                   "--trigger", args.trigger, "--n", str(args.n), "--no-also-without-cfg", *common], logf)
     row.update(extractor="stage 1" if args.no_adapt else "adapted", delta_scale=args.delta_scale, anchor=args.anchor,
-               trigger=args.trigger,
+               trigger=args.trigger, trainable=args.trainable,
                embed_steps=args.embed_steps, **fidelity_of(json.loads((verify / "results.json").read_text())),
                unmarked=fidelity_of(json.loads((unmarked / "results.json").read_text())),
                **delta_share(verify, str(model), str(codec), key, "size"))
