@@ -2,6 +2,8 @@
 
     python benchmarks/watermark_size.py --out runs/wm-size [--size 64] [--unet-steps 1500]
                                         [--codec PATH] [--embed-steps 3000] [--delta-scale 0.133]
+                                        [--anchor clean] [--trigger "{} sks"] [--trainable SCOPE]
+                                        [--t2i tiny:t2i]   (use a model as it is: no growing)
 
 Each step resumes when rerun (a finished step is kept):
 1. OUT/zoo: tiny:t2i grown to --size px. `zoobuild` trains its UNet at that size, starting from
