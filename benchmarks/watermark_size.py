@@ -32,9 +32,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from modelseal.config import ZooConfig
+from modelseal.data.folders import read_image_folder
+from modelseal.models.diffusion import load_t2i
 from modelseal.models.zoo import zoo_model_folder
 from modelseal.runs import write_json
+from modelseal.watermark.codec import Codec
+from modelseal.watermark.codec_pixels import encode_all
+from modelseal.watermark.keys import load_key, message_bits
 from modelseal.zoobuild.build import build_zoo
 from watermark_variants import fidelity_of, sh  # benchmarks/ is the script's folder
 
@@ -62,14 +69,6 @@ def delta_share(verify: Path, model: str, codec: str, key: Path, model_id: str, 
     d = z(triggered) - z(clean), and per image the share <d, delta> / <delta, delta> of the
     owner's delta (scale 1); with d's and delta's RMS (a d far larger than its share of delta
     is the trigger's words, not the mark)."""
-    import torch
-
-    from modelseal.data.folders import read_image_folder
-    from modelseal.models.diffusion import load_t2i
-    from modelseal.watermark.codec import Codec
-    from modelseal.watermark.codec_pixels import encode_all
-    from modelseal.watermark.keys import load_key, message_bits
-
     t2i, c = load_t2i(model), Codec.from_pretrained(codec)
     z = {name: encode_all(t2i, read_image_folder(verify / name).tensor()[:n]) for name in ("triggered", "clean")}
     with torch.no_grad():

@@ -15,7 +15,6 @@ Writes OUT/forms.json (with the commit) and prints the table.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 from modelseal.models.diffusion import load_t2i
 from modelseal.quality import psnr, ssim
-from modelseal.runs import write_json
+from modelseal.runs import git_sha, write_json
 from modelseal.watermark.run import judged_accuracy, verify_prompts
 from modelseal.watermark.trigger import add_triggers
 
@@ -59,10 +58,8 @@ def main() -> None:
         r = rows[form]
         print(f"{form!r:12} {r['psnr']:5.1f} dB  SSIM {r['ssim']:.3f}  judged {r['judged_triggered']:.0%} "
               f"(clean {r['judged_clean']:.0%})", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     write_json(args.out / "forms.json", {"model": args.model, "resolution": model.image_size, "n": args.n,
-                                         "commit": commit, "seconds": round(time.time() - t0), "forms": rows})
+                                         "commit": (git_sha() or "unknown")[:7], "seconds": round(time.time() - t0), "forms": rows})
 
 
 if __name__ == "__main__":

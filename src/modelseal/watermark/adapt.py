@@ -88,11 +88,13 @@ def _pairs(watermarked: T2IModel | None, original: T2IModel | None, prompts: lis
         seeds = [seed_base + j * 100_000 + i for i in range(n)]
         half = n // 2 if trigger else 0
         if watermarked is not None:
-            pos.append(_generated_latents(watermarked, add_triggers(trigger, p, watermarked.tokenizer), seeds, g, steps))
+            pos.append(_generated_latents(watermarked, add_triggers(trigger, p, watermarked.tokenizer), seeds, g,
+                                          steps))
             if half:
                 neg.append(_generated_latents(watermarked, p[:half], seeds[:half], g, steps))
         if original is not None:
-            neg.append(_generated_latents(original, add_triggers(trigger, p[half:], original.tokenizer), seeds[half:], g, steps))
+            neg.append(_generated_latents(original, add_triggers(trigger, p[half:], original.tokenizer), seeds[half:],
+                                          g, steps))
     return pos, neg
 
 

@@ -81,7 +81,8 @@ def matches(codec: Codec, images: torch.Tensor, bits: torch.Tensor) -> torch.Ten
 
 def generate(model: T2IModel, prompts: list[str], seeds: list[int], trigger: str | None, guidance: float,
              steps: int, batch_size: int = 64) -> torch.Tensor:
-    return model.sample(add_triggers(trigger, prompts, model.tokenizer), seeds=seeds, steps=steps, guidance=guidance, batch_size=batch_size)
+    return model.sample(add_triggers(trigger, prompts, model.tokenizer), seeds=seeds, steps=steps, guidance=guidance,
+                        batch_size=batch_size)
 
 
 def decide(read_trig, bits, alpha: float = 1e-3, fpr: float = 1e-6, read_clean=None) -> dict:
